@@ -1,0 +1,224 @@
+"""Run configuration: one frozen dataclass of plain values, experiment files and `--set` overrides.
+
+An experiment file (YAML) holds only the fields it changes from these defaults. Every field ends
+up, flat, in the MLflow run's parameters and in each checkpoint, so a run says exactly what it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote is wrong; the message is shown as is."""
+
+
+MODELS = ("softmax", "mlp")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+OPTIMIZERS = ("sgd", "adam")
+NORMALIZATIONS = ("none", "estimate", "standard")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # naming
+    name: str = "mnist"  # MLflow run name; say what the run is, e.g. "seed000_mlp" or "lr=0.01"
+    experiment: str = "mnist"  # MLflow experiment the run is recorded in
+    # model
+    model: str = "mlp"  # softmax (one Linear 784->10) | mlp
+    hidden_sizes: tuple[int, ...] = (100,)  # mlp hidden widths; (100,) is the seed's 784-100-10
+    activation: str = "relu"  # relu | tanh | sigmoid (mlp only)
+    dropout: float = 0.0  # dropout probability after each hidden activation, in [0, 1)
+    # optimisation
+    optimizer: str = "adam"  # sgd | adam
+    lr: float = 1e-3  # learning rate
+    momentum: float = 0.0  # sgd only
+    batch_size: int = 128  # training images per step
+    test_batch_size: int = 1000  # images per evaluation chunk (affects speed only, not results)
+    drop_last: bool = False  # drop the last, smaller training batch of each epoch
+    epochs: int = 3
+    seed: int = 0  # torch seed: initial weights, shuffling order and dropout masks
+    # data
+    normalize: str = "estimate"  # none (pixels/255) | estimate (mean/std of 1000 train images) | standard
+    max_train: int | None = None  # use only the first N training images (None: all 60,000)
+    max_test: int | None = None  # use only the first N test images (None: all 10,000)
+    # extras
+    unscaled_eval: bool = False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("normalize", self.normalize, NORMALIZATIONS)
+        _check_choice("device", self.device, DEVICES)
+        if not self.name.strip():
+            raise ConfigError("name must not be empty")
+        if not self.experiment.strip():
+            raise ConfigError("experiment must not be empty")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for key in ("batch_size", "test_batch_size", "epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_train", "max_test"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be >= 1 or null, got {value}")
+        if self.model == "mlp" and not self.hidden_sizes:
+            raise ConfigError("hidden_sizes must list at least one width for model mlp")
+        if any(width < 1 for width in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes must be positive, got {list(self.hidden_sizes)}")
+
+    def to_params(self) -> dict[str, str]:
+        """The flat parameter dict logged to MLflow; lists are written as `[100, 50]`."""
+        out = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, (tuple, list)):
+                value = "[" + ", ".join(str(v) for v in value) + "]"
+            out[key] = str(value)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples) for YAML and checkpoints."""
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _field_type(name: str) -> Any:
+    return typing.get_type_hints(RunConfig)[name]
+
+
+def coerce(key: str, value: Any, *, from_text: bool = False) -> Any:
+    """Check `value` against the type of field `key`, converting where it is safe.
+
+    `from_text` marks values that came from the command line (`--set lr=0.01`), which are parsed
+    as YAML scalars first so that numbers, booleans, null and lists work the same as in files.
+    """
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key {key!r} (known keys: {', '.join(FIELDS)})")
+    if from_text and isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            pass
+        if value is None and _field_type(key) is str:
+            value = "null"
+    return _coerce_to(key, value, _field_type(key))
+
+
+def _coerce_to(key: str, value: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _coerce_to(key, value, inner)
+    if origin is tuple:
+        (item_kind, _) = typing.get_args(kind)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of {item_kind.__name__}, got {value!r}")
+        return tuple(_coerce_to(key, item, item_kind) for item in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as text; accept what float() accepts
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """`["lr=0.01", "hidden_sizes=[200]"]` -> `{"lr": 0.01, "hidden_sizes": (200,)}`, checked."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = coerce(key.strip(), text.strip(), from_text=True)
+    return out
+
+
+def build_config(values: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a mapping of field values (unknown keys, types, ranges) into a RunConfig."""
+    try:
+        checked = {key: coerce(key, value) for key, value in values.items()}
+        return RunConfig(**checked)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """An experiment file: the base fields it sets, plus sweep sections handled by `sweep.py`."""
+
+    path: Path
+    base: dict[str, Any]
+    sweep: dict[str, Any] = field(default_factory=dict)  # grid / variants / seeds, if any
+    text: str = ""
+
+
+SWEEP_KEYS = ("grid", "variants", "seeds")
+META_KEYS = ("description",)
+
+
+def read_experiment(path: str | Path) -> ExperimentFile:
+    """Read an experiment YAML file; every top-level key is a config field or a sweep section."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read experiment file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    sweep = {key: data.pop(key) for key in SWEEP_KEYS if key in data}
+    for key in META_KEYS:
+        data.pop(key, None)
+    return ExperimentFile(path=path, base=data, sweep=sweep, text=text)
+
+
+def resolve(experiment: ExperimentFile, overrides: dict[str, Any]) -> RunConfig:
+    """The single-run configuration of an experiment file with `--set` overrides applied."""
+    return build_config({**experiment.base, **overrides}, source=str(experiment.path))

@@ -1,0 +1,166 @@
+"""MNIST held in memory as uint8 tensors, normalised once, and sliced into batches.
+
+The seed notebooks push every image through PIL and `ToTensor` on every pass; here each split is
+read once through torchvision, converted to float once, and batches are index slices. The shuffle
+order is drawn exactly as `DataLoader(dataset, batch_size, shuffle=True)` draws it from the global
+torch generator, so a run with the same seed sees the same batches as the notebook did.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
+ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
+
+# (file name, IDX magic number, shape of one item)
+RAW_FILES = {
+    True: (("train-images-idx3-ubyte", 2051, (28, 28)), ("train-labels-idx1-ubyte", 2049, ())),
+    False: (("t10k-images-idx3-ubyte", 2051, (28, 28)), ("t10k-labels-idx1-ubyte", 2049, ())),
+}
+
+
+class DataError(RuntimeError):
+    """MNIST is missing, damaged or cannot be downloaded; the message is shown as is."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One MNIST split in memory: `images` uint8 (N, 28, 28), `labels` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> Split:
+        """The first `n` images (all of them when `n` is None)."""
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("MNIST_DATA_DIR") or "./data")
+
+
+def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> Split:
+    """Read one split through `torchvision.datasets.MNIST` from `<data_dir>/MNIST/raw/`.
+
+    Gzipped raw files are unpacked next to themselves first (as torchvision does after a
+    download). Missing files are downloaded when `download` is true; damaged ones are an error.
+    """
+    from torchvision.datasets import MNIST
+
+    root = Path(data_dir)
+    raw = root / "MNIST" / "raw"
+    files = RAW_FILES[train]
+    _unpack_gzipped(raw, [name for name, _, _ in files])
+    if not all((raw / name).exists() for name, _, _ in files):
+        if not download:
+            raise DataError(f"MNIST not found in {raw} and download is off")
+        try:
+            MNIST(root=str(root), train=train, download=True)
+        except Exception as err:  # torchvision raises bare RuntimeError/URLError after its mirrors
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(
+                f"MNIST not found in {raw} and the download failed ({reason}); "
+                "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
+            ) from None
+    for name, magic, shape in files:
+        _check_idx(raw / name, magic, shape)
+    dataset = MNIST(root=str(root), train=train, download=False)
+    return Split(dataset.data.contiguous(), dataset.targets.long())
+
+
+def load_mnist(data_dir: str | Path, *, download: bool = True) -> tuple[Split, Split]:
+    """(train, test) splits."""
+    return (
+        load_split(data_dir, train=True, download=download),
+        load_split(data_dir, train=False, download=download),
+    )
+
+
+def _unpack_gzipped(raw: Path, names: list[str]) -> None:
+    for name in names:
+        packed = raw / f"{name}.gz"
+        if not (raw / name).exists() and packed.exists():
+            partial = raw / f"{name}.partial"
+            try:
+                with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                partial.unlink(missing_ok=True)
+                raise DataError(f"{packed}: cannot unpack ({err})") from None
+            partial.rename(raw / name)
+
+
+def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> None:
+    """Fail with one clear line when an IDX file is not what MNIST's should be."""
+    header_len = 4 * (2 + len(item_shape))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(header_len)
+    if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
+        raise DataError(f"{path}: not an MNIST IDX file (wrong magic number)")
+    if len(header) < header_len:
+        raise DataError(f"{path}: truncated ({size} bytes)")
+    dims = [int.from_bytes(header[i : i + 4], "big") for i in range(4, header_len, 4)]
+    if tuple(dims[1:]) != item_shape:
+        raise DataError(f"{path}: items of shape {tuple(dims[1:])}, expected {item_shape}")
+    expected = header_len + dims[0] * math.prod(item_shape)
+    if size != expected:
+        raise DataError(f"{path}: truncated or padded ({size} bytes, expected {expected})")
+
+
+def normalization(train_images: torch.Tensor, method: str) -> tuple[float, float]:
+    """(mean, std) applied to pixels scaled to [0, 1]; `none` is (0, 1)."""
+    if method == "none":
+        return 0.0, 1.0
+    if method == "standard":
+        return STANDARD_MEAN, STANDARD_STD
+    if method == "estimate":
+        # as seed 000: every pixel of the first 1000 images, unbiased std, in float32
+        sample = train_images[:ESTIMATE_IMAGES].float().div(255)
+        return sample.mean().item(), sample.std().item()
+    raise ValueError(f"unknown normalisation {method!r}")
+
+
+def to_inputs(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 784), computed as `ToTensor` then `Normalize` would."""
+    x = images.reshape(len(images), -1).float().div(255)
+    if (mean, std) != (0.0, 1.0):
+        x = x.sub(torch.tensor(mean, dtype=torch.float32)).div(torch.tensor(std, dtype=torch.float32))
+    return x
+
+
+def epoch_order(n: int) -> torch.Tensor:
+    """The sample order of one epoch of `DataLoader(..., shuffle=True)`, drawn the same way.
+
+    A DataLoader iterator first draws a base seed for its workers from the global generator, then
+    its RandomSampler draws the seed of a fresh generator that produces the permutation. Drawing
+    the same two numbers keeps runs bit-for-bit comparable with the seed notebooks.
+    """
+    torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's worker base seed
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randperm(n, generator=generator)
+
+
+def batches(order: torch.Tensor, batch_size: int, *, drop_last: bool) -> Iterator[torch.Tensor]:
+    """Consecutive index slices of `order`, as `BatchSampler` forms them."""
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+def num_batches(n: int, batch_size: int, *, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)

@@ -1,0 +1,227 @@
+"""The training loop. It yields a record per step and per epoch and knows nothing of MLflow.
+
+Everything the loop needs to continue exactly where it stopped lives in `Progress` plus the model
+and optimizer state, which `checkpoint` bundles and `restore` unpacks. A stop requested between
+steps (Ctrl-C, SIGTERM) leaves `Progress` consistent, so an interrupted epoch resumes mid-way and
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data
+from .config import ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Model-ready inputs on the training device: x float32 (N, 784), y int64 (N,)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: float  # normalisation applied to [0, 1] pixels
+    std: float
+
+
+def prepare(train: data.Split, test: data.Split, config: RunConfig, device: torch.device) -> Tensors:
+    """Normalise both splits once, with statistics taken from the training images."""
+    mean, std = data.normalization(train.images, config.normalize)
+    return Tensors(
+        train_x=data.to_inputs(train.images, mean, std).to(device),
+        train_y=train.labels.to(device),
+        test_x=data.to_inputs(test.images, mean, std).to(device),
+        test_y=test.labels.to(device),
+        mean=mean,
+        std=std,
+    )
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int  # global optimisation step, from 1
+    epoch: int
+    batch: int  # batch within the epoch, from 1
+    batches: int  # batches per epoch
+    loss: float  # this batch's mean cross-entropy
+    running_loss: float  # epoch so far, per image
+    running_accuracy: float  # epoch so far, fraction
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float  # mean cross-entropy over the epoch's training images, as trained
+    train_accuracy: float  # fraction of the epoch's training images predicted right while training
+    test_loss: float
+    test_accuracy: float
+    epoch_time_s: float  # training pass plus evaluation
+    test_probs: np.ndarray = field(repr=False)  # float32 (N_test, 10) softmax after this epoch
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k not in ("epoch", "test_probs")}
+
+
+@dataclass
+class Progress:
+    """Where training stands. Consistent whenever the loop yields or returns."""
+
+    epoch: int = 1  # epoch in progress (or next to start)
+    batch: int = 0  # batches of that epoch already trained
+    step: int = 0  # optimisation steps done in all
+    loss_sum: float = 0.0  # sum over images of the epoch so far
+    correct: int = 0
+    seen: int = 0
+    elapsed_s: float = 0.0  # time spent on this epoch before an interruption
+    train_time_s: float = 0.0  # all finished epochs, training plus evaluation
+    epoch_rng: torch.Tensor | None = None  # global RNG state when the epoch began
+
+    def finish_epoch(self, seconds: float) -> None:
+        self.train_time_s += seconds
+        self.epoch += 1
+        self.batch = 0
+        self.loss_sum, self.correct, self.seen, self.elapsed_s = 0.0, 0, 0, 0.0
+        self.epoch_rng = None
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but CUDA is not available")
+    return torch.device(choice)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (N, 10) for inputs (N, 784), in chunks, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return logits
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of logits against labels."""
+    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    accuracy = (logits.argmax(1) == y).sum().item() / len(y)
+    return loss, accuracy
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: Tensors,
+    config: RunConfig,
+    progress: Progress,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[StepRecord | EpochRecord]:
+    """Train from `progress` to `config.epochs`, updating `progress` in place.
+
+    Returns early, between two steps, once `should_stop()` is true. Raises NonFiniteLoss before
+    applying a step whose loss is NaN or infinite, so the weights stay those of the last good step.
+    """
+    n = len(tensors.train_y)
+    per_epoch = data.num_batches(n, config.batch_size, drop_last=config.drop_last)
+    model.train()
+    while progress.epoch <= config.epochs:
+        started = time.perf_counter() - progress.elapsed_s
+        order = _epoch_order(progress, n)
+        for index in list(data.batches(order, config.batch_size, drop_last=config.drop_last))[progress.batch :]:
+            x, y = tensors.train_x[index], tensors.train_y[index]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            loss_value = loss.item()
+            if not np.isfinite(loss_value):
+                raise NonFiniteLoss(progress.epoch, progress.step + 1, loss_value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            progress.step += 1
+            progress.batch += 1
+            progress.loss_sum += loss_value * len(y)
+            progress.correct += int((logits.argmax(1) == y).sum())
+            progress.seen += len(y)
+            yield StepRecord(
+                step=progress.step,
+                epoch=progress.epoch,
+                batch=progress.batch,
+                batches=per_epoch,
+                loss=loss_value,
+                running_loss=progress.loss_sum / progress.seen,
+                running_accuracy=progress.correct / progress.seen,
+            )
+            if should_stop() and progress.batch < per_epoch:
+                progress.elapsed_s = time.perf_counter() - started
+                return
+
+        logits = infer(model, tensors.test_x, config.test_batch_size)
+        test_loss, test_accuracy = score(logits, tensors.test_y)
+        record = EpochRecord(
+            epoch=progress.epoch,
+            train_loss=progress.loss_sum / progress.seen,
+            train_accuracy=progress.correct / progress.seen,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            epoch_time_s=time.perf_counter() - started,
+            test_probs=torch.softmax(logits, 1).cpu().numpy().astype(np.float32),
+        )
+        progress.finish_epoch(record.epoch_time_s)
+        yield record
+        if should_stop() and progress.epoch <= config.epochs:
+            return
+
+
+def _epoch_order(progress: Progress, n: int) -> torch.Tensor:
+    if progress.batch == 0:
+        progress.epoch_rng = torch.get_rng_state()
+        return data.epoch_order(n)
+    # Resuming inside an epoch: redraw its order from the state it began with, then carry on
+    # from the RNG state at the interruption (dropout masks have used it since).
+    now = torch.get_rng_state()
+    torch.set_rng_state(progress.epoch_rng)
+    order = data.epoch_order(n)
+    torch.set_rng_state(now)
+    return order
+
+
+def checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, config: RunConfig) -> dict[str, Any]:
+    """Everything `restore` needs to continue exactly: weights, optimiser, position, RNG."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": asdict(progress),
+        "rng": torch.get_rng_state(),
+        "config": config.to_dict(),
+        "epoch": progress.epoch - 1 if progress.batch == 0 else progress.epoch,  # last epoch touched
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return Progress(**state["progress"])
