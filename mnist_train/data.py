@@ -61,7 +61,7 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
 
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
-    files = RAW_FILES[train]
+    files = RAW_FILES[True] + RAW_FILES[False]  # torchvision wants all four, whichever split
     _unpack_gzipped(raw, [name for name, _, _ in files])
     if not all((raw / name).exists() for name, _, _ in files):
         if not download:
@@ -74,7 +74,7 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
                 f"MNIST not found in {raw} and the download failed ({reason}); "
                 "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
             ) from None
-    for name, magic, shape in files:
+    for name, magic, shape in RAW_FILES[train]:
         _check_idx(raw / name, magic, shape)
     dataset = MNIST(root=str(root), train=train, download=False)
     return Split(dataset.data.contiguous(), dataset.targets.long())

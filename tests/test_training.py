@@ -1,0 +1,135 @@
+"""A tiny run on the fixture records every contract metric and artifact; resume is exact."""
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_config, train_run
+from mnist_train import models, tracking
+from mnist_train.tracking import TrainingStopped
+
+EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_time_s")
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def download(run_id, path, tmp_path):
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(tmp_path))
+
+
+def test_run_logs_the_contract(trained_runs, tmp_path):
+    client = MlflowClient()
+    run = client.get_run(trained_runs["mlp"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "fixture_mlp"
+    params = run.data.params
+    for key in ("model", "hidden_sizes", "activation", "dropout", "optimizer", "lr", "batch_size", "epochs", "seed", "normalize"):
+        assert key in params
+    assert params["hidden_sizes"] == "[32]" and params["num_params"] == str(784 * 32 + 32 + 32 * 10 + 10)
+    for key in EPOCH_METRICS:
+        assert [step for step, _ in history(client, run.info.run_id, key)] == [1, 2]
+    for key in ("train_accuracy", "test_accuracy"):
+        assert all(0 <= value <= 1 for _, value in history(client, run.info.run_id, key))
+    steps = [step for step, _ in history(client, run.info.run_id, "batch_loss")]
+    assert steps == list(range(1, 2 * 10 + 1))  # 1000 images / batch 100, 2 epochs
+    metrics = run.data.metrics
+    assert metrics["overfit_gap"] == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
+    epoch_times = [v for _, v in history(client, run.info.run_id, "epoch_time_s")]
+    assert metrics["train_time_s"] == pytest.approx(sum(epoch_times))
+    assert "mlflow.source.git.commit" in run.data.tags and run.data.tags["mnist.data_dir"]
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"mnist-train", "mnist-test"}
+
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"}
+    stored = np.load(download(run.info.run_id, "predictions/test.npz", tmp_path))
+    assert stored["probs"].shape == (200, 10) and stored["probs"].dtype == np.float32
+    assert np.allclose(stored["probs"].sum(1), 1, atol=1e-5)
+    assert np.array_equal(stored["index"], np.arange(200))
+    assert (stored["probs"].argmax(1) == stored["labels"]).mean() == pytest.approx(metrics["test_accuracy"])
+
+
+def test_logged_model_loads_and_reproduces_the_stored_predictions(trained_runs, data_dir, tmp_path):
+    import mlflow.pytorch
+
+    from mnist_train.data import load_split
+
+    run_id = trained_runs["mlp"]
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    images = load_split(data_dir, train=False, download=False).images[:200]
+    with torch.no_grad():
+        probs = torch.softmax(model(images.reshape(200, -1).float() / 255), 1).numpy()
+    stored = np.load(download(run_id, "predictions/test.npz", tmp_path))
+    np.testing.assert_allclose(probs, stored["probs"], atol=1e-6)
+    logged = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert tuple(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 784)
+
+
+def final_state(run_id, epoch, tmp_path):
+    path = download(run_id, f"checkpoints/epoch_{epoch:03d}.pt", tmp_path / run_id)
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path):
+    client = MlflowClient()
+    config = tiny_config(name="resume", hidden_sizes=[16], dropout=0.3)  # dropout: RNG must be restored too
+    straight = train_run(config, data_dir)
+
+    calls = iter(range(10**6))  # asked after each of 10 steps, after epoch 1, then after each step
+    with pytest.raises(TrainingStopped, match="--resume") as stopped:
+        train_run(config, data_dir, should_stop=lambda: next(calls) >= 13)  # after step 3 of epoch 2
+    run_id = stopped.value.run_id
+    assert stopped.value.exit_code == 130
+    assert client.get_run(run_id).info.status == "KILLED"
+    names = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+    assert names == {"checkpoints/epoch_001.pt", "checkpoints/epoch_002_partial.pt"}
+    assert len(history(client, run_id, "batch_loss")) == 13  # nothing recorded is lost
+
+    assert train_run(config, data_dir, resume_run_id=run_id) == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    ours, reference = final_state(run_id, 2, tmp_path), final_state(straight, 2, tmp_path)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "batch_loss"):
+        assert history(client, run_id, key) == history(client, straight, key)
+
+
+def test_finished_run_can_be_extended_by_more_epochs(data_dir, tmp_path):
+    client = MlflowClient()
+    straight = train_run(tiny_config(name="three", epochs=3), data_dir)
+    short = train_run(tiny_config(name="three", epochs=2), data_dir)
+    with pytest.raises(tracking.ConfigError, match="already finished 2 epochs"):
+        train_run(tiny_config(name="three", epochs=2), data_dir, resume_run_id=short)
+    train_run(tiny_config(name="three", epochs=3), data_dir, resume_run_id=short)
+    assert history(client, short, "test_accuracy") == history(client, straight, "test_accuracy")
+    with pytest.raises(tracking.ConfigError, match="different configuration.*lr"):
+        train_run(tiny_config(name="three", epochs=4, lr=0.5), data_dir, resume_run_id=short)
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(data_dir, monkeypatch):
+    client = MlflowClient()
+    real_build = models.build_model
+
+    class PoisonAfter(torch.nn.Module):
+        """Returns NaN logits from the 15th training forward pass on (inside epoch 2)."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.calls = net, 0
+
+        def forward(self, x):
+            if self.training:
+                self.calls += 1
+            out = self.net(x)
+            return out * float("nan") if self.calls >= 15 else out
+
+    monkeypatch.setattr(models, "build_model", lambda config: PoisonAfter(real_build(config)))
+    with pytest.raises(TrainingStopped, match="diverged: loss became nan at epoch 2, step 15") as stopped:
+        train_run(tiny_config(name="diverges", epochs=3), data_dir)
+    run = client.get_run(stopped.value.run_id)
+    assert run.info.status == "FAILED"
+    assert "loss became nan" in run.data.tags["failure_reason"]
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/epoch_001.pt"}
+    assert [s for s, _ in history(client, run.info.run_id, "test_accuracy")] == [1]
