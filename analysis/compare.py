@@ -104,7 +104,7 @@ def bootstrap_accuracy_ci(
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float32)
     accuracies = counts @ runs.T / n
     alpha = (1.0 - confidence) / 2.0
-    interval = np.quantile(accuracies, [alpha, 1.0 - alpha], axis=0).T
+    interval = np.quantile(accuracies.astype(np.float64), [alpha, 1.0 - alpha], axis=0).T
     return interval[0] if c.ndim == 1 else interval
 
 

@@ -1,0 +1,224 @@
+"""Figures of the comparison report: learning curves, heatmaps, confusion grids, cost, flip tiles.
+
+Display-style: each class holds the numbers it draws, `plot(...)` draws them and returns self with
+the figure in `figure_`. Only this module (and the other plotting modules) imports matplotlib. The
+figures are sized by the number of runs so a 100-run report stays legible, and they avoid per-cell
+text beyond a few runs, which is what makes large grids slow to draw.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
+
+ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the cells
+LEGEND_UP_TO = 12  # settings; above this, the legend moves outside the axes in small type
+
+
+def figure_to_base64(figure, *, dpi: int = 90) -> str:
+    """PNG of `figure` as a base64 string (for `<img src="data:image/png;base64,...">`); closes it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_to_base64(pixels: np.ndarray, *, scale: int = 2) -> str:
+    """PNG of one uint8 grey image (H, W), enlarged `scale` times without smoothing, as base64."""
+    big = np.kron(np.asarray(pixels, dtype=np.uint8), np.ones((scale, scale), dtype=np.uint8))
+    buffer = io.BytesIO()
+    plt.imsave(buffer, big, cmap="gray_r", vmin=0, vmax=255, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def setting_colors(settings: Sequence[str]) -> dict[str, tuple]:
+    """One colour per distinct setting (runs that differ only by seed share a colour)."""
+    unique = list(dict.fromkeys(settings))
+    cmap = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20" if len(unique) <= 20 else "turbo")
+    n = max(len(unique) - 1, 1)
+    return {
+        s: cmap(i) if len(unique) <= 20 else cmap(i / n) for i, s in enumerate(unique)
+    }
+
+
+def _legend(ax, n_entries: int) -> None:
+    if n_entries <= LEGEND_UP_TO:
+        ax.legend(fontsize="small")
+    else:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n_entries // 40)
+
+
+class LearningCurvesDisplay:
+    """Per-epoch curves of many runs overlaid, one panel per metric.
+
+    history: long table (`run_id`, `key`, `step`, `value`); labels / settings: run id -> text.
+    """
+
+    def __init__(self, history: pd.DataFrame, labels: Mapping[str, str], settings: Mapping[str, str]):
+        self.history = history
+        self.labels = labels
+        self.settings = settings
+
+    def plot(self, keys: Sequence[str] = ("test_accuracy", "train_loss", "test_loss"), *,
+             at_epoch: int | None = None) -> LearningCurvesDisplay:
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+        colors = setting_colors([self.settings[r] for r in self.labels])
+        by_key = {k: g for k, g in self.history.groupby("key")}
+        shown: set[str] = set()
+        for ax, key in zip(axes[0], keys):
+            frame = by_key.get(key)
+            if frame is not None:
+                for run_id, rows in frame.groupby("run_id", sort=False):
+                    setting = self.settings[run_id]
+                    rows = rows.sort_values("step")
+                    label = setting if (setting not in shown and ax is axes[0][0]) else None
+                    if label is not None:
+                        shown.add(setting)
+                    ax.plot(rows["step"], rows["value"], marker="o", markersize=3, linewidth=1.2,
+                            color=colors[setting], alpha=0.85, label=label)
+            if at_epoch is not None:
+                ax.axvline(at_epoch, color="grey", linestyle="--", linewidth=1)
+            ax.set_title(key)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if shown:
+            _legend(axes[0][0], len(shown))
+        fig.tight_layout()
+        self.figure_ = fig
+        return self
+
+
+class EpochComparisonDisplay:
+    """Test accuracy of each run at a chosen epoch (open) and at its last epoch (filled)."""
+
+    def __init__(self, at_epoch: pd.Series, final: pd.Series, labels: Mapping[str, str], epoch: int):
+        self.at_epoch, self.final, self.labels, self.epoch = at_epoch, final, labels, epoch
+
+    def plot(self) -> EpochComparisonDisplay:
+        order = list(self.final.sort_values().index)
+        y = np.arange(len(order))
+        fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(order)))
+        ax.scatter(self.at_epoch.reindex(order), y, facecolors="none", edgecolors="C0",
+                   label=f"epoch {self.epoch}")
+        ax.scatter(self.final.reindex(order), y, color="C1", label="last epoch")
+        ax.set_yticks(y, [self.labels[r] for r in order], fontsize="small")
+        ax.set_xlabel("test accuracy")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+        fig.tight_layout()
+        self.figure_ = fig
+        return self
+
+
+class PerClassHeatmapDisplay:
+    """Runs x digits heatmap of per-class accuracy (DataFrame indexed by run label, columns 0-9)."""
+
+    def __init__(self, per_class: pd.DataFrame):
+        self.per_class = per_class
+
+    def plot(self) -> PerClassHeatmapDisplay:
+        import seaborn as sns
+
+        n = len(self.per_class)
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * n))
+        sns.heatmap(self.per_class, ax=ax, cmap="viridis", annot=n <= 30, fmt=".3f",
+                    annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy"})
+        ax.set_xlabel("true digit")
+        ax.set_ylabel("")
+        ax.tick_params(axis="y", labelsize="small")
+        fig.tight_layout()
+        self.figure_ = fig
+        return self
+
+
+class ConfusionGridDisplay:
+    """Confusion matrices side by side (`kind="counts"`) or their differences from the baseline
+    (`kind="difference"`: run minus baseline; on the diagonal more is better, off it fewer is).
+
+    matrices: label -> (10, 10) array, in display order.
+    """
+
+    def __init__(self, matrices: Mapping[str, np.ndarray], *, kind: str = "counts"):
+        if kind not in ("counts", "difference"):
+            raise ValueError(f"kind must be 'counts' or 'difference', got {kind!r}")
+        self.matrices, self.kind = matrices, kind
+
+    def plot(self, *, columns: int = 5) -> ConfusionGridDisplay:
+        n = len(self.matrices)
+        cols = min(columns, n)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 3.0 * rows), squeeze=False)
+        stack = np.stack(list(self.matrices.values()))
+        if self.kind == "counts":
+            norm = PowerNorm(gamma=0.3, vmin=0, vmax=max(stack.max(), 1))
+            cmap = "Blues"
+        else:
+            limit = max(np.abs(stack).max(), 1)
+            norm = TwoSlopeNorm(vcenter=0, vmin=-limit, vmax=limit)
+            cmap = "RdBu_r"
+        annotate = n <= ANNOTATE_UP_TO
+        for ax, (label, matrix) in zip(axes.flat, self.matrices.items()):
+            image = ax.imshow(matrix, cmap=cmap, norm=norm)
+            ax.set_title(label, fontsize="small")
+            ax.set_xticks(range(10))
+            ax.set_yticks(range(10))
+            ax.tick_params(labelsize=6)
+            if annotate:
+                for (t, p), value in np.ndenumerate(matrix):
+                    if value != 0 and (self.kind == "difference" or t != p):
+                        ax.text(p, t, f"{value:+d}" if self.kind == "difference" else str(value),
+                                ha="center", va="center", fontsize=5)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.supxlabel("predicted digit", fontsize="small")
+        fig.supylabel("true digit", fontsize="small")
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6,
+                     label="count" if self.kind == "counts" else "run - baseline")
+        self.figure_ = fig
+        return self
+
+
+class AccuracyCostDisplay:
+    """Final test accuracy (with its bootstrap interval, when known) against training time."""
+
+    def __init__(self, table: pd.DataFrame, labels: Mapping[str, str], settings: Mapping[str, str]):
+        # table: index run id, columns `accuracy`, `train_time_s`, optional `ci_low`, `ci_high`
+        self.table, self.labels, self.settings = table, labels, settings
+
+    def plot(self) -> AccuracyCostDisplay:
+        table = self.table.dropna(subset=["accuracy", "train_time_s"])
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        colors = setting_colors([self.settings[r] for r in self.labels])
+        for run_id, row in table.iterrows():
+            color = colors[self.settings[run_id]]
+            if {"ci_low", "ci_high"} <= set(table.columns) and np.isfinite(row.get("ci_low", np.nan)):
+                ax.errorbar(row.train_time_s, row.accuracy,
+                            yerr=[[row.accuracy - row.ci_low], [row.ci_high - row.accuracy]],
+                            fmt="o", color=color, capsize=2, markersize=5)
+            else:
+                ax.plot(row.train_time_s, row.accuracy, "o", color=color)
+            if len(table) <= 20:
+                ax.annotate(self.labels[run_id], (row.train_time_s, row.accuracy), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+        # Runs nothing else beats on both axes: the ones worth their cost.
+        ordered = table.sort_values(["train_time_s", "accuracy"], ascending=[True, False])
+        front = ordered[ordered["accuracy"] >= ordered["accuracy"].cummax()]
+        ax.step(front["train_time_s"], front["accuracy"], where="post", color="grey", linewidth=1,
+                linestyle=":", label="best accuracy for the time")
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel("final test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+        fig.tight_layout()
+        self.figure_ = fig
+        return self
