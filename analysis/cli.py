@@ -1,0 +1,129 @@
+"""`mnist-analysis` (also `python -m analysis`): reports from runs stored in MLflow.
+
+`cli` is a click group; each report is a subcommand (`run` here; more are added with
+`@cli.command(...)` or `cli.add_command(...)`). Errors a user can cause raise AnalysisError anywhere in a subcommand; the group
+turns them into one line on stderr and exit status 1, so new subcommands get that for free.
+Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identical.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from analysis.runs import AnalysisError
+
+
+class AnalysisGroup(click.Group):
+    """A click group that reports AnalysisError as a clean one-line error."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AnalysisError as err:
+            raise click.ClickException(str(err)) from None
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
+    help="MLflow tracking store (sqlite:///..., a path, http://...). "
+         "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where downloaded artifacts are cached by run id. "
+         "Default: $MNIST_WORKBENCH_CACHE, else ~/.cache/mnist-workbench.")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="MNIST folder (holding MNIST/raw/) for the image galleries. Default: the run's "
+         "mnist.data_dir tag, else $MNIST_DATA_DIR, else ./data.")
+
+
+def notice(message: str) -> None:
+    """One line on stderr for something the user should know but that is not an error."""
+    click.echo(f"notice: {message}", err=True)
+
+
+@click.group(cls=AnalysisGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Diagnostics and reports for MNIST workbench runs tracked in MLflow."""
+
+
+@cli.command("run")
+@click.argument("run_id")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder. Default: reports/<RUN_ID>.")
+@tracking_uri_option
+@data_dir_option
+@cache_dir_option
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="Log the report files to the run under analysis/.")
+@click.option("--predict", is_flag=True,
+              help="If the run stored no predictions, compute them with its logged model.")
+def run_command(run_id: str, out_dir: Path | None, tracking_uri: str | None, data_dir: Path | None,
+                cache_dir: Path | None, log: bool, predict: bool) -> None:
+    """Per-run report of RUN_ID: figures (PNG), numbers (CSV, JSON) and report.html."""
+    from analysis import report, runs
+
+    started = time.perf_counter()
+    client = runs.connect(tracking_uri)
+    run = runs.load_run(client, run_id, cache_dir=cache_dir)
+    images, extra = _test_images(run, data_dir)
+
+    if run.predictions is None and predict:
+        if images is None:
+            raise AnalysisError("--predict needs the MNIST test images; pass --data-dir")
+        images_all, labels_all = images
+        run.predictions = runs.predict_with_logged_model(run.run_id, images_all, labels_all,
+                                                         tracking_uri=runs.resolve_tracking_uri(tracking_uri))
+        run.notices = [n for n in run.notices if runs.PREDICTIONS_PATH not in n]
+        extra.append(f"predictions computed now from the logged model ({runs.MODEL_URI.format(run_id=run.run_id)})")
+
+    pixels = None
+    if images is not None and run.predictions is not None:
+        pixels, extra_notice = _matching_images(run.predictions, *images)
+        if extra_notice:
+            extra.append(extra_notice)
+
+    out = out_dir or Path("reports") / run.run_id
+    written = report.build_run_report(run, out, images=pixels, notices=extra)
+    for line in written.notices:
+        notice(line)
+    if log:
+        report.log_report(client, run.run_id, written)
+    where = f"; logged to run {run.run_id} under {report.ARTIFACT_DIR}/" if log else ""
+    click.echo(f"report written to {written.html}{where} ({time.perf_counter() - started:.1f} s)")
+
+
+def _test_images(run, data_dir: Path | None):
+    """((images, labels) or None, notices) for the run's test set."""
+    from analysis import runs
+
+    folder = runs.resolve_data_dir(data_dir, run)
+    try:
+        return runs.load_test_set(folder), []
+    except AnalysisError as err:
+        return None, [f"test images unavailable, image galleries skipped: {err}"]
+
+
+def _matching_images(predictions, images, labels):
+    """The test images if they are the ones the predictions were made on, else (None, why)."""
+    index = predictions.index
+    if index.max(initial=-1) >= len(images) or index.min(initial=0) < 0:
+        return None, (f"predictions refer to test image {index.max()} but the data dir holds "
+                      f"{len(images)}; image galleries skipped (wrong --data-dir?)")
+    if not (labels[index] == predictions.labels).all():
+        return None, ("the labels of the test images in the data dir differ from the stored "
+                      "predictions' labels; image galleries skipped (wrong --data-dir?)")
+    return images, None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`mnist-analysis`)."""
+    cli.main(args=argv, prog_name="mnist-analysis")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

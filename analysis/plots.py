@@ -1,0 +1,250 @@
+"""Figures of one run's numbers: learning curves, batch loss, confusion matrix, per-class accuracy,
+reliability diagram.
+
+Each figure is a Display object in the manner of scikit-learn's `ConfusionMatrixDisplay`: the
+constructor stores computed data, `plot(ax=None)` draws into the given axes (or a new figure) and
+returns self, `from_*` class methods compute then plot. Figures are built on
+`matplotlib.figure.Figure` directly, not through pyplot, so nothing depends on a GUI backend or on
+pyplot's global figure list (reports run headless, in tests and on servers); matplotlib and seaborn
+are imported inside the plotting methods only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import metrics
+
+# One meaning, one colour, in every figure and in the HTML report.
+COLORS = {
+    "train": "#1f77b4",  # blue
+    "test": "#ff7f0e",  # orange
+    "correct": "#2ca02c",  # green: right predictions, the true class
+    "wrong": "#d62728",  # red: wrong predictions, the predicted class
+    "neutral": "#9ecae1",  # light blue: everything else
+    "reference": "#7f7f7f",  # grey: ideal lines, averages
+}
+DPI = 100
+
+
+def new_figure(width: float, height: float, *, constrained: bool = True):
+    """A pyplot-free Figure of `width` x `height` inches."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Write `figure` as PNG to `path` (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _axes(ax, width: float, height: float):
+    if ax is None:
+        ax = new_figure(width, height).subplots()
+    return ax, ax.figure
+
+
+# --------------------------------------------------------------------------- learning curves
+
+
+class LearningCurvesDisplay:
+    """Seed 000 section 5.1: loss per epoch, and train vs test accuracy per epoch.
+
+    `epochs`: DataFrame indexed by epoch with any of train_loss, test_loss, train_accuracy,
+    test_accuracy (accuracies as fractions; drawn in percent). The epoch with the lowest test loss
+    is marked in both panels.
+    """
+
+    def __init__(self, epochs: pd.DataFrame, *, title: str = ""):
+        self.epochs = epochs
+        self.title = title
+
+    def plot(self, axes=None) -> LearningCurvesDisplay:
+        """Draw into a pair of axes (loss, accuracy), or a new 11 x 4 in figure."""
+        if axes is None:
+            axes = new_figure(11, 4).subplots(1, 2)
+        ax_loss, ax_acc = axes
+        self.axes_, self.figure_ = axes, ax_loss.figure
+        epochs = self.epochs
+        x = epochs.index.to_numpy()
+        for split, marker in (("train", "o"), ("test", "^")):
+            if f"{split}_loss" in epochs:
+                ax_loss.plot(x, epochs[f"{split}_loss"], marker=marker, lw=2, color=COLORS[split],
+                             label=f"{split.capitalize()} loss")
+            if f"{split}_accuracy" in epochs:
+                ax_acc.plot(x, 100 * epochs[f"{split}_accuracy"], marker=marker, lw=2,
+                            color=COLORS[split], label=f"{split.capitalize()} accuracy")
+        if "test_loss" in epochs and epochs["test_loss"].notna().any():
+            best = int(epochs["test_loss"].idxmin())
+            for ax in axes:
+                ax.axvline(best, color=COLORS["reference"], ls=":", lw=1.5,
+                           label=f"Lowest test loss (epoch {best})")
+        for ax, name, unit in ((ax_loss, "Loss", "Cross-entropy loss"), (ax_acc, "Accuracy", "Accuracy (%)")):
+            ax.set_title(f"{name} per epoch", fontweight="bold")
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(unit)
+            ax.set_xticks(x if len(x) <= 20 else x[:: max(1, len(x) // 10)])
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
+        if self.title:
+            self.figure_.suptitle(self.title)
+        return self
+
+
+class BatchLossDisplay:
+    """Loss of every optimisation step (faint) and its running mean, against the global step."""
+
+    def __init__(self, batch_loss: pd.Series, *, title: str = ""):
+        self.batch_loss = batch_loss
+        self.title = title
+
+    def plot(self, ax=None) -> BatchLossDisplay:
+        ax, self.figure_ = _axes(ax, 8, 3.5)
+        self.ax_ = ax
+        steps, loss = self.batch_loss.index.to_numpy(), self.batch_loss.to_numpy()
+        ax.plot(steps, loss, color=COLORS["train"], alpha=0.25, lw=1, label="Batch loss")
+        window = max(1, len(loss) // 50)  # ~50 independent points along the curve
+        smooth = pd.Series(loss).rolling(window, min_periods=1).mean()
+        ax.plot(steps, smooth, color=COLORS["train"], lw=2, label=f"Running mean ({window} steps)")
+        ax.set_title(self.title or "Training loss per optimisation step", fontweight="bold")
+        ax.set_xlabel("Optimisation step")
+        ax.set_ylabel("Cross-entropy loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        return self
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+
+class ConfusionHeatmapDisplay:
+    """Confusion matrix as a seaborn heatmap: cells coloured by the fraction of the true digit
+    (so that the rare mistakes stay visible next to the large diagonal), annotated with counts.
+    Cells with a zero count carry no annotation.
+
+    `counts`: int (10, 10), rows = true digit, columns = predicted digit.
+    """
+
+    def __init__(self, counts: np.ndarray, *, title: str = ""):
+        self.counts = np.asarray(counts)
+        self.title = title
+
+    @classmethod
+    def from_predictions(cls, y_true, y_pred, *, ax=None, title: str = "") -> ConfusionHeatmapDisplay:
+        return cls(metrics.confusion_matrix(y_true, y_pred), title=title).plot(ax=ax)
+
+    def plot(self, ax=None) -> ConfusionHeatmapDisplay:
+        import seaborn as sns
+
+        ax, self.figure_ = _axes(ax, 7, 6)
+        self.ax_ = ax
+        counts = self.counts
+        support = counts.sum(axis=1, keepdims=True)
+        rate = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+        annot = np.where(counts > 0, counts.astype(str), "")
+        sns.heatmap(rate, ax=ax, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
+                    linewidths=0.5, linecolor="white", annot_kws={"fontsize": 9},
+                    cbar_kws={"label": "Fraction of the true digit"})
+        n, correct = int(counts.sum()), int(np.trace(counts))
+        ax.set_title(self.title or f"Confusion matrix ({n} test images, accuracy "
+                     f"{100 * correct / max(n, 1):.2f}%)", fontweight="bold")
+        ax.set_xlabel("Predicted digit")
+        ax.set_ylabel("True digit")
+        ax.tick_params(axis="y", rotation=0)
+        return self
+
+
+# --------------------------------------------------------------------------- per-class accuracy
+
+
+class PerClassAccuracyDisplay:
+    """Bar per digit of the fraction of its test images predicted correctly (seed 000 "Try 3").
+
+    `accuracy`: float (10,), NaN for digits absent from the test set; `overall`: fraction.
+    The weakest digit is drawn in the "wrong" colour; the overall accuracy is a reference line.
+    """
+
+    def __init__(self, accuracy: np.ndarray, overall: float, *, title: str = ""):
+        self.accuracy = np.asarray(accuracy, dtype=float)
+        self.overall = overall
+        self.title = title
+
+    @classmethod
+    def from_predictions(cls, y_true, y_pred, *, ax=None, title: str = "") -> PerClassAccuracyDisplay:
+        return cls(metrics.per_class_accuracy(y_true, y_pred), metrics.accuracy(y_true, y_pred),
+                   title=title).plot(ax=ax)
+
+    def plot(self, ax=None) -> PerClassAccuracyDisplay:
+        ax, self.figure_ = _axes(ax, 7, 4)
+        self.ax_ = ax
+        acc = 100 * self.accuracy
+        colors = [COLORS["neutral"]] * len(acc)
+        if np.isfinite(acc).any():
+            colors[int(np.nanargmin(acc))] = COLORS["wrong"]
+        digits = np.arange(len(acc))
+        bars = ax.bar(digits, np.nan_to_num(acc), color=colors, edgecolor="black")
+        ax.bar_label(bars, labels=[f"{a:.1f}" if np.isfinite(a) else "n/a" for a in acc], fontsize=8)
+        ax.axhline(100 * self.overall, color=COLORS["reference"], ls="--",
+                   label=f"Overall {100 * self.overall:.2f}%")
+        low = np.nanmin(acc) if np.isfinite(acc).any() else 0
+        ax.set_ylim(max(0, low - 10), 101)
+        ax.set_xticks(digits)
+        ax.set_title(self.title or "Accuracy per digit", fontweight="bold")
+        ax.set_xlabel("True digit")
+        ax.set_ylabel("Correctly classified (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="lower right")
+        return self
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+class ReliabilityDisplay:
+    """Reliability diagram: accuracy against mean top-1 confidence per confidence bin.
+
+    `bins`: the DataFrame of `metrics.reliability_bins`; `ece`: expected calibration error in
+    [0, 1]. A bar below its red confidence mark is an over-confident bin; sample counts are printed
+    on the bars.
+    """
+
+    def __init__(self, bins: pd.DataFrame, ece: float, *, title: str = ""):
+        self.bins = bins
+        self.ece = ece
+        self.title = title
+
+    @classmethod
+    def from_predictions(cls, y_true, probs, *, n_bins: int = metrics.DEFAULT_BINS, ax=None,
+                         title: str = "") -> ReliabilityDisplay:
+        bins = metrics.reliability_bins(y_true, probs, n_bins=n_bins)
+        return cls(bins, metrics.expected_calibration_error(y_true, probs, n_bins=n_bins),
+                   title=title).plot(ax=ax)
+
+    def plot(self, ax=None) -> ReliabilityDisplay:
+        ax, self.figure_ = _axes(ax, 5.5, 5)
+        self.ax_ = ax
+        bins = self.bins[self.bins["count"] > 0]
+        width = (self.bins["upper"] - self.bins["lower"]).iloc[0]
+        centers = (bins["lower"] + bins["upper"]) / 2
+        ax.bar(centers, bins["accuracy"], width=width, color=COLORS["neutral"], edgecolor="black",
+               label="Accuracy in bin")
+        ax.plot(centers, bins["confidence"], ls="none", marker="_", markersize=14, mew=2.5,
+                color=COLORS["wrong"], label="Mean confidence in bin")
+        for x, y, n in zip(centers, bins["accuracy"], bins["count"]):
+            ax.text(x, min(y, 0.97) + 0.01, str(n), ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.plot([0, 1], [0, 1], ls="--", color=COLORS["reference"], label="Perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(self.title or f"Reliability diagram (ECE {100 * self.ece:.2f}%)", fontweight="bold")
+        ax.set_xlabel("Top-1 confidence")
+        ax.set_ylabel("Accuracy")
+        ax.legend(loc="upper left", fontsize=8)
+        return self

@@ -1,0 +1,242 @@
+"""The per-run report: numbers as CSV/JSON, figures as PNG, one self-contained HTML page, and the
+lot logged back to the run under `analysis/`.
+
+`build_run_report` only reads a `RunData` (and optionally the test images) and writes files;
+`log_report` is the one place that writes to MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import metrics
+from analysis.runs import AnalysisError, RunData
+
+ARTIFACT_DIR = "analysis"  # where the report goes among the run's artifacts
+TOP_PAIRS = 5  # most-confused pairs listed in the summary and drawn in the gallery
+WRONG_ROWS = 15  # wrong predictions (with their top-3) listed in the HTML page
+HIDDEN_TAGS = ("mlflow.log-model.history",)  # long JSON blobs that would swamp the tag table
+
+
+@dataclass
+class RunReport:
+    """What `build_run_report` wrote: `files` in writing order (report.html last)."""
+
+    out_dir: Path
+    summary: dict
+    files: list[Path] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def html(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+@dataclass
+class _Figure:
+    file: str
+    title: str
+    caption: str
+
+
+def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | None = None,
+                     notices: list[str] | None = None) -> RunReport:
+    """Write the report of `run` into `out_dir`.
+
+    `images`: uint8 (M, 28, 28) MNIST test images indexed by the predictions' `index`, or None
+    (the image galleries are then skipped). `notices`: extra lines to show in the report, e.g. why
+    images are missing. Raises AnalysisError when the run has nothing to report on.
+    """
+    from analysis import gallery, plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = RunReport(out, summary={}, notices=[*run.notices, *(notices or [])])
+    figures: list[_Figure] = []
+    title = f"{run.label} ({run.run_id[:8]})"
+
+    def add(display, name: str, heading: str, caption: str) -> None:
+        report.files.append(plots.save_figure(display.figure_, out / name))
+        figures.append(_Figure(name, heading, caption))
+
+    epochs = run.epochs
+    overfit = None
+    if {"train_accuracy", "test_accuracy"} <= set(epochs.columns) and len(epochs):
+        overfit = metrics.overfit_summary(epochs)
+        gaps = metrics.overfit_gap(epochs)
+        report.files.append(_write_csv(epochs.join(gaps), out / "epochs.csv"))
+    if len(epochs):
+        add(plots.LearningCurvesDisplay(epochs, title=title).plot(), "learning_curves.png",
+            "Learning curves", "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
+            "marks the epoch with the lowest test loss.")
+    if len(run.batch_loss):
+        add(plots.BatchLossDisplay(run.batch_loss).plot(), "batch_loss.png", "Loss per step",
+            "Training loss of every optimisation step and its running mean.")
+
+    pred = run.predictions
+    summary = _run_header(run)
+    summary["overfit"] = overfit
+    summary["final_epoch_metrics"] = ({k: _clean(v) for k, v in epochs.iloc[-1].items()}
+                                      if len(epochs) else None)
+    tables = {}
+    if pred is not None:
+        y_true, y_pred, probs = pred.labels, pred.y_pred, pred.probs
+        counts = metrics.confusion_matrix(y_true, y_pred)
+        per_class = metrics.per_class_report(y_true, y_pred)
+        confused = metrics.most_confused_pairs(y_true, y_pred, top_k=TOP_PAIRS)
+        confidence = metrics.confidence_stats(y_true, probs)
+        wrong = metrics.wrong_predictions(y_true, probs, index=pred.index)
+        bins = metrics.reliability_bins(y_true, probs)
+        ece = metrics.expected_calibration_error(y_true, probs)
+        summary.update({
+            "n_test": int(len(pred)),
+            "accuracy": metrics.accuracy(y_true, y_pred),
+            "n_wrong": int(len(wrong)),
+            "ece": ece,
+            "most_confused_pairs": confused.to_dict(orient="records"),
+            "confidence": confidence.to_dict(orient="index"),
+            "worst_digit": int(per_class["accuracy"].idxmin()),
+        })
+        cm_frame = pd.DataFrame(counts, index=pd.Index(range(10), name="true"),
+                                columns=[f"pred_{d}" for d in range(10)])
+        report.files.append(_write_csv(cm_frame, out / "confusion_matrix.csv"))
+        report.files.append(_write_csv(per_class, out / "per_class.csv"))
+        report.files.append(_write_csv(wrong, out / "wrong_predictions.csv", index=False))
+        report.files.append(_write_csv(bins, out / "reliability_bins.csv", index=False))
+        tables = {"per_class": per_class, "confused": confused, "confidence": confidence,
+                  "wrong": wrong.head(WRONG_ROWS)}
+
+        add(plots.ConfusionHeatmapDisplay(counts).plot(), "confusion_matrix.png", "Confusion matrix",
+            "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction of "
+            "the true digit.")
+        add(plots.PerClassAccuracyDisplay(per_class["accuracy"].to_numpy(), summary["accuracy"]).plot(),
+            "per_class_accuracy.png", "Accuracy per digit",
+            "Share of each digit's test images classified correctly; the weakest digit is red.")
+        add(plots.ReliabilityDisplay(bins, ece).plot(), "reliability.png", "Calibration",
+            "Accuracy against top-1 confidence per bin; a bar below its red confidence mark means "
+            "over-confidence. Numbers are images per bin.")
+        if images is not None:
+            add(gallery.DatasetOverviewDisplay(y_true, images[pred.index]).plot(), "dataset.png",
+                "Test set", "Images per digit and the first test image of each digit (seed 000, 3.3).")
+            add(gallery.PredictionGalleryDisplay.from_predictions(images, y_true, probs, pred.index),
+                "predictions.png", "Prediction gallery",
+                "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).")
+            if len(wrong):
+                first_wrong = int(np.flatnonzero(y_pred != y_true)[0])
+                add(gallery.ConfidenceDisplay(images[pred.index[first_wrong]], probs[first_wrong],
+                                              y_true[first_wrong], y_pred[first_wrong],
+                                              test_index=int(pred.index[first_wrong])).plot(),
+                    "confidence.png", "Confidence of a wrong prediction",
+                    "The first wrong prediction and the model's probability for every digit "
+                    "(seed 000, 5.3).")
+                add(gallery.MisclassificationGalleryDisplay.from_predictions(
+                        images, y_true, probs, pred.index, top_pairs=TOP_PAIRS),
+                    "misclassified.png", "Misclassifications by digit pair",
+                    "Wrong predictions of the most frequent (true, predicted) pairs, with the model's "
+                    "confidence in its wrong answer.")
+        else:
+            add(gallery.DatasetOverviewDisplay(y_true).plot(), "dataset.png", "Test set",
+                "Images per digit in the test set.")
+    elif not len(epochs) and not len(run.batch_loss):
+        raise AnalysisError(f"run {run.run_id} has nothing to report on")
+
+    summary["notices"] = list(report.notices)
+    report.summary = _clean(summary)
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(report.summary, indent=2) + "\n")
+    report.files.append(summary_path)
+    html = render_html(run, report.summary, figures, tables, out)
+    report.html.write_text(html, encoding="utf-8")
+    report.files.append(report.html)
+    return report
+
+
+def log_report(client, run_id: str, report: RunReport) -> None:
+    """Log every file of `report` to run `run_id` under `analysis/` (shown in the MLflow UI)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        for path in report.files:
+            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+    except (MlflowException, OSError) as err:
+        raise AnalysisError(f"report written but not logged to run {run_id}: {err}") from None
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def render_html(run: RunData, summary: dict, figures: list[_Figure], tables: dict, out_dir: Path) -> str:
+    """The report page: one file, figures inlined as base64 PNG data URIs, every run-provided
+    string (names, params, tags) escaped by Jinja2's autoescaping."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("analysis", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["pct"] = lambda x, digits=2: "n/a" if x is None or _is_nan(x) else f"{100 * x:.{digits}f}%"
+    env.filters["num"] = lambda x, digits=4: "n/a" if x is None or _is_nan(x) else f"{x:.{digits}f}"
+    embedded = [
+        {"title": f.title, "caption": f.caption, "file": f.file,
+         "data_uri": "data:image/png;base64," + base64.b64encode((out_dir / f.file).read_bytes()).decode()}
+        for f in figures
+    ]
+    tags = {k: v for k, v in sorted(run.tags.items()) if k not in HIDDEN_TAGS}
+    return env.get_template("report.html").render(
+        run=run, summary=summary, figures=embedded, tables=tables, params=dict(sorted(run.params.items())),
+        tags=tags, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _run_header(run: RunData) -> dict:
+    return {
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "experiment": run.experiment_name,
+        "status": run.status,
+        "start_time": _iso(run.start_time),
+        "end_time": _iso(run.end_time),
+        "epochs_logged": int(len(run.epochs)),
+        "train_time_s": run.metrics.get("train_time_s"),
+        "params": dict(run.params),
+        "n_test": None,
+        "n_wrong": None,
+        "accuracy": None,
+        "ece": None,
+        "most_confused_pairs": None,
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:
+    frame.to_csv(path, index=index, float_format="%.6g")
+    return path
+
+
+def _is_nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _clean(value):
+    """JSON-ready copy: numpy scalars to Python, NaN/inf to None, tuple keys to strings."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
