@@ -18,6 +18,7 @@ import click
 
 from .config import ConfigError, ExperimentFile, RunConfig, parse_overrides, read_experiment, resolve
 from .data import DataError, default_data_dir
+from .sweep import Child, expand
 
 
 class StopFlag:
@@ -69,27 +70,90 @@ def cli() -> None:
 @click.option("--max-train", type=int, default=None, help="Use only the first N training images (quick runs).")
 @click.option("--max-test", type=int, default=None, help="Use only the first N test images (quick runs).")
 @click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Sweeps: train children in N processes.")
+@click.option("--force", is_flag=True, help="Sweeps: retrain children that already finished (under a new parent run).")
 @click.option("--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_test, resume_run_id, dry_run, quiet):
-    """Run EXPERIMENT_FILE (YAML) and print the id of the MLflow run it created."""
+def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_test, resume_run_id, workers, force, dry_run, quiet):
+    """Run EXPERIMENT_FILE (YAML) and print the ids of the MLflow runs it created.
+
+    A file with `grid`, `variants` or `seeds` is a sweep: one parent run (printed first) with a
+    nested child run per configuration. Running a sweep again skips children that finished and
+    resumes children that were interrupted.
+
+    Under `mlflow run` (MLFLOW_RUN_ID set), the run MLflow opened becomes the parent and the
+    training runs are its nested children.
+    """
+    # `mlflow run` passes the run it opened; take it out of the environment so that MLflow does not
+    # resume it for every run this process (or its workers) starts.
+    adopt_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     try:
         experiment = read_experiment(experiment_file)
         values = parse_overrides(overrides)
         for key, value in (("experiment", experiment_name), ("max_train", max_train), ("max_test", max_test)):
             if value is not None:
                 values[key] = value
-        if experiment.sweep:
-            raise ConfigError(f"{experiment.path}: sweep files (grid/variants/seeds) are not supported yet")
-        config = resolve(experiment, values)
         data_dir = data_dir or default_data_dir()
+        if resume_run_id and (experiment.sweep or adopt_run_id):
+            raise ConfigError("--resume is for single runs; a sweep resumes its interrupted children when run again")
+        if experiment.sweep:
+            children = expand(experiment, values)
+            sweep_name = str(values.get("name") or experiment.base.get("name") or experiment.path.stem)
+            if dry_run:
+                click.echo(f"{len(children)} children: " + "; ".join(c.name for c in children))
+                _dry_run(children[0].config, data_dir)
+                return
+            _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet)
+            return
+        config = resolve(experiment, values)
         if dry_run:
             _dry_run(config, data_dir)
+            return
+        if adopt_run_id:
+            # MLflow logged the entry point's parameters (empty ones too) on its run, and a logged
+            # parameter can never change, so the run with the resolved config is its child.
+            _run_sweep(experiment, [Child(config.name, config)], config.name, data_dir, 1, True, adopt_run_id, quiet)
             return
         run_id = _run_one(config, experiment, data_dir, resume_run_id, quiet)
     except (ConfigError, DataError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(run_id)
+
+
+def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet) -> None:
+    """Run a sweep; print the parent's and children's run ids; exit 1 if any child failed."""
+    from mlflow.exceptions import MlflowException
+
+    from .sweep import run_sweep
+
+    try:
+        with stop_on_signals() as stop:
+            result = run_sweep(
+                experiment,
+                children,
+                sweep_name=sweep_name,
+                data_dir=data_dir,
+                workers=workers,
+                force=force,
+                adopt_run_id=adopt_run_id,
+                quiet=quiet,
+                should_stop=stop,
+            )
+    except MlflowException as err:
+        raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
+    click.echo(result.parent_run_id)
+    for outcome in result.outcomes:
+        if outcome.run_id:
+            click.echo(outcome.run_id)
+    if result.stopped:
+        click.echo(f"Error: sweep {sweep_name} interrupted; run it again to resume where it stopped", err=True)
+        sys.exit(130)
+    if result.failed:
+        names = ", ".join(o.name for o in result.failed)
+        click.echo(f"Error: {len(result.failed)} of {len(result.outcomes)} children failed: {names}", err=True)
+        for outcome in result.failed:
+            click.echo(f"  {outcome.name}: {outcome.message}", err=True)
+        sys.exit(1)
 
 
 def _run_one(config: RunConfig, experiment: ExperimentFile, data_dir: Path, resume_run_id: str | None, quiet: bool) -> str:
