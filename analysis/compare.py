@@ -547,7 +547,7 @@ def _overfit_findings(onsets: Mapping[str, OverfitOnset | None], max_epoch: int 
 
 def _gap_finding(overfit_gap: pd.Series, labels) -> list[str]:
     gaps = overfit_gap.dropna()
-    if len(gaps) < 2:
+    if len(gaps) < 2 or gaps.nunique() == 1:
         return []
     top, low = gaps.idxmax(), gaps.idxmin()
     return [
@@ -600,9 +600,9 @@ def _confusion_finding(pairs: pd.DataFrame, n_runs: int) -> list[str]:
         return []
     top = pairs.iloc[0]
     return [
-        f"Across {n_runs} runs the most frequent mistake is a true {top.true} read as "
-        f"{top.pred}: {top.total} times in all, {top.mean_per_run:.1f} per run; it is the single "
-        f"most frequent mistake of {top.top_in_runs} of the {n_runs} runs."
+        f"Across {n_runs} runs the most frequent mistake is a true {int(top.true)} read as "
+        f"{int(top.pred)}: {int(top.total)} times in all, {top.mean_per_run:.1f} per run; it is the "
+        f"single most frequent mistake of {int(top.top_in_runs)} of the {n_runs} runs."
     ]
 
 

@@ -143,7 +143,8 @@ class PerClassHeatmapDisplay:
 
 class ConfusionGridDisplay:
     """Confusion matrices side by side (`kind="counts"`) or their differences from the baseline
-    (`kind="difference"`: run minus baseline; on the diagonal more is better, off it fewer is).
+    (`kind="difference"`: numbers are run minus baseline; colour is red where the run is worse,
+    i.e. fewer right on the diagonal or more of a mistake off it).
 
     matrices: label -> (10, 10) array, in display order.
     """
@@ -157,7 +158,8 @@ class ConfusionGridDisplay:
         n = len(self.matrices)
         cols = min(columns, n)
         rows = -(-n // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 3.0 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.7 * rows + 0.4), squeeze=False,
+                                 layout="constrained")
         stack = np.stack(list(self.matrices.values()))
         if self.kind == "counts":
             norm = PowerNorm(gamma=0.3, vmin=0, vmax=max(stack.max(), 1))
@@ -168,7 +170,12 @@ class ConfusionGridDisplay:
             cmap = "RdBu_r"
         annotate = n <= ANNOTATE_UP_TO
         for ax, (label, matrix) in zip(axes.flat, self.matrices.items()):
-            image = ax.imshow(matrix, cmap=cmap, norm=norm)
+            shown = matrix
+            if self.kind == "difference":
+                # colour by harm: fewer right on the diagonal and more mistakes off it are both red
+                shown = matrix.copy()
+                np.fill_diagonal(shown, -np.diag(matrix))
+            image = ax.imshow(shown, cmap=cmap, norm=norm)
             ax.set_title(label, fontsize="small")
             ax.set_xticks(range(10))
             ax.set_yticks(range(10))
@@ -183,7 +190,7 @@ class ConfusionGridDisplay:
         fig.supxlabel("predicted digit", fontsize="small")
         fig.supylabel("true digit", fontsize="small")
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6,
-                     label="count" if self.kind == "counts" else "run - baseline")
+                     label="count" if self.kind == "counts" else "worse (red) / better (blue) than baseline")
         self.figure_ = fig
         return self
 

@@ -486,7 +486,8 @@ def figures(c: Comparison) -> dict[str, str]:
     if not c.history.empty:
         out["curves"] = cp.figure_to_base64(
             cp.LearningCurvesDisplay(c.history, labels, settings).plot(CURVE_KEYS, at_epoch=c.epoch).figure_)
-    if c.epoch and c.at_epoch["test_accuracy"].notna().any():
+    at, final = c.at_epoch["test_accuracy"], c.final["test_accuracy"].reindex(c.at_epoch.index)
+    if c.epoch and at.notna().any() and not np.allclose(at, final, equal_nan=True):
         out["at_epoch"] = cp.figure_to_base64(cp.EpochComparisonDisplay(
             c.at_epoch["test_accuracy"], c.final["test_accuracy"], labels, c.epoch).plot().figure_)
     if c.per_class is not None and len(c.per_class):
@@ -672,16 +673,19 @@ def compare_runs(
               help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="MNIST folder for the flip gallery images (default: the run's data dir, $MNIST_DATA_DIR, ./data).")
-@click.option("--no-log", is_flag=True, help="Write the files only; do not log the report to MLflow.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where downloaded artifacts are cached by run id (default: ~/.cache/mnist-workbench).")
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="Log the report to MLflow (the sweep's parent run, else a new report run).")
 def compare_command(experiments, run_ids, parent_run_id, filter_string, baseline, at_epoch, out_dir,
-                    tracking_uri, data_dir, no_log):
+                    tracking_uri, data_dir, cache_dir, log):
     """Compare runs: one offline report.html plus runs.csv and significance.csv."""
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
     try:
         comparison, path, logged = compare_runs(
             out_dir=out_dir, experiments=experiments, run_ids=ids, parent_run_id=parent_run_id,
             filter_string=filter_string, baseline=baseline, at_epoch=at_epoch,
-            tracking_uri=tracking_uri, data_dir=data_dir, log_to_mlflow=not no_log)
+            tracking_uri=tracking_uri, data_dir=data_dir, log_to_mlflow=log, cache_dir=cache_dir)
     except AnalysisError as err:
         raise click.ClickException(str(err)) from None
     left_out = len(comparison.excluded) + len(comparison.partial)
