@@ -15,9 +15,10 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import tempfile
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +158,15 @@ def check_store_reachable(uri: str) -> None:
     """Raise AnalysisError unless `uri` names an existing store or a server that answers."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme in ("http", "https"):
-        parts = urllib.parse.urlparse(uri)
-        port = parts.port or (443 if scheme == "https" else 80)
+        # one plain request with a short timeout: MLflow's own client would retry for minutes
         try:
-            with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
                 pass
-        except OSError as err:
-            raise AnalysisError(f"tracking server {uri} is unreachable ({err})") from None
+        except urllib.error.HTTPError:
+            pass  # the server answered (perhaps 401 or 404): reachable, let MLflow take over
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise AnalysisError(f"tracking server {uri} is unreachable ({reason})") from None
     elif scheme == "sqlite":
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:" and not Path(path).is_file():
