@@ -120,6 +120,11 @@ def _matching_images(predictions, images, labels):
     return images, None
 
 
+from analysis.compare_cli import compare_command  # noqa: E402  (issue 5: comparison reports)
+
+cli.add_command(compare_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
     cli.main(args=argv, prog_name="mnist-analysis")

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
@@ -605,6 +604,17 @@ def log_report(client, c: Comparison, out_dir: str | Path, *, parent_run_id: str
 # --------------------------------------------------------------------------- entry point
 
 
+def matching_test_images(c: Comparison, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`images` if they are the test set the predictions were made on; AnalysisError otherwise."""
+    index = c.test_index
+    if index.min(initial=0) < 0 or index.max(initial=-1) >= len(images):
+        raise AnalysisError(f"predictions refer to test image {index.max()} but the data dir holds "
+                            f"{len(images)} (wrong --data-dir?)")
+    if not np.array_equal(labels[index], c.test_labels):
+        raise AnalysisError("the data dir's test labels differ from the predictions' (wrong --data-dir?)")
+    return images
+
+
 def compare_runs(
     *,
     out_dir: str | Path,
@@ -620,7 +630,7 @@ def compare_runs(
     cache_dir=None,
 ) -> tuple[Comparison, Path, str | None]:
     """Select, compare, write and (optionally) log; returns (comparison, report path, MLflow run id)."""
-    from analysis.runs import connect, load_test_images, resolve_data_dir
+    from analysis.runs import connect, load_test_set, resolve_data_dir
 
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise AnalysisError("choose runs with --experiment, --runs, --parent or --filter")
@@ -642,7 +652,7 @@ def compare_runs(
     if comparison.flips:
         folder = resolve_data_dir(data_dir, next(r for r in runs if r.run_id == baseline_id))
         try:
-            test_images = load_test_images(folder)
+            test_images = matching_test_images(comparison, *load_test_set(folder))
         except AnalysisError as err:
             comparison.notes.append(f"flip gallery without images: {err}")
     if parent_run_id:
@@ -652,45 +662,3 @@ def compare_runs(
     path = write_report(comparison, out_dir, test_images=test_images, title=title)
     logged = log_report(client, comparison, out_dir, parent_run_id=parent_run_id) if log_to_mlflow else None
     return comparison, path, logged
-
-
-@click.command("compare")
-@click.option("--experiment", "experiments", multiple=True, metavar="NAME",
-              help="Compare every run of this experiment (repeatable).")
-@click.option("--runs", "run_ids", multiple=True, metavar="ID",
-              help="Compare these run ids (repeatable; also accepts several ids separated by commas).")
-@click.option("--parent", "parent_run_id", metavar="SWEEP_RUN_ID",
-              help="Compare the child runs of a sweep; the report is logged to the sweep's parent run.")
-@click.option("--filter", "filter_string", metavar="EXPR",
-              help="MLflow search filter, e.g. \"params.lr = '0.01'\" (within --experiment, else all experiments).")
-@click.option("--baseline", metavar="RUN_ID",
-              help="Run the others are tested against (default: the sweep's first child / the oldest run).")
-@click.option("--at-epoch", type=int, metavar="N",
-              help="Also compare the runs at this epoch (default: the last epoch all runs reached).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for report.html, runs.csv and significance.csv.")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
-              help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-@click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="MNIST folder for the flip gallery images (default: the run's data dir, $MNIST_DATA_DIR, ./data).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Where downloaded artifacts are cached by run id (default: ~/.cache/mnist-workbench).")
-@click.option("--log/--no-log", default=True, show_default=True,
-              help="Log the report to MLflow (the sweep's parent run, else a new report run).")
-def compare_command(experiments, run_ids, parent_run_id, filter_string, baseline, at_epoch, out_dir,
-                    tracking_uri, data_dir, cache_dir, log):
-    """Compare runs: one offline report.html plus runs.csv and significance.csv."""
-    ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
-    try:
-        comparison, path, logged = compare_runs(
-            out_dir=out_dir, experiments=experiments, run_ids=ids, parent_run_id=parent_run_id,
-            filter_string=filter_string, baseline=baseline, at_epoch=at_epoch,
-            tracking_uri=tracking_uri, data_dir=data_dir, log_to_mlflow=log, cache_dir=cache_dir)
-    except AnalysisError as err:
-        raise click.ClickException(str(err)) from None
-    left_out = len(comparison.excluded) + len(comparison.partial)
-    click.echo(f"compared {len(comparison.runs)} runs (baseline {comparison.labels[comparison.baseline_id]})"
-               + (f", {left_out} left out of some parts" if left_out else ""))
-    click.echo(f"report: {path}")
-    if logged:
-        click.echo(f"logged to MLflow run {logged} ({REPORT_ARTIFACT_DIR}/report.html)")
