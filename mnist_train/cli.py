@@ -162,6 +162,10 @@ def _run_one(config: RunConfig, experiment: ExperimentFile, data_dir: Path, resu
     from .progress import Reporter
     from .tracking import TrainingStopped, prepare_run, run_training
 
+    # MLflow narrates store and experiment creation at INFO and warns that pickled models run code
+    # when loaded (ours are our own); keep the terminal for training progress and real problems.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     prepared = prepare_run(config, data_dir)
     try:
         with stop_on_signals() as stop:
@@ -202,9 +206,6 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    # MLflow narrates store creation and warns about pickled models at INFO/WARNING; keep the
-    # terminal for training progress and real problems.
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
     cli(prog_name="mnist-train")
 
 

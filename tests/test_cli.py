@@ -1,0 +1,140 @@
+"""`mnist-train` end to end: output, and one clear line for every kind of bad input."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from mnist_train.cli import cli
+
+QUICK = ["--max-train", "500", "--max-test", "100", "--set", "epochs=1", "--quiet"]
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: cli_test\nexperiment: cli-tests\nhidden_sizes: [16]\nbatch_size: 100\n")
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+def running_runs():
+    return MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()], "attributes.status = 'RUNNING'"
+    )
+
+
+def assert_one_line_error(result, message):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert message in lines[0]
+    assert running_runs() == []
+
+
+def test_run_prints_the_run_id(experiment, data_dir):
+    result = invoke(experiment, "--data-dir", data_dir, *QUICK)
+    assert result.exit_code == 0, result.output
+    run = MlflowClient().get_run(result.output.strip().splitlines()[-1])
+    assert run.info.status == "FINISHED" and run.info.run_name == "cli_test"
+    assert run.data.params["max_train"] == "500"
+
+
+def test_experiment_name_option(experiment, data_dir):
+    result = invoke(experiment, "--data-dir", data_dir, "--experiment-name", "renamed", *QUICK)
+    assert result.exit_code == 0, result.output
+    run = MlflowClient().get_run(result.output.strip().splitlines()[-1])
+    assert MlflowClient().get_experiment(run.info.experiment_id).name == "renamed"
+
+
+def test_dry_run_logs_nothing(experiment, data_dir):
+    before = len(MlflowClient().search_experiments())
+    result = invoke(experiment, "--data-dir", data_dir, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run ok" in result.output and "total" in result.output
+    assert len(MlflowClient().search_experiments()) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--set", "colour=blue"], "unknown config key 'colour'"),
+        (["--set", "epochs=many"], "epochs must be int"),
+        (["--set", "lr=0"], "lr must be > 0"),
+        (["--set", "batch_size=0"], "batch_size must be >= 1"),
+        (["--set", "epochs=0"], "epochs must be >= 1"),
+        (["--set", "dropout=1"], "dropout must be in [0, 1)"),
+        (["--set", "model=resnet"], "model must be one of"),
+        (["--set", "activation=swish"], "activation must be one of"),
+        (["--set", "optimizer=lbfgs"], "optimizer must be one of"),
+        (["--set", "lr"], "--set takes key=value"),
+    ],
+)
+def test_bad_config_is_one_line(experiment, data_dir, overrides, message):
+    assert_one_line_error(invoke(experiment, "--data-dir", data_dir, *overrides), message)
+
+
+def test_missing_experiment_file(tmp_path, data_dir):
+    assert_one_line_error(invoke(tmp_path / "nope.yaml", "--data-dir", data_dir), "experiment file not found")
+
+
+def _broken_data(data_dir, tmp_path, breaker):
+    from mnist_train.data import load_split
+
+    load_split(data_dir, train=False, download=False)  # unpack the fixture
+    target = tmp_path / "broken"
+    shutil.copytree(data_dir, target, ignore=shutil.ignore_patterns("*.gz"))
+    breaker(target / "MNIST" / "raw")
+    return target
+
+
+@pytest.mark.parametrize(
+    "breaker, message",
+    [
+        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes()[:100]), "truncated"),
+        (lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(b"\x00" * 64), "wrong magic number"),
+    ],
+)
+def test_damaged_data_is_one_line(experiment, data_dir, tmp_path, breaker, message):
+    broken = _broken_data(data_dir, tmp_path, breaker)
+    assert_one_line_error(invoke(experiment, "--data-dir", broken, *QUICK), message)
+
+
+def test_absent_mnist_that_cannot_be_downloaded(experiment, tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    # nothing listens on the discard port: the download fails at once, whatever the network
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    result = invoke(experiment, "--data-dir", tmp_path / "empty", *QUICK)
+    assert_one_line_error(result, "MNIST not found")
+    assert "download failed" in result.output
+
+
+def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, data_dir):
+    command = [sys.executable, "-m", "mnist_train", "run", str(experiment), "--data-dir", str(data_dir),
+               "--set", "epochs=200", "--max-train", "3000", "--max-test", "100"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    for line in process.stderr:  # not a terminal: one plain line per epoch
+        if "epoch 1/200" in line or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()[-1]
+    assert "checkpoint saved" in message and "--resume" in message
+    run_id = message.split("--resume ")[1].strip()
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")][0] == "checkpoints/epoch_001.pt"
