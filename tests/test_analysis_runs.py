@@ -17,7 +17,7 @@ from analysis_helpers import fixture_test_labels, log_fake_run, log_foreign_run,
 def store(tracking_uri):
     """Hand-made runs in two experiments of the session store."""
     finished = log_fake_run(tracking_uri, "runs-a", run_name="finished", n_epochs=3, seed=1)
-    killed = log_fake_run(tracking_uri, "runs-a", run_name="killed", n_epochs=2, seed=2,
+    killed = log_fake_run(tracking_uri, "runs-a", run_name="runs-a-killed", n_epochs=2, seed=2,
                           with_predictions=False, status="KILLED")
     parent = log_foreign_run(tracking_uri, "runs-b")  # stands in for a sweep parent: no metrics
     children = [log_fake_run(tracking_uri, "runs-b", run_name=f"lr={lr}", seed=i, parent_run_id=parent,
@@ -79,7 +79,7 @@ def test_find_runs_by_experiment_parent_filter_and_ids(store):
     assert by_experiment == [store["finished"].run_id, store["killed"].run_id]
     assert runs.find_run_ids(client, parent_run_id=store["parent"]) == store["children"]
     assert runs.find_run_ids(client, experiments=["runs-b"], filter_string="tags.lr = '0.01'") == store["children"][:1]
-    assert runs.find_run_ids(client, filter_string="attributes.run_name = 'killed'") == [store["killed"].run_id]
+    assert runs.find_run_ids(client, filter_string="attributes.run_name = 'runs-a-killed'") == [store["killed"].run_id]
     ids = [store["killed"].run_id, store["finished"].run_id]
     assert runs.find_run_ids(client, run_ids=ids) == ids
     loaded = runs.load_runs(store["uri"], parent_run_id=store["parent"], with_predictions=False)
