@@ -210,7 +210,7 @@ class AccuracyCostDisplay:
             color = colors[self.settings[run_id]]
             if {"ci_low", "ci_high"} <= set(table.columns) and np.isfinite(row.get("ci_low", np.nan)):
                 ax.errorbar(row.train_time_s, row.accuracy,
-                            yerr=[[row.accuracy - row.ci_low], [row.ci_high - row.accuracy]],
+                            yerr=[[max(row.accuracy - row.ci_low, 0)], [max(row.ci_high - row.accuracy, 0)]],
                             fmt="o", color=color, capsize=2, markersize=5)
             else:
                 ax.plot(row.train_time_s, row.accuracy, "o", color=color)

@@ -503,7 +503,9 @@ def figures(c: Comparison) -> dict[str, str]:
     cost = c.final[["train_time_s"]].copy()
     cost["accuracy"] = c.final["test_accuracy"]
     if c.significance is not None:
-        cost = cost.join(c.significance[["ci_low", "ci_high"]])
+        # the interval is of the accuracy on the stored predictions, so plot that accuracy with it
+        cost = cost.join(c.significance[["accuracy", "ci_low", "ci_high"]], rsuffix="_predictions")
+        cost["accuracy"] = cost["accuracy_predictions"].fillna(cost["accuracy"])
     if cost[["train_time_s", "accuracy"]].notna().all(axis=1).sum() >= 2:
         out["cost"] = cp.figure_to_base64(cp.AccuracyCostDisplay(cost, labels, settings).plot().figure_)
     return out
