@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,11 @@ class Prepared:
 
 
 def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
-    """Load MNIST and normalise it for `config`. Raises DataError / RuntimeError for the user."""
+    """Load MNIST and normalise it for `config`, after checking that the tracking server answers.
+
+    Raises ConfigError / DataError for the user, before any MLflow run exists.
+    """
+    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     device = pick_device(config.device)
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
@@ -67,6 +74,19 @@ def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
         data_dir=Path(data_dir).resolve(),
         device=device,
     )
+
+
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """One short request to an http(s) tracking server; MLflow's client would retry for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (401, 404, ...): reachable; MLflow reports anything else
+    except (urllib.error.URLError, OSError) as err:
+        raise ConfigError(f"tracking server {uri} is unreachable ({getattr(err, 'reason', err)})") from None
 
 
 def run_training(
@@ -163,15 +183,34 @@ def _train_and_log(client, run_id, model, optimizer, prepared, progress, reporte
                 reporter.step(record)
                 continue
             epoch_metrics = [Metric(k, v, now, record.epoch) for k, v in record.metrics().items()]
-            client.log_batch(run_id, metrics=pending + epoch_metrics)
+            retry_conflicts(lambda: client.log_batch(run_id, metrics=pending + epoch_metrics))
             pending = []
             _save_checkpoint(mlflow, model, optimizer, progress, prepared.config)
             reporter.epoch(record, prepared.config.epochs)
             last = record
     finally:
         if pending:  # an interrupted epoch resumes after these steps, so keep them
-            client.log_batch(run_id, metrics=pending)
+            retry_conflicts(lambda: client.log_batch(run_id, metrics=pending))
     return last
+
+
+def retry_conflicts(write: Callable[[], Any], attempts: int = 6) -> Any:
+    """Do an MLflow write, again after a pause if a parallel run got in the way.
+
+    Sweep children running in parallel log the same datasets at the same moment; MLflow looks a
+    dataset up, then inserts it, so one of two children can fail on the unique key although the
+    row it wanted now exists. A SQLite store can also stay locked beyond its busy timeout.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException as err:
+            transient = "UNIQUE constraint failed" in str(err) or "database is locked" in str(err)
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
 
 
 def _log_setup(mlflow, prepared: Prepared, model: torch.nn.Module, experiment_file: ExperimentFile | None) -> None:
@@ -205,7 +244,7 @@ def _log_datasets(mlflow, prepared: Prepared) -> None:
             dataset = mlflow.data.from_numpy(
                 split.images.reshape(len(split), -1).numpy(), targets=split.labels.numpy(), source=raw, name=name
             )
-            mlflow.log_input(dataset, context=context)
+            retry_conflicts(lambda: mlflow.log_input(dataset, context=context))
 
 
 def _run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict[str, str]:

@@ -138,3 +138,12 @@ def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, dat
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "KILLED"
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")][0] == "checkpoints/epoch_001.pt"
+
+
+def test_unreachable_tracking_server_is_one_line(experiment, data_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.time()
+    result = invoke(experiment, "--data-dir", data_dir, *QUICK)
+    monkeypatch.undo()
+    assert_one_line_error(result, "tracking server http://127.0.0.1:9 is unreachable")
+    assert time.time() - started < 30
