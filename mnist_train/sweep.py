@@ -258,7 +258,12 @@ def run_sweep(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from . import data
+
     say = say or (lambda text: None if quiet else print(text, file=sys.stderr, flush=True))
+    # Load (unpack, download) the data once here: a missing data set is then one error before any
+    # run opens, and parallel children never race to unpack the same files.
+    data.load_mnist(data_dir)
     client = MlflowClient()
     if adopt_run_id:
         experiment_id = client.get_run(adopt_run_id).info.experiment_id
