@@ -207,7 +207,7 @@ class Outcome:
 
     name: str
     run_id: str | None = None
-    status: str = "FAILED"  # FINISHED | FAILED | KILLED
+    status: str = "PENDING"  # FINISHED | FAILED | KILLED, or PENDING when never started
     action: str = "train"  # train | resume | skip
     message: str = ""
 
@@ -280,11 +280,12 @@ def run_sweep(
     outcomes, tasks = [], []
     line_output = workers > 1
     for child in children:
-        action, run_id = _plan(client, child, previous)
+        action, run_id, status = _plan(client, child, previous)
         if action == "skip":
-            outcomes.append(Outcome(child.name, run_id, "FINISHED", "skip", "already finished"))
+            note = "already finished" if status == "FINISHED" else "diverged before (--force retrains it)"
+            outcomes.append(Outcome(child.name, run_id, status, "skip", note))
             continue
-        outcome = Outcome(child.name, run_id, "FAILED", action)
+        outcome = Outcome(child.name, run_id, "PENDING", action)
         outcomes.append(outcome)
         tasks.append((outcome, Task(child, experiment, Path(data_dir), parent_id, run_id, line_output, quiet)))
 
@@ -293,7 +294,7 @@ def run_sweep(
         f"sweep {sweep_name}: {len(children)} children ({skipped} already finished, "
         f"{sum(o.action == 'resume' for o, _ in tasks)} to resume), parent run {parent_id}"
     )
-    tracker = _Tally(len(children), skipped, say)
+    tracker = _Tally(len(children), skipped, sum(o.status == "FAILED" for o in outcomes), say)
     try:
         if workers > 1 and len(tasks) > 1:
             stopped = _run_parallel(tasks, workers, should_stop, tracker)
@@ -328,19 +329,20 @@ def _earlier_children(client, experiment_id: str, sweep_name: str) -> dict[str, 
     return found
 
 
-def _plan(client, child: Child, previous: dict[str, list]) -> tuple[str, str | None]:
-    """("skip", id) for a finished twin, ("resume", id) for an interrupted one, else ("train", None)."""
+def _plan(client, child: Child, previous: dict[str, list]) -> tuple[str, str | None, str]:
+    """(action, run id, status): skip a finished (or diverged) twin, resume an interrupted one, or
+    train a new child. Twins are earlier children with the same name and identical parameters."""
     expected = child.config.to_params()
     twins = [r for r in previous.get(child.name, []) if all(r.data.params.get(k) == v for k, v in expected.items())]
     for run in twins:
         if run.info.status == "FINISHED":
-            return "skip", run.info.run_id
+            return "skip", run.info.run_id, "FINISHED"
     for run in twins:
         if run.data.tags.get("failure_reason", "").startswith("loss became"):
-            return "skip", run.info.run_id  # diverged: deterministic, retraining gives the same
+            return "skip", run.info.run_id, "FAILED"  # diverged: retraining would diverge again
         if run.info.status in ("KILLED", "FAILED") and client.list_artifacts(run.info.run_id, "checkpoints"):
-            return "resume", run.info.run_id
-    return "train", None
+            return "resume", run.info.run_id, run.info.status
+    return "train", None, ""
 
 
 def _open_parent(client, experiment_id, experiment: ExperimentFile, sweep_name, adopt_run_id, reuse: bool) -> str:
@@ -449,8 +451,8 @@ def _quote(text: str) -> str:
 class _Tally:
     """Overall progress: one line per child that ends, with counts so far."""
 
-    def __init__(self, total: int, skipped: int, say: Callable[[str], None]):
-        self.total, self.done, self.failed, self.say = total, skipped, 0, say
+    def __init__(self, total: int, done: int, failed: int, say: Callable[[str], None]):
+        self.total, self.done, self.failed, self.say = total, done, failed, say
 
     def ended(self, outcome: Outcome) -> None:
         self.done += 1
@@ -494,7 +496,7 @@ def _run_parallel(tasks, workers: int, should_stop, tally: _Tally) -> bool:
                 try:
                     _record(outcome, future.result())
                 except Exception as err:  # the worker process died (killed, out of memory)
-                    outcome.message = f"worker process failed: {type(err).__name__}: {err}"
+                    outcome.status, outcome.message = "FAILED", f"worker process failed: {type(err).__name__}: {err}"
                 tally.ended(outcome)
             for future in [f for f in pending if f.cancelled()]:
                 pending.pop(future)
