@@ -490,14 +490,12 @@ def _flip_findings(significance, labels, baseline_id) -> list[str]:
     net = others["fixed"].astype(float) - others["broke"].astype(float)
     top = net.idxmax()
     row = others.loc[top]
-    sentence = (
-        f"Against the baseline, {labels[top]} fixed {int(row.fixed)} test images and broke "
-        f"{int(row.broke)} (net {int(net[top]):+d})"
-    )
-    if row.fixed > 0 and row.broke > 0:
-        sentence += (
-            f": even the largest net gain comes with {int(row.broke)} images the baseline got right"
-        )
+    counts = f"fixed {int(row.fixed)} test images and broke {int(row.broke)} (net {int(net[top]):+d})"
+    if net[top] <= 0:
+        return [f"No run gains on the baseline in net; the closest, {labels[top]}, {counts}."]
+    sentence = f"Against the baseline, {labels[top]} {counts}"
+    if row.broke > 0:
+        sentence += f": even the largest net gain comes with {int(row.broke)} images the baseline got right"
     return [sentence + "."]
 
 
@@ -565,10 +563,13 @@ def _cost_finding(accuracy: pd.Series, train_time: pd.Series, labels, tolerance:
     near = both[both["acc"] >= both.at[best, "acc"] - tolerance]
     fastest = near["time"].idxmin()
     if fastest == best:
-        slower = (both["time"] > both.at[best, "time"]).sum()
+        faster = both[both["time"] < both.at[best, "time"]]
+        if faster.empty:
+            return [f"{labels[best]} is both the most accurate and the fastest run "
+                    f"({both.at[best, 'time']:.1f} s)."]
         return [
-            f"{labels[best]} is the most accurate run and trains in {both.at[best, 'time']:.1f} s; "
-            f"{slower} of the other {len(both) - 1} runs take longer."
+            f"{labels[best]} is the most accurate run ({both.at[best, 'time']:.1f} s); the "
+            f"{len(faster)} faster run(s) all score more than {100 * tolerance:.1f} points lower."
         ]
     ratio = both.at[best, "time"] / both.at[fastest, "time"]
     return [

@@ -201,3 +201,22 @@ def test_significance_table_and_findings_are_computed_from_numbers():
     assert "1 of 2 runs differ" in text
     assert "twin" in text and "Not significant" in text
     assert f"fixed {table.loc['better', 'fixed']} test images and broke 0" in text
+
+
+def test_findings_do_not_call_a_net_loss_a_gain():
+    base = np.array([True] * 80 + [False] * 20)
+    worse = base.copy()
+    worse[:10] = False  # breaks 10
+    worse[80:85] = True  # fixes 5
+    table = compare.significance_table({"b": base, "w": worse}, "b")
+    labels = {"b": "base", "w": "worse"}
+    sentences = compare.findings(
+        labels=labels, baseline_id="b", significance=table,
+        groups=compare.seed_groups(pd.DataFrame(index=["b", "w"]), table["accuracy"]),
+        onsets={}, max_epoch=None, final_accuracy=table["accuracy"], at_epoch_accuracy=None,
+        epoch=None, overfit_gap=pd.Series(dtype=float),
+        train_time=pd.Series({"b": 1.0, "w": 2.0}), confused_pairs=None)
+    text = " ".join(sentences)
+    assert "No run gains on the baseline in net; the closest, worse, fixed 5 test images and broke 10" in text
+    assert "net gain" not in text.replace("gains on the baseline in net", "")
+    assert "base is both the most accurate and the fastest run (1.0 s)" in text
