@@ -8,6 +8,7 @@ Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identi
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,49 +53,103 @@ def cli() -> None:
 
 
 @cli.command("run")
-@click.argument("run_id")
+@click.argument("refs", nargs=-1, metavar="[RUN]...")
+@click.option("--experiment", "experiments", multiple=True, metavar="NAME",
+              help="Report every run of this experiment (repeatable).")
+@click.option("--parent", "parent_run_id", metavar="RUN_ID", help="Report every child run of this sweep.")
+@click.option("--filter", "filter_string", metavar="EXPR",
+              help="Report the runs matching this MLflow filter, e.g. \"params.lr = '0.01'\".")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder. Default: reports/<RUN_ID>.")
+              help="Output folder. One run: the report itself (default reports/<run id>). "
+                   "Several runs: one sub-folder per run, <run name>_<id prefix> (default reports/).")
 @tracking_uri_option
 @data_dir_option
 @cache_dir_option
 @click.option("--log/--no-log", default=True, show_default=True,
               help="Log the report files to the run under analysis/.")
 @click.option("--predict", is_flag=True,
-              help="If the run stored no predictions, compute them with its logged model.")
-def run_command(run_id: str, out_dir: Path | None, tracking_uri: str | None, data_dir: Path | None,
-                cache_dir: Path | None, log: bool, predict: bool) -> None:
-    """Per-run report of RUN_ID: figures (PNG), numbers (CSV, JSON) and report.html."""
+              help="If a run stored no predictions, compute them with its logged model.")
+def run_command(refs: tuple[str, ...], experiments: tuple[str, ...], parent_run_id: str | None,
+                filter_string: str | None, out_dir: Path | None, tracking_uri: str | None,
+                data_dir: Path | None, cache_dir: Path | None, log: bool, predict: bool) -> None:
+    """Per-run report: figures (PNG), numbers (CSV, JSON) and one report.html per run.
+
+    RUN is a run id or a run name (e.g. seed000_mlp; the latest run of that name).
+    """
     from analysis import report, runs
 
+    if not (refs or experiments or parent_run_id or filter_string):
+        raise click.UsageError("name a RUN (id or name) or select runs with --experiment, --parent or --filter")
     started = time.perf_counter()
     client = runs.connect(tracking_uri)
+    run_ids = []
+    for ref in refs:
+        run_id, matches = runs.resolve_run_ref(client, ref)
+        if matches > 1:
+            notice(f"{matches} runs are named {ref!r}; reporting the latest ({run_id})")
+        run_ids.append(run_id)
+    if experiments or parent_run_id or filter_string:
+        run_ids += runs.find_run_ids(client, experiments=experiments, parent_run_id=parent_run_id,
+                                     filter_string=filter_string)
+    run_ids = list(dict.fromkeys(run_ids))
+    options = dict(data_dir=data_dir, cache_dir=cache_dir, log=log, predict=predict,
+                   tracking_uri=runs.resolve_tracking_uri(tracking_uri))
+
+    if len(run_ids) == 1:
+        html = _report_one(client, run_ids[0], out_dir or Path("reports") / run_ids[0], **options)
+        written = [html]
+    else:
+        # a selection holds sweep parents and perhaps broken runs: report the rest, say what was skipped
+        written = []
+        for run_id in run_ids:
+            try:
+                name = runs.get_run(client, run_id).info.run_name or "run"
+                folder = (out_dir or Path("reports")) / f"{_safe_name(name)}_{run_id[:8]}"
+                written.append(_report_one(client, run_id, folder, **options))
+            except AnalysisError as err:
+                notice(f"skipped run {run_id}: {err}")
+        if not written:
+            raise AnalysisError(f"none of the {len(run_ids)} selected runs could be reported")
+    where = f"; logged to each run under {report.ARTIFACT_DIR}/" if log else ""
+    for html in written:
+        click.echo(f"report written to {html}")
+    click.echo(f"{len(written)} report(s){where} ({time.perf_counter() - started:.1f} s)")
+
+
+def _report_one(client, run_id: str, out: Path, *, data_dir: Path | None, cache_dir: Path | None,
+                log: bool, predict: bool, tracking_uri: str) -> Path:
+    """Load one run, write its report into `out`, log it unless told not to; the HTML's path."""
+    from analysis import report, runs
+
     run = runs.load_run(client, run_id, cache_dir=cache_dir)
     images, extra = _test_images(run, data_dir)
-
     if run.predictions is None and predict:
         if images is None:
             raise AnalysisError("--predict needs the MNIST test images; pass --data-dir")
-        images_all, labels_all = images
-        run.predictions = runs.predict_with_logged_model(run.run_id, images_all, labels_all,
-                                                         tracking_uri=runs.resolve_tracking_uri(tracking_uri))
+        run.predictions = runs.predict_with_logged_model(run.run_id, *images, tracking_uri=tracking_uri)
         run.notices = [n for n in run.notices if runs.PREDICTIONS_PATH not in n]
-        extra.append(f"predictions computed now from the logged model ({runs.MODEL_URI.format(run_id=run.run_id)})")
+        extra.append(f"predictions computed now from the logged model "
+                     f"({runs.MODEL_URI.format(run_id=run.run_id)}), not stored ones")
 
     pixels = None
     if images is not None and run.predictions is not None:
-        pixels, extra_notice = _matching_images(run.predictions, *images)
-        if extra_notice:
-            extra.append(extra_notice)
+        pixels, mismatch = _matching_images(run.predictions, *images)
+        if mismatch:
+            extra.append(mismatch)
+    elif run.predictions is None:
+        extra = []  # without predictions there are no image galleries: missing images are no news
 
-    out = out_dir or Path("reports") / run.run_id
     written = report.build_run_report(run, out, images=pixels, notices=extra)
     for line in written.notices:
         notice(line)
     if log:
         report.log_report(client, run.run_id, written)
-    where = f"; logged to run {run.run_id} under {report.ARTIFACT_DIR}/" if log else ""
-    click.echo(f"report written to {written.html}{where} ({time.perf_counter() - started:.1f} s)")
+    return written.html
+
+
+def _safe_name(name: str) -> str:
+    """A run name usable as a folder name (names like `lr=0.01` stay readable)."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._") or "run"
 
 
 def _test_images(run, data_dir: Path | None):

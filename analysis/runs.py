@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -42,6 +43,7 @@ N_CLASSES = 10
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default
 PROBE_TIMEOUT_S = 3.0  # an unreachable server should fail in seconds, not after MLflow's retries
 MAX_RUNS = 5000
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # what MLflow's run ids look like (uuid4 hex)
 
 
 class AnalysisError(RuntimeError):
@@ -190,16 +192,13 @@ def find_run_ids(
 ) -> list[str]:
     """Ids of the runs selected by any combination of the arguments (their union, in order).
 
-    `experiments`: experiment names (all their runs, oldest first); `run_ids`: explicit ids, each
-    checked to exist; `parent_run_id`: the child runs of a sweep; `filter_string`: an MLflow search
+    `experiments`: experiment names (all their runs, oldest first); `run_ids`: run ids or run names
+    (see `resolve_run_ref`), each checked to exist; `parent_run_id`: the child runs of a sweep; `filter_string`: an MLflow search
     filter such as `params.lr = '0.01'`, applied to the named experiments or else to all of them.
     """
     from mlflow.exceptions import MlflowException
 
-    found: list[str] = []
-    for run_id in run_ids:
-        get_run(client, run_id)
-        found.append(run_id)
+    found = [resolve_run_ref(client, ref)[0] for ref in run_ids]
 
     experiment_ids = [_experiment_id(client, name) for name in experiments]
     try:
@@ -226,6 +225,30 @@ def find_run_ids(
     if not found:
         raise AnalysisError("no runs matched the selection")
     return list(dict.fromkeys(found))  # drop duplicates, keep order
+
+
+def resolve_run_ref(client: MlflowClient, ref: str) -> tuple[str, int]:
+    """(run id, number of runs that matched) for a run id or a run name such as `seed000_mlp`.
+
+    A 32-hex-digit string is taken as an id. A name may match several runs (a seed reproduction
+    run twice); the most recently started one is chosen and the count lets the caller say so.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if RUN_ID_PATTERN.fullmatch(ref):
+        return get_run(client, ref).info.run_id, 1
+    quote = "'" if "'" not in ref else '"'
+    try:
+        matches = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"attributes.run_name = {quote}{ref}{quote}",
+            max_results=MAX_RUNS, order_by=["attributes.start_time DESC"],
+        )
+    except MlflowException as err:
+        raise AnalysisError(f"cannot look up run {ref!r}: {_first_line(err)}") from None
+    if not matches:
+        raise AnalysisError(f"no run with id or name {ref!r} in {client.tracking_uri}")
+    return matches[0].info.run_id, len(matches)
 
 
 def get_run(client: MlflowClient, run_id: str):
@@ -515,7 +538,7 @@ def predict_with_logged_model(run_id: str, images: np.ndarray, labels: np.ndarra
     except (MlflowException, OSError) as err:
         raise AnalysisError(f"run {run_id} has no loadable logged model: {_first_line(err)}") from None
     model.eval()
-    x = torch.from_numpy(images.reshape(len(images), -1)).float().div(255)
+    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):

@@ -195,3 +195,49 @@ def test_report_on_a_trained_run(trained_runs, tracking_uri, data_dir, tmp_path)
     assert summary["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
     assert summary["epochs_logged"] == int(run.data.params["epochs"])
     assert summary["n_test"] == sum(pd.read_csv(out / "per_class.csv")["support"])
+
+
+def test_runs_are_found_by_name_and_a_selection_gets_one_folder_each(tracking_uri, tmp_path):
+    parent = log_foreign_run(tracking_uri, "report-sweep")  # a parent run carries no metrics
+    children = [log_fake_run(tracking_uri, "report-sweep", run_name=f"lr={lr}", parent_run_id=parent,
+                             seed=20 + i, n_epochs=2).run_id for i, lr in enumerate(["0.1", "0.01"])]
+    cache = tmp_path / "cache"
+
+    by_name = invoke("run", "lr=0.01", "--out", str(tmp_path / "one"), "--no-log",
+                     "--data-dir", str(tmp_path / "nowhere"), cache_dir=cache)
+    assert by_name.exit_code == 0, by_name.output
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["run_id"] == children[1]
+
+    sweep = invoke("run", "--experiment", "report-sweep", "--out", str(tmp_path / "all"), "--no-log",
+                   "--data-dir", str(tmp_path / "nowhere"), cache_dir=cache)
+    assert sweep.exit_code == 0, sweep.output
+    assert f"skipped run {parent}" in sweep.output  # the parent, with a reason, not a crash
+    folders = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert folders == sorted([f"lr=0.1_{children[0][:8]}", f"lr=0.01_{children[1][:8]}"])
+    for folder in (tmp_path / "all").iterdir():
+        run_id = json.loads((folder / "summary.json").read_text())["run_id"]
+        assert run_id in children and folder.name.endswith(run_id[:8])
+
+
+def test_logged_model_reproduces_the_stored_predictions(trained_runs, tracking_uri, data_dir):
+    """--predict's fallback: the run's logged model, fed raw pixels, gives the stored probabilities."""
+    from analysis import runs
+
+    client = runs.connect(tracking_uri)
+    run = runs.load_run(client, trained_runs["mlp"], cache_dir=data_dir.parent / "analysis-cache")
+    images, labels = runs.load_test_set(data_dir)
+    n = len(run.predictions)
+    predicted = runs.predict_with_logged_model(run.run_id, images[:n], labels[:n], tracking_uri=tracking_uri)
+    np.testing.assert_array_equal(predicted.index, run.predictions.index)
+    np.testing.assert_array_equal(predicted.labels, run.predictions.labels)
+    np.testing.assert_allclose(predicted.probs, run.predictions.probs, atol=1e-5)
+
+
+def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_copy, tmp_path):
+    killed = log_fake_run(tracking_uri, "report-tests", run_name="killed-no-model", n_epochs=1,
+                          with_predictions=False, status="KILLED", seed=30)
+    result = invoke("run", killed.run_id, "--predict", "--out", str(tmp_path / "r"), "--no-log",
+                    "--data-dir", str(data_dir_copy), cache_dir=tmp_path / "cache")
+    assert result.exit_code == 1
+    assert "Error: run" in result.output and "no loadable logged model" in result.output
+    assert "Traceback" not in result.output
