@@ -80,7 +80,7 @@ class DatasetOverviewDisplay:
         self.split = split
 
     def plot(self, figure=None) -> DatasetOverviewDisplay:
-        figure = figure or new_figure(12, 4)
+        figure = figure or new_figure(12, 4.2, left=0.6, right=0.1, top=0.75, wspace=0.3, hspace=0.3)
         self.figure_ = figure
         counts = np.bincount(self.labels, minlength=N_CLASSES)
         has_images = self.images is not None
@@ -133,7 +133,8 @@ class PredictionGalleryDisplay:
     def plot(self, figure=None) -> PredictionGalleryDisplay:
         k = len(self.y_true)
         n_rows = max(1, -(-k // self.n_cols))
-        figure = figure or new_figure(2.4 * self.n_cols, 3.0 * n_rows + 0.5)
+        figure = figure or new_figure(2.4 * self.n_cols, 2.9 * n_rows + 0.6, left=0.1, right=0.1, top=0.65,
+                                       bottom=0.35, wspace=0.08, hspace=0.35)
         self.figure_ = figure
         axes = np.atleast_1d(figure.subplots(n_rows, self.n_cols)).ravel()
         for i, ax in enumerate(axes):
@@ -171,7 +172,7 @@ class ConfidenceDisplay:
     def plot(self, figure=None) -> ConfidenceDisplay:
         from matplotlib.patches import Patch
 
-        figure = figure or new_figure(11, 3.8)
+        figure = figure or new_figure(11, 3.8, left=0.2, top=0.6, wspace=0.12)
         self.figure_ = figure
         ax_img, ax_bar = figure.subplots(1, 2, width_ratios=[1, 2.2])
         _show(ax_img, self.image)
@@ -232,7 +233,8 @@ class MisclassificationGalleryDisplay:
 
     def plot(self, figure=None) -> MisclassificationGalleryDisplay:
         n_rows = max(1, len(self.groups))
-        figure = figure or new_figure(1.3 * self.per_row + 1.5, 1.75 * n_rows + 0.6)
+        figure = figure or new_figure(1.3 * self.per_row + 0.6, 1.75 * n_rows + 1.0, left=0.3, right=0.3,
+                                       top=1.0, bottom=0.1, hspace=0.35)
         self.figure_ = figure
         axes = np.atleast_1d(figure.subplots(n_rows, 1))
         gap = 4  # pixels between images
