@@ -64,8 +64,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("experiment_file", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder holding MNIST/raw/ [env MNIST_DATA_DIR, default ./data].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable); an empty VALUE keeps the file's.")
+@click.option("--data-dir", type=click.Path(), default=None, help="Folder holding MNIST/raw/ [env MNIST_DATA_DIR, default ./data].")
 @click.option("--experiment-name", default=None, help="MLflow experiment to record in [default: the file's `experiment`].")
 @click.option("--max-train", type=int, default=None, help="Use only the first N training images (quick runs).")
 @click.option("--max-test", type=int, default=None, help="Use only the first N test images (quick runs).")
@@ -89,11 +89,12 @@ def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_te
     adopt_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     try:
         experiment = read_experiment(experiment_file)
-        values = parse_overrides(overrides)
+        # `--set lr=` (no value) overrides nothing: the MLproject forwards every parameter this way
+        values = parse_overrides(pair for pair in overrides if pair.partition("=")[2].strip())
         for key, value in (("experiment", experiment_name), ("max_train", max_train), ("max_test", max_test)):
             if value is not None:
                 values[key] = value
-        data_dir = data_dir or default_data_dir()
+        data_dir = Path(data_dir) if data_dir else default_data_dir()  # empty from the MLproject too
         if resume_run_id and (experiment.sweep or adopt_run_id):
             raise ConfigError("--resume is for single runs; a sweep resumes its interrupted children when run again")
         if experiment.sweep:
