@@ -24,10 +24,13 @@ ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the c
 LEGEND_UP_TO = 12  # settings; above this, the legend moves outside the axes in small type
 
 
-def figure_to_base64(figure, *, dpi: int = 90) -> str:
-    """PNG of `figure` as a base64 string (for `<img src="data:image/png;base64,...">`); closes it."""
+def figure_to_base64(figure, *, dpi: int = 90, tight: bool = True) -> str:
+    """PNG of `figure` as a base64 string (for `<img src="data:image/png;base64,...">`); closes it.
+
+    `tight=False` skips the extra draw that trimming the margins costs, for figures laid out by hand.
+    """
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -198,7 +201,7 @@ class ConfusionGridDisplay:
         fig.supylabel("true digit", fontsize="small")
         cax = fig.add_axes([1 - 0.9 / (2.3 * cols + 1.2), 0.25, 0.15 / (2.3 * cols + 1.2), 0.5])
         fig.colorbar(image, cax=cax,
-                     label="count" if self.kind == "counts" else "worse (red) / better (blue) than baseline")
+                     label="count" if self.kind == "counts" else "red: worse, blue: better")
         self.figure_ = fig
         return self
 

@@ -494,12 +494,12 @@ def figures(c: Comparison) -> dict[str, str]:
         out["per_class"] = cp.figure_to_base64(cp.PerClassHeatmapDisplay(heat).plot().figure_)
     if c.confusions:
         out["confusion"] = cp.figure_to_base64(cp.ConfusionGridDisplay(
-            {labels[r]: m for r, m in c.confusions.items()}).plot().figure_)
+            {labels[r]: m for r, m in c.confusions.items()}).plot().figure_, tight=False)
         base = c.confusions[c.baseline_id]
         diffs = {labels[r]: m - base for r, m in c.confusions.items() if r != c.baseline_id}
         if diffs:
             out["confusion_diff"] = cp.figure_to_base64(
-                cp.ConfusionGridDisplay(diffs, kind="difference").plot().figure_)
+                cp.ConfusionGridDisplay(diffs, kind="difference").plot().figure_, tight=False)
     cost = c.final[["train_time_s"]].copy()
     cost["accuracy"] = c.final["test_accuracy"]
     if c.significance is not None:
