@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import compare
+from analysis import compare, compare_findings
 
 
 def exact_two_sided_binomial(b: int, c: int) -> float:
@@ -182,7 +182,7 @@ def test_significance_table_and_findings_are_computed_from_numbers():
     assert table.loc["better", "p_holm"] < 0.05 < table.loc["same", "p_holm"]
     assert np.isnan(table.loc["base", "pvalue"])
     labels = {"base": "baseline-run", "better": "wide", "same": "twin"}
-    sentences = compare.findings(
+    sentences = compare_findings.findings(
         labels=labels,
         baseline_id="base",
         significance=table,
@@ -210,7 +210,7 @@ def test_findings_do_not_call_a_net_loss_a_gain():
     worse[80:85] = True  # fixes 5
     table = compare.significance_table({"b": base, "w": worse}, "b")
     labels = {"b": "base", "w": "worse"}
-    sentences = compare.findings(
+    sentences = compare_findings.findings(
         labels=labels, baseline_id="b", significance=table,
         groups=compare.seed_groups(pd.DataFrame(index=["b", "w"]), table["accuracy"]),
         onsets={}, max_epoch=None, final_accuracy=table["accuracy"], at_epoch_accuracy=None,

@@ -1,0 +1,254 @@
+"""Plain-language findings of a comparison: each sentence computed from the tables passed in.
+
+Pure, like `analysis.compare`: tables in, a list of sentences out. A part whose inputs are missing
+contributes nothing rather than a canned sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from analysis.compare import OverfitOnset
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.2f} points"
+
+
+def _name_list(items: Sequence[str], limit: int = 5) -> str:
+    items = list(items)
+    if len(items) > limit:
+        items = items[:limit] + [f"{len(items) - limit} more"]
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _best_run_finding(significance, labels, baseline_id) -> str:
+    best = significance["accuracy"].idxmax()
+    row = significance.loc[best]
+    interval = f"95% bootstrap interval {_pct(row.ci_low)} to {_pct(row.ci_high)}"
+    if best == baseline_id:
+        return (
+            f"The baseline {labels[best]} has the highest test accuracy, {_pct(row.accuracy)} "
+            f"({interval}); no run beats it."
+        )
+    base = significance.at[baseline_id, "accuracy"]
+    return (
+        f"{labels[best]} has the highest test accuracy, {_pct(row.accuracy)} ({interval}), "
+        f"{_pp(row.accuracy - base)} against the baseline {labels[baseline_id]} ({_pct(base)})."
+    )
+
+
+def _significance_findings(significance, labels, baseline_id, alpha) -> list[str]:
+    others = significance.drop(index=baseline_id)
+    if others.empty:
+        return []
+    base = significance.at[baseline_id, "accuracy"]
+    column = "p_holm" if len(others) > 1 else "pvalue"
+    how = (
+        f"McNemar's exact test, Holm-corrected over {len(others)} comparisons"
+        if len(others) > 1
+        else "McNemar's exact test"
+    )
+    sig = others[others[column] < alpha].sort_values(column)
+    insig = others[others[column] >= alpha].sort_values(column)
+    sentences = []
+
+    def describe(frame):
+        return [
+            f"{labels[r]} ({_pp(row.accuracy - base)}, p={row[column]:.2g})"
+            for r, row in frame.iterrows()
+        ]
+
+    level = f"{100 * alpha:g}%"
+    if len(sig):
+        better = int((sig["accuracy"] > base).sum())
+        sentences.append(
+            f"At the {level} level ({how}), {len(sig)} of {len(others)} runs differ from the "
+            f"baseline {labels[baseline_id]} ({better} better, {len(sig) - better} worse): "
+            f"{_name_list(describe(sig))}."
+        )
+    else:
+        sentences.append(
+            f"No run differs significantly from the baseline {labels[baseline_id]} at the "
+            f"{level} level ({how})."
+        )
+    if len(insig) and len(sig):
+        sentences.append(
+            f"Not significant, so not distinguishable from the baseline on this test set: "
+            f"{_name_list(describe(insig))}."
+        )
+    return sentences
+
+
+def _flip_findings(significance, labels, baseline_id) -> list[str]:
+    others = significance.drop(index=baseline_id)
+    if others.empty:
+        return []
+    net = others["fixed"].astype(float) - others["broke"].astype(float)
+    top = net.idxmax()
+    row = others.loc[top]
+    counts = f"fixed {int(row.fixed)} test images and broke {int(row.broke)} (net {int(net[top]):+d})"
+    if net[top] <= 0:
+        return [f"No run gains on the baseline in net; the closest, {labels[top]}, {counts}."]
+    sentence = f"Against the baseline, {labels[top]} {counts}"
+    if row.broke > 0:
+        sentence += f": even the largest net gain comes with {int(row.broke)} images the baseline got right"
+    return [sentence + "."]
+
+
+def _seed_findings(groups: pd.DataFrame) -> list[str]:
+    repeated = groups[groups["n"] > 1]
+    if repeated.empty:
+        return []
+    summaries = [
+        f"{g.setting}: {_pct(g['mean'])} ± {100 * g['std']:.2f} (n={g.n})"
+        for _, g in repeated.iterrows()
+    ]
+    sentences = [f"Over seeds (mean ± std): {_name_list(summaries, limit=6)}."]
+    if len(repeated) > 1:
+        gap = repeated["mean"].max() - repeated["mean"].min()
+        spread = repeated["std"].max()
+        verdict = "larger" if gap > spread else "no larger"
+        sentences.append(
+            f"The best and worst seeded settings differ by {100 * gap:.2f} points on average, "
+            f"{verdict} than the largest seed-to-seed standard deviation ({100 * spread:.2f} "
+            f"points)."
+        )
+    return sentences
+
+
+def _overfit_findings(onsets: Mapping[str, OverfitOnset | None], max_epoch: int | None) -> list:
+    found = {k: v for k, v in onsets.items() if v is not None}
+    if not onsets:
+        return []
+    if not found:
+        tail = f" within {max_epoch} epochs" if max_epoch else ""
+        return [
+            f"No setting overfits{tail}: in none does the test loss climb back above its minimum "
+            f"while the train loss keeps falling."
+        ]
+    ordered = sorted(found.items(), key=lambda kv: (kv[1].onset, kv[0]))
+    sentences = []
+    for setting, o in ordered[:4]:
+        sentences.append(
+            f"{setting} overfits from epoch {o.onset}: its test loss is lowest at epoch "
+            f"{o.best_epoch} ({o.best_test_loss:.4f}) and rises to {o.last_test_loss:.4f} by epoch "
+            f"{o.last_epoch}, while its train loss falls a further {o.train_drop:.4f}."
+        )
+    if len(ordered) > 4:
+        sentences.append(f"{len(ordered) - 4} more settings overfit later than these.")
+    return sentences
+
+
+def _gap_finding(overfit_gap: pd.Series, labels) -> list[str]:
+    gaps = overfit_gap.dropna()
+    if len(gaps) < 2 or gaps.nunique() == 1:
+        return []
+    top, low = gaps.idxmax(), gaps.idxmin()
+    return [
+        f"The train-test accuracy gap at the end is widest for {labels[top]} "
+        f"({100 * gaps[top]:.2f} points) and narrowest for {labels[low]} "
+        f"({100 * gaps[low]:.2f} points)."
+    ]
+
+
+def _cost_finding(accuracy: pd.Series, train_time: pd.Series, labels, tolerance: float) -> list:
+    both = pd.concat({"acc": accuracy, "time": train_time}, axis=1).dropna()
+    if len(both) < 2:
+        return []
+    best = both["acc"].idxmax()
+    near = both[both["acc"] >= both.at[best, "acc"] - tolerance]
+    fastest = near["time"].idxmin()
+    if fastest == best:
+        faster = both[both["time"] < both.at[best, "time"]]
+        if faster.empty:
+            return [f"{labels[best]} is both the most accurate and the fastest run "
+                    f"({both.at[best, 'time']:.1f} s)."]
+        return [
+            f"{labels[best]} is the most accurate run ({both.at[best, 'time']:.1f} s); the "
+            f"{len(faster)} faster run(s) all score more than {100 * tolerance:.1f} points lower."
+        ]
+    ratio = both.at[best, "time"] / both.at[fastest, "time"]
+    return [
+        f"{labels[fastest]} comes within {100 * tolerance:.1f} points of the best "
+        f"({_pct(both.at[fastest, 'acc'])} vs {_pct(both.at[best, 'acc'])}) in "
+        f"{both.at[fastest, 'time']:.1f} s, {ratio:.1f}x faster than {labels[best]} "
+        f"({both.at[best, 'time']:.1f} s)."
+    ]
+
+
+def _epoch_finding(at_epoch: pd.Series, final: pd.Series, epoch: int, labels) -> list[str]:
+    at_epoch, final = at_epoch.dropna(), final.dropna()
+    if len(at_epoch) < 2 or final.empty:
+        return []
+    lead_then, lead_end = at_epoch.idxmax(), final.idxmax()
+    if lead_then == lead_end:
+        return [
+            f"{labels[lead_then]} already leads at epoch {epoch} "
+            f"({_pct(at_epoch[lead_then])}) and still leads at the end."
+        ]
+    return [
+        f"At epoch {epoch} {labels[lead_then]} leads ({_pct(at_epoch[lead_then])}), but at the end "
+        f"{labels[lead_end]} does ({_pct(final[lead_end])})."
+    ]
+
+
+def _confusion_finding(pairs: pd.DataFrame, n_runs: int) -> list[str]:
+    if pairs.empty:
+        return []
+    top = pairs.iloc[0]
+    return [
+        f"Across {n_runs} runs the most frequent mistake is a true {int(top.true)} read as "
+        f"{int(top.pred)}: {int(top.total)} times in all, {top.mean_per_run:.1f} per run; it is the "
+        f"single most frequent mistake of {int(top.top_in_runs)} of the {n_runs} runs."
+    ]
+
+
+def findings(
+    *,
+    labels: Mapping[str, str],
+    baseline_id: str,
+    significance: pd.DataFrame | None,
+    groups: pd.DataFrame,
+    onsets: Mapping[str, OverfitOnset | None],
+    max_epoch: int | None,
+    final_accuracy: pd.Series,
+    at_epoch_accuracy: pd.Series | None,
+    epoch: int | None,
+    overfit_gap: pd.Series,
+    train_time: pd.Series,
+    confused_pairs: pd.DataFrame | None,
+    alpha: float = 0.05,
+    cost_tolerance: float = 0.005,
+) -> list[str]:
+    """Plain-language findings, each sentence computed from the tables passed in.
+
+    significance: output of `compare.significance_table` (None when no predictions are comparable);
+    groups: output of `compare.seed_groups`; onsets: setting -> `compare.overfit_onset` result; the Series are
+    indexed by run id. Parts whose inputs are missing are skipped.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    sentences: list[str] = []
+    if significance is not None and baseline_id in significance.index:
+        sentences.append(_best_run_finding(significance, labels, baseline_id))
+        sentences += _significance_findings(significance, labels, baseline_id, alpha)
+        sentences += _flip_findings(significance, labels, baseline_id)
+    sentences += _seed_findings(groups)
+    sentences += _overfit_findings(onsets, max_epoch)
+    sentences += _gap_finding(overfit_gap, labels)
+    if at_epoch_accuracy is not None and epoch is not None:
+        sentences += _epoch_finding(at_epoch_accuracy, final_accuracy, epoch, labels)
+    sentences += _cost_finding(final_accuracy, train_time, labels, cost_tolerance)
+    if confused_pairs is not None:
+        n_runs = len(significance) if significance is not None else len(labels)
+        sentences += _confusion_finding(confused_pairs, n_runs)
+    return sentences
