@@ -8,6 +8,7 @@ Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identi
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -50,6 +51,8 @@ def notice(message: str) -> None:
 @click.group(cls=AnalysisGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Diagnostics and reports for MNIST workbench runs tracked in MLflow."""
+    # a progress bar for every one-file download is noise in a report command's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @cli.command("run")

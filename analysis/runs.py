@@ -142,12 +142,6 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_store_reachable(uri)
-    # a progress bar per 1-file download is noise in a report command's output
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if uri.startswith(("http://", "https://")):
-        # the probe succeeded; still keep later requests from hanging for minutes on a flaky server
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from mlflow import MlflowClient
 
     try:
