@@ -90,7 +90,7 @@ def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_te
     try:
         experiment = read_experiment(experiment_file)
         # `--set lr=` (no value) overrides nothing: the MLproject forwards every parameter this way
-        values = parse_overrides(pair for pair in overrides if pair.partition("=")[2].strip())
+        values = parse_overrides(pair for pair in overrides if not _empty_assignment(pair))
         for key, value in (("experiment", experiment_name), ("max_train", max_train), ("max_test", max_test)):
             if value is not None:
                 values[key] = value
@@ -119,6 +119,11 @@ def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_te
     except (ConfigError, DataError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(run_id)
+
+
+def _empty_assignment(pair: str) -> bool:
+    key, sep, value = pair.partition("=")
+    return bool(sep) and not value.strip()
 
 
 def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet) -> None:
