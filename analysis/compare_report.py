@@ -105,6 +105,8 @@ def load_comparison_runs(
 
     ids = find_run_ids(client, experiments=experiments, run_ids=run_ids,
                        parent_run_id=parent_run_id, filter_string=filter_string)
+    if len(ids) > 2 * MAX_RUNS:  # fail before loading them all; parents and reports may still drop out
+        raise AnalysisError(f"{len(ids)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)")
     runs, excluded, notes = [], [], []
     skipped_reports = skipped_parents = 0
     for run_id in ids:
