@@ -84,6 +84,8 @@ def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | 
     pred = run.predictions
     summary = _run_header(run)
     summary["overfit"] = overfit
+    # the contract's end-of-run metric (last train minus last test accuracy), recomputed when possible
+    summary["overfit_gap"] = overfit["final_accuracy_gap"] if overfit else run.metrics.get("overfit_gap")
     summary["final_epoch_metrics"] = ({k: _clean(v) for k, v in epochs.iloc[-1].items()}
                                       if len(epochs) else None)
     tables = {}

@@ -207,7 +207,7 @@ def find_run_ids(
             if not children:
                 raise AnalysisError(f"run {parent_run_id} has no child runs (not a sweep parent)")
             found += [r.info.run_id for r in children]
-        if filter_string is not None or (experiments and parent_run_id is None):
+        if experiments or filter_string is not None:
             ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(
                 ids, filter_string=filter_string or "", max_results=MAX_RUNS,

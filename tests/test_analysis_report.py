@@ -88,6 +88,7 @@ def test_run_report_writes_every_file_and_logs_them(xss_run, xss_report, trackin
     assert summary["accuracy"] == pytest.approx(np.mean(labels == y_pred))
     assert summary["overfit"]["final_accuracy_gap"] == pytest.approx(
         xss_run.epochs["train_accuracy"][-1] - xss_run.epochs["test_accuracy"][-1])
+    assert summary["overfit_gap"] == pytest.approx(summary["overfit"]["final_accuracy_gap"])
     assert summary["overfit"]["best_epoch"] == 2  # the fake curves have their lowest test loss there
     assert 0 <= summary["ece"] <= 1
     top = summary["most_confused_pairs"][0]

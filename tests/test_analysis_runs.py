@@ -80,6 +80,8 @@ def test_find_runs_by_experiment_parent_filter_and_ids(store):
     assert runs.find_run_ids(client, parent_run_id=store["parent"]) == store["children"]
     assert runs.find_run_ids(client, experiments=["runs-b"], filter_string="tags.lr = '0.01'") == store["children"][:1]
     assert runs.find_run_ids(client, filter_string="attributes.run_name = 'runs-a-killed'") == [store["killed"].run_id]
+    union = runs.find_run_ids(client, experiments=["runs-a"], parent_run_id=store["parent"])
+    assert union == store["children"] + by_experiment
     ids = [store["killed"].run_id, store["finished"].run_id]
     assert runs.find_run_ids(client, run_ids=ids) == ids
     loaded = runs.load_runs(store["uri"], parent_run_id=store["parent"], with_predictions=False)
