@@ -25,7 +25,7 @@ from analysis.runs import AnalysisError
 @click.option("--at-epoch", type=int, metavar="N",
               help="Also compare the runs at this epoch (default: the last epoch all runs reached).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for report.html, runs.csv and significance.csv.")
+              help="Folder for report.html, runs.csv, significance.csv and figures/*.png.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
               help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",

@@ -9,6 +9,7 @@ when comparing a sweep, else to a run of its own tagged `mnist.report=comparison
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -353,15 +354,22 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
 
 def write_report(c: Comparison, out_dir: str | Path, *, test_images: np.ndarray | None = None,
                  title: str = "Comparison report") -> Path:
-    """Write report.html, runs.csv and significance.csv into `out_dir`; returns the HTML path."""
+    """Write report.html, runs.csv, significance.csv and figures/*.png into `out_dir`.
+
+    The PNGs repeat the report's figures as files, for the MLflow UI's image viewer and for
+    documents. Returns the path of report.html.
+    """
     # Drawing needs matplotlib and Jinja2; imported here so that computing a comparison does not.
     from analysis.compare_html import figures, gallery, render_html
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     runs_table(c).to_csv(out / "runs.csv", index=False)
     significance_frame(c).to_csv(out / "significance.csv", index=False)
-    html = render_html(c, figures(c), gallery(c, test_images), title=title)
+    images = figures(c)
+    for name, encoded in images.items():
+        (out / "figures" / f"{name}.png").write_bytes(base64.b64decode(encoded))
+    html = render_html(c, images, gallery(c, test_images), title=title)
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
     return path

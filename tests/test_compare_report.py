@@ -149,6 +149,9 @@ def test_report_logged_to_sweep_parent(sweep, tracking_uri):
     client = MlflowClient(tracking_uri=tracking_uri)
     names = {f.path for f in client.list_artifacts(sweep["parent"], "comparison")}
     assert {"comparison/report.html", "comparison/runs.csv", "comparison/significance.csv"} <= names
+    figures = {f.path for f in client.list_artifacts(sweep["parent"], "comparison/figures")}
+    assert "comparison/figures/confusion_diff.png" in figures
+    assert (sweep["out"] / "figures" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_at_epoch_seed_groups_and_findings(sweep, tracking_uri, tmp_path):
