@@ -6,6 +6,7 @@ stdout, one per line, so scripts can capture them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -133,7 +134,8 @@ def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt
     from .sweep import run_sweep
 
     try:
-        with stop_on_signals() as stop:
+        # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
+        with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
             result = run_sweep(
                 experiment,
                 children,
@@ -174,7 +176,7 @@ def _run_one(config: RunConfig, experiment: ExperimentFile, data_dir: Path, resu
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     prepared = prepare_run(config, data_dir)
     try:
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):  # as in _run_sweep
             return run_training(
                 prepared,
                 experiment_file=experiment,

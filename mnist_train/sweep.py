@@ -259,10 +259,12 @@ def run_sweep(
     from mlflow.tracking import MlflowClient
 
     from . import data
+    from .tracking import check_tracking_server
 
     say = say or (lambda text: None if quiet else print(text, file=sys.stderr, flush=True))
-    # Load (unpack, download) the data once here: a missing data set is then one error before any
-    # run opens, and parallel children never race to unpack the same files.
+    # Check the server and load (unpack, download) the data once, here: either problem is then one
+    # error before any run opens, and parallel children never race to unpack the same files.
+    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     data.load_mnist(data_dir)
     client = MlflowClient()
     if adopt_run_id:
@@ -291,7 +293,7 @@ def run_sweep(
 
     skipped = len(children) - len(tasks)
     say(
-        f"sweep {sweep_name}: {len(children)} children ({skipped} already finished, "
+        f"sweep {sweep_name}: {len(children)} children ({skipped} done before, "
         f"{sum(o.action == 'resume' for o, _ in tasks)} to resume), parent run {parent_id}"
     )
     tracker = _Tally(len(children), skipped, sum(o.status == "FAILED" for o in outcomes), say)
@@ -300,8 +302,11 @@ def run_sweep(
             stopped = _run_parallel(tasks, workers, should_stop, tracker)
         else:
             stopped = _run_sequential(tasks, should_stop, tracker)
-    except BaseException:
-        client.set_tag(parent_id, "failure_reason", "the sweep process stopped unexpectedly")
+    except KeyboardInterrupt:  # a second Ctrl-C: children were already asked to stop
+        client.set_terminated(parent_id, "KILLED")
+        raise
+    except BaseException as err:
+        client.set_tag(parent_id, "failure_reason", f"the sweep itself failed: {type(err).__name__}: {err}"[:5000])
         client.set_terminated(parent_id, "FAILED")
         raise
 
@@ -519,6 +524,7 @@ def _init_worker(stop_event, threads: int) -> None:
     global _WORKER_STOP
     _WORKER_STOP = stop_event
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep process, which stops us
+    sys.stdout = sys.stderr  # stdout carries the sweep's run ids; MLflow prints run links there
     torch.set_num_threads(threads)  # N workers on N cores: oversubscribed threads only slow down
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 

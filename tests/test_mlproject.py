@@ -15,7 +15,13 @@ from mnist_train.cli import cli
 from mnist_train.config import FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRA = {"experiment": "the experiment file", "data_dir": "MNIST folder", "workers": "sweep processes"}
+EXTRA = {
+    "experiment": "the experiment file",
+    "data_dir": "MNIST folder",
+    "workers": "sweep processes",
+    "parent": "report: the sweep's parent run",
+    "out": "report: output folder",
+}
 
 
 def spec():
@@ -24,14 +30,15 @@ def spec():
 
 def test_every_parameter_is_a_config_field_or_a_documented_extra():
     entry_points = spec()["entry_points"]
-    assert {"main", "sweep"} <= set(entry_points)
+    assert {"main", "sweep", "report"} <= set(entry_points)
     for name, entry in entry_points.items():
         params = entry["parameters"]
         unknown = set(params) - set(FIELDS) - set(EXTRA)
         assert not unknown, f"{name}: {unknown} are not RunConfig fields"
         for param in params:
             assert f"{{{param}}}" in entry["command"], f"{name}: {param} is not forwarded"
-        assert entry["command"].startswith("python -m mnist_train run {experiment}")
+        program = "python -m analysis compare" if name == "report" else "python -m mnist_train run {experiment}"
+        assert entry["command"].startswith(program)
     # main can override every field; `experiment` names the file (the MLflow experiment is
     # `mlflow run --experiment-name`)
     assert set(entry_points["main"]["parameters"]) == set(FIELDS) | {"data_dir"}
@@ -57,8 +64,9 @@ def test_rendered_commands_parse_and_keep_unset_parameters_from_the_file(entry, 
 
 
 def test_mlflow_run_main_records_a_parent_with_the_training_run_nested(data_dir, tracking_uri):
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MNIST_DATA_DIR": str(data_dir),

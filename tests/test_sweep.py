@@ -4,6 +4,7 @@ SQLite store, idempotent reruns, and exact resumption of an interrupted child.""
 import csv
 import io
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,69 @@ def test_an_interrupted_child_resumes_on_the_next_run_and_ends_as_if_never_stopp
     want = torch.load(download(reference, "checkpoints/epoch_002.pt", tmp_path / "reference"), weights_only=False)
     assert state["model"].keys() == want["model"].keys()
     assert all(torch.equal(state["model"][k], want["model"][k]) for k in want["model"])
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def http_tracking(tmp_path, monkeypatch):
+    """A throwaway `mlflow server` on 127.0.0.1 with its own SQLite store, as the tracking URI."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import mlflow
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+            "--workers", "1",
+        ],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail("mlflow server exited at start")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer within 60 s")
+        previous = mlflow.get_tracking_uri()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        yield uri
+        mlflow.set_tracking_uri(previous)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MNIST_TEST_HTTP_SERVER"), reason="starts an mlflow server (~60 s); set MNIST_TEST_HTTP_SERVER=1"
+)
+def test_the_same_sweep_runs_against_an_http_tracking_server(tmp_path, data_dir, http_tracking):
+    path = tmp_path / "try_http.yaml"
+    path.write_text(f"name: over_http\nexperiment: sweep-http\n{TINY_YAML}grid:\n  lr: [0.01, 0.001]\n")
+    result = invoke(path, "--data-dir", data_dir, "--workers", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    parent_id, *child_ids = result.stdout.split()
+    children = children_of(parent_id)
+    assert {run.info.run_id for run in children.values()} == set(child_ids) and len(child_ids) == 2
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert len(history(run.info.run_id, "batch_loss")) == STEPS
+    assert "summary.csv" in {a.path for a in MlflowClient().list_artifacts(parent_id)}
