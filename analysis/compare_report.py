@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,16 +97,18 @@ def load_comparison_runs(
     parent_run_id: str | None = None,
     filter_string: str | None = None,
     cache_dir=None,
+    skip: Sequence[str] = (),
 ) -> tuple[list[RunData], list[Excluded], list[str]]:
     """Load the selected runs; returns (runs, runs that could not be loaded, notes).
 
     Sweep parents and earlier comparison reports are skipped with a note: they are not training
-    runs. Runs come back oldest first.
+    runs; ids in `skip` are dropped silently. Runs come back oldest first.
     """
     from analysis.runs import find_run_ids, get_run, load_run
 
     ids = find_run_ids(client, experiments=experiments, run_ids=run_ids,
                        parent_run_id=parent_run_id, filter_string=filter_string)
+    ids = [i for i in ids if i not in skip]
     if len(ids) > 2 * MAX_RUNS:  # fail before loading them all; parents and reports may still drop out
         raise AnalysisError(f"{len(ids)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)")
     runs, excluded, notes = [], [], []
@@ -378,41 +381,51 @@ def write_report(c: Comparison, out_dir: str | Path, *, test_images: np.ndarray 
 # --------------------------------------------------------------------------- MLflow
 
 
-def log_report(client, c: Comparison, out_dir: str | Path, *, parent_run_id: str | None = None) -> str:
+def log_report(client, c: Comparison, out_dir: str | Path, *, parent_run_id: str | None = None,
+               active_run_id: str | None = None) -> str:
     """Log the report's files to MLflow; returns the id of the run that holds them.
 
-    A sweep's report goes to its parent run, next to the children it compares; any other
-    comparison gets a run of its own in the baseline's experiment, tagged as a report so that
-    later comparisons skip it and the MLflow UI can filter for it (`tags.mnist.report = 'comparison'`).
+    A sweep's report goes to its parent run, next to the children it compares. Under `mlflow run`
+    (`active_run_id`, from MLFLOW_RUN_ID) it goes to the run MLflow opened, which MLflow closes.
+    Any other comparison gets a run of its own in the baseline's experiment. Report runs are tagged
+    `mnist.report = comparison`, so later comparisons skip them and the MLflow UI can filter for them.
     """
     if parent_run_id is not None:
         client.log_artifacts(parent_run_id, str(out_dir), REPORT_ARTIFACT_DIR)
         client.set_tag(parent_run_id, "mnist.comparison_report", f"{REPORT_ARTIFACT_DIR}/report.html")
         return parent_run_id
+    if active_run_id is not None:
+        _describe_report_run(client, active_run_id, c)
+        client.log_artifacts(active_run_id, str(out_dir), REPORT_ARTIFACT_DIR)
+        return active_run_id
     baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(
-        baseline.experiment_id,
-        run_name=f"compare-{len(c.runs)}-runs-{stamp}",
-        tags={
-            REPORT_TAG: "comparison",
-            "mnist.baseline_run_id": c.baseline_id,
-            "mnist.compared_run_ids": ",".join(c.run_ids)[:4900],  # MLflow caps tag values at 5000
-            "mlflow.note.content": "\n".join(f"- {s}" for s in c.findings)[:4900],
-        },
-    )
+    run = client.create_run(baseline.experiment_id, run_name=f"compare-{len(c.runs)}-runs-{stamp}")
     run_id = run.info.run_id
     try:
+        _describe_report_run(client, run_id, c)
         client.log_artifacts(run_id, str(out_dir), REPORT_ARTIFACT_DIR)
-        client.log_param(run_id, "n_runs", str(len(c.runs)))
-        client.log_param(run_id, "baseline", c.baseline_id)
-        if c.epoch:
-            client.log_param(run_id, "at_epoch", str(c.epoch))
         client.set_terminated(run_id)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
     return run_id
+
+
+def _describe_report_run(client, run_id: str, c: Comparison) -> None:
+    tags = {
+        REPORT_TAG: "comparison",
+        "mnist.baseline_run_id": c.baseline_id,
+        "mnist.compared_run_ids": ",".join(c.run_ids)[:4900],  # MLflow caps tag values at 5000
+        # the run's description in the MLflow UI: the findings, as a list
+        "mlflow.note.content": "\n".join(f"- {s}" for s in c.findings)[:4900],
+    }
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_param(run_id, "n_runs", str(len(c.runs)))
+    client.log_param(run_id, "baseline", c.baseline_id)
+    if c.epoch:
+        client.log_param(run_id, "at_epoch", str(c.epoch))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -451,9 +464,12 @@ def compare_runs(
     if at_epoch is not None and at_epoch < 1:
         raise AnalysisError(f"--at-epoch must be >= 1 (epochs count from 1), got {at_epoch}")
     client = connect(tracking_uri)
+    # Under `mlflow run` the run MLflow opened for this command receives the report; it is no
+    # training run, so it is not compared either.
+    active_run_id = os.environ.get("MLFLOW_RUN_ID") if log_to_mlflow and not parent_run_id else None
     runs, excluded, notes = load_comparison_runs(
         client, experiments=experiments, run_ids=run_ids, parent_run_id=parent_run_id,
-        filter_string=filter_string, cache_dir=cache_dir)
+        filter_string=filter_string, cache_dir=cache_dir, skip=(active_run_id,) if active_run_id else ())
     if not runs:
         raise AnalysisError("no comparable runs found"
                             + (f" ({len(excluded)} could not be read: {excluded[0].reason})" if excluded else ""))
@@ -474,5 +490,8 @@ def compare_runs(
     else:
         title = f"{len(runs)} runs compared"
     path = write_report(comparison, out_dir, test_images=test_images, title=title)
-    logged = log_report(client, comparison, out_dir, parent_run_id=parent_run_id) if log_to_mlflow else None
+    logged = None
+    if log_to_mlflow:
+        logged = log_report(client, comparison, out_dir, parent_run_id=parent_run_id,
+                            active_run_id=active_run_id)
     return comparison, path, logged

@@ -218,3 +218,20 @@ def test_bad_input_is_one_line_and_nonzero(sweep, tmp_path, args, message):
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert isinstance(result.exception, SystemExit)
+
+
+def test_under_mlflow_run_the_report_goes_to_the_active_run(sweep, tracking_uri, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.get_experiment_by_name("cmp-sweep").experiment_id
+    active = client.create_run(experiment_id, run_name="mlflow-run-report").info.run_id  # as `mlflow run` opens it
+    monkeypatch.setenv("MLFLOW_RUN_ID", active)
+    comparison, _, logged = compare_runs(out_dir=tmp_path, experiments=["cmp-sweep"], tracking_uri=tracking_uri)
+    assert logged == active
+    assert active not in comparison.run_ids and not any(e.run_id == active for e in comparison.excluded)
+    run = client.get_run(active)
+    assert run.data.tags[REPORT_TAG] == "comparison"
+    assert run.info.status == "RUNNING"  # closing it is mlflow run's job
+    assert "comparison/report.html" in {f.path for f in client.list_artifacts(active, "comparison")}
+    client.set_terminated(active)
