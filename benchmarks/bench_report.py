@@ -13,13 +13,15 @@ Two figures are printed:
   metric, draw and save every figure, write the CSV/JSON/HTML files and log them to the run.
   Median of --repeat rounds; the first (cold-cache) round is shown too.
 - command: the same command as a fresh `python -m analysis run` process, start-up and imports
-  included (what a user waits for at the shell).
+  included (what a user waits for at the shell), as wall time and as CPU time (user + system),
+  which other jobs on a shared machine inflate far less.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import resource
 import statistics
 import subprocess
 import sys
@@ -123,16 +125,20 @@ def main() -> None:
         times = [report_once(uri, run_id, tmp / f"report{i}", data_dir, cache) for i in range(args.repeat + 1)]
         cold, warm = times[0], times[1:]
 
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "analysis", "run", run_id, "--out", str(tmp / "cli"),
                         "--tracking-uri", uri, "--data-dir", str(data_dir), "--cache-dir", str(cache)],
                        check=True, capture_output=True)
         command = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        command_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     print(f"run {run_id}: {N_TEST if not args.run_id else 'stored'} test predictions")
     print(f"report (in process, warm): {statistics.median(warm):.2f} s median of {len(warm)} "
           f"[{', '.join(f'{t:.2f}' for t in warm)}]; first round {cold:.2f} s")
-    print(f"command (fresh python -m analysis run, imports included): {command:.2f} s")
+    print(f"command (fresh python -m analysis run, imports included): {command:.2f} s wall, "
+          f"{command_cpu:.2f} s CPU (the CPU figure is the one to trust on a busy machine)")
 
 
 if __name__ == "__main__":
