@@ -171,3 +171,30 @@ def test_data_dir_resolution_order(store, tmp_path, monkeypatch):
     assert runs.resolve_data_dir(None, run) == runs.Path("/from/tag")
     monkeypatch.delenv("MNIST_DATA_DIR")
     assert runs.resolve_data_dir(None, None) == runs.Path("data")
+
+
+def test_cache_is_refreshed_when_a_finished_run_finishes_again(tracking_uri, tmp_path):
+    """A resumed run ends with a new end time and new predictions; the cache must not hide them."""
+    from mlflow import MlflowClient
+
+    fake = log_fake_run(tracking_uri, "runs-resumed", run_name="resumed", seed=40)
+    client = runs.connect(tracking_uri)
+    first = runs.load_run(client, fake.run_id, cache_dir=tmp_path)
+    mlflow_client = MlflowClient(tracking_uri)
+    newer = np.roll(fake.probs, 1, axis=1)  # the "resumed" model predicts something else
+    np.savez(tmp_path / "test.npz", labels=fake.labels, probs=newer, index=fake.index)
+    mlflow_client.log_artifact(fake.run_id, str(tmp_path / "test.npz"), "predictions")
+    mlflow_client.set_terminated(fake.run_id, "FINISHED", end_time=first.end_time + 60_000)
+
+    again = runs.load_run(client, fake.run_id, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.predictions.probs, newer)
+
+
+def test_malformed_predictions_are_a_clear_error(tracking_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    fake = log_fake_run(tracking_uri, "runs-malformed", run_name="malformed", seed=41, with_predictions=False)
+    np.savez(tmp_path / "test.npz", labels=fake.labels, probs=fake.probs[:, :9], index=fake.index)
+    MlflowClient(tracking_uri).log_artifact(fake.run_id, str(tmp_path / "test.npz"), "predictions")
+    with pytest.raises(AnalysisError, match=r"inconsistent shapes.*\(N, 10\)"):
+        runs.load_run(runs.connect(tracking_uri), fake.run_id, cache_dir=tmp_path / "cache")
