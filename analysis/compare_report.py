@@ -273,7 +273,7 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
         ]
         return
     reference = baseline.predictions
-    correct, comparable = {}, []
+    correct, per_class, comparable = {}, {}, []
     for run_id, run in by_id.items():
         p = run.predictions
         if p is None:
@@ -293,6 +293,7 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
         comparison.predicted[run_id] = y_pred
         correct[run_id] = y_pred == reference.labels
         comparison.confusions[run_id] = metrics.confusion_matrix(reference.labels, y_pred)
+        per_class[run_id] = metrics.per_class_accuracy(reference.labels, y_pred)
         comparison.flips[run_id] = compare.flips_against_baseline(
             reference.labels, baseline.predictions.y_pred, y_pred)
     comparison.comparable = comparable
@@ -302,9 +303,7 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
         comparison.notes.append("fewer than two runs share the baseline's test set: no significance tests")
     comparison.significance = compare.significance_table(
         correct, comparison.baseline_id, n_resamples=BOOTSTRAP_RESAMPLES)
-    comparison.per_class = pd.DataFrame(
-        {r: np.diag(m) / np.maximum(m.sum(axis=1), 1) for r, m in comparison.confusions.items()}
-    ).T.rename(columns=int)
+    comparison.per_class = pd.DataFrame.from_dict(per_class, orient="index", columns=range(metrics.N_CLASSES))
     comparison.confused_pairs = compare.confused_pairs_across_runs(comparison.confusions, top_k=10)
 
 
