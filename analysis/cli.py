@@ -142,7 +142,8 @@ def _report_one(client, run_id: str, out: Path, *, data_dir: Path | None, cache_
     elif run.predictions is None:
         extra = []  # without predictions there are no image galleries: missing images are no news
 
-    written = report.build_run_report(run, out, images=pixels, notices=extra)
+    written = report.build_run_report(run, out, images=pixels, train_labels=_train_labels(run, data_dir),
+                                      notices=extra)
     for line in written.notices:
         notice(line)
     if log:
@@ -164,6 +165,16 @@ def _test_images(run, data_dir: Path | None):
         return runs.load_test_set(folder), []
     except AnalysisError as err:
         return None, [f"test images unavailable, image galleries skipped: {err}"]
+
+
+def _train_labels(run, data_dir: Path | None):
+    """Training labels for the dataset view, or None: a nicety, so its absence is not reported."""
+    from analysis import runs
+
+    try:
+        return runs.load_train_labels(runs.resolve_data_dir(data_dir, run))
+    except AnalysisError:
+        return None
 
 
 def _matching_images(predictions, images, labels):

@@ -71,12 +71,15 @@ def select_misclassified(y_true, y_pred, *, pairs=None, top_pairs: int = 5) -> d
 class DatasetOverviewDisplay:
     """Seed 000 section 3.3: images per digit (bars) and the first image of each digit.
 
-    `labels` int (N,); `images` uint8 (N, 28, 28) or None (then only the counts are drawn).
+    `labels` int (N,) of the split shown; `images` uint8 (N, 28, 28) or None (then only the counts
+    are drawn); `train_labels` int (M,) or None: when given, the bars compare each digit's share
+    (%) of the training and the test set, so an imbalance between them shows at a glance.
     """
 
-    def __init__(self, labels, images=None, *, split: str = "test"):
+    def __init__(self, labels, images=None, *, train_labels=None, split: str = "test"):
         self.labels = np.asarray(labels)
         self.images = images
+        self.train_labels = None if train_labels is None else np.asarray(train_labels)
         self.split = split
 
     def plot(self, figure=None) -> DatasetOverviewDisplay:
@@ -86,12 +89,25 @@ class DatasetOverviewDisplay:
         has_images = self.images is not None
         grid = figure.add_gridspec(2, 7 if has_images else 1)
         ax = figure.add_subplot(grid[:, :2] if has_images else grid[:, 0])
-        bars = ax.bar(range(N_CLASSES), counts, color=COLORS["neutral"], edgecolor="black")
-        ax.bar_label(bars, fontsize=8)
-        ax.set_xticks(range(N_CLASSES))
+        digits = np.arange(N_CLASSES)
+        if self.train_labels is None:
+            bars = ax.bar(digits, counts, color=COLORS["neutral"], edgecolor="black")
+            ax.bar_label(bars, fontsize=8)
+            ax.set_ylabel("Images")
+            ax.set_title(f"Images per digit ({len(self.labels)} {self.split} images)", fontweight="bold")
+        else:
+            train_counts = np.bincount(self.train_labels, minlength=N_CLASSES)
+            shares = []
+            for offset, split, c in ((-0.2, "train", train_counts), (0.2, self.split, counts)):
+                shares.append(100 * c / c.sum())
+                ax.bar(digits + offset, shares[-1], width=0.4, color=COLORS.get(split, COLORS["test"]),
+                       edgecolor="black", label=f"{split} ({c.sum()} images)")
+            ax.set_ylim(0, 1.5 * max(s.max() for s in shares))  # headroom for the legend
+            ax.set_ylabel("Share of the split (%)")
+            ax.set_title("Images per digit", fontweight="bold")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xticks(digits)
         ax.set_xlabel("Digit")
-        ax.set_ylabel("Images")
-        ax.set_title(f"Images per digit ({len(self.labels)} {self.split} images)", fontweight="bold")
         self.count_ax_ = ax
         self.image_axes_ = []
         if has_images:
@@ -101,7 +117,7 @@ class DatasetOverviewDisplay:
                     _show(img_ax, self.images[pos])
                 img_ax.set_title(f"Digit {digit}", fontsize=10)
                 self.image_axes_.append(img_ax)
-            figure.suptitle(f"MNIST {self.split} set: class counts and the first image of each digit",
+            figure.suptitle(f"MNIST: images per digit and the first {self.split} image of each digit",
                             fontweight="bold")
         return self
 

@@ -48,11 +48,12 @@ class _Figure:
 
 
 def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | None = None,
-                     notices: list[str] | None = None) -> RunReport:
+                     train_labels: np.ndarray | None = None, notices: list[str] | None = None) -> RunReport:
     """Write the report of `run` into `out_dir`.
 
     `images`: uint8 (M, 28, 28) MNIST test images indexed by the predictions' `index`, or None
-    (the image galleries are then skipped). `notices`: extra lines to show in the report, e.g. why
+    (the image galleries are then skipped). `train_labels`: int (M,) training labels for the
+    dataset view, or None. `notices`: extra lines to show in the report, e.g. why
     images are missing. Raises AnalysisError when the run has nothing to report on.
     """
     from analysis import gallery, plots
@@ -126,8 +127,9 @@ def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | 
             "Accuracy against top-1 confidence per bin; a bar below its red confidence mark means "
             "over-confidence. Numbers are images per bin.")
         if images is not None:
-            add(gallery.DatasetOverviewDisplay(y_true, images[pred.index]).plot(), "dataset.png",
-                "Test set", "Images per digit and the first test image of each digit (seed 000, 3.3).")
+            add(gallery.DatasetOverviewDisplay(y_true, images[pred.index], train_labels=train_labels).plot(),
+                "dataset.png", "Data set", "Images per digit (as a share of the training and test sets "
+                "when the training labels are at hand) and the first test image of each digit (seed 000, 3.3).")
             add(gallery.PredictionGalleryDisplay.from_predictions(images, y_true, probs, pred.index),
                 "predictions.png", "Prediction gallery",
                 "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).")
@@ -145,7 +147,7 @@ def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | 
                     "Wrong predictions of the most frequent (true, predicted) pairs, with the model's "
                     "confidence in its wrong answer.")
         else:
-            add(gallery.DatasetOverviewDisplay(y_true).plot(), "dataset.png", "Test set",
+            add(gallery.DatasetOverviewDisplay(y_true, train_labels=train_labels).plot(), "dataset.png", "Data set",
                 "Images per digit in the test set.")
     elif not len(epochs) and not len(run.batch_loss):
         raise AnalysisError(f"run {run.run_id} has nothing to report on")

@@ -482,6 +482,11 @@ def load_test_set(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def load_train_labels(data_dir: str | Path) -> np.ndarray:
+    """MNIST training labels int64 (60000,) from `<data_dir>/MNIST/raw/` (for the dataset view)."""
+    return _read_idx(Path(data_dir) / "MNIST" / "raw", "train-labels-idx1-ubyte", 2049).astype(np.int64)
+
+
 def load_test_images(data_dir: str | Path) -> np.ndarray:
     """MNIST test images, uint8 (N, 28, 28), in torchvision's order (the `index` of predictions)."""
     return load_test_set(data_dir)[0]

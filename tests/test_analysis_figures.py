@@ -151,3 +151,12 @@ def test_figures_save_as_png(tmp_path, case):
     path = plots.save_figure(plots.ConfusionHeatmapDisplay.from_predictions(labels, y_pred).figure_,
                              tmp_path / "sub" / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dataset_view_compares_train_and_test_shares(case):
+    labels, _, _, images = case
+    train = np.repeat(np.arange(10), np.arange(1, 11))  # digit d appears d + 1 times
+    display = gallery.DatasetOverviewDisplay(labels, images, train_labels=train).plot()
+    heights = [b.get_height() for b in display.count_ax_.patches]
+    np.testing.assert_allclose(heights[:10], 100 * np.arange(1, 11) / 55)
+    np.testing.assert_allclose(heights[10:], 100 * np.bincount(labels, minlength=10) / len(labels))
