@@ -92,6 +92,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # as mnist-analysis sets it
         labels = np.random.default_rng(1).integers(0, 10, N_TEST)
         write_test_set(tmp / "data", labels)
         started = time.perf_counter()

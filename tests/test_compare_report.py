@@ -207,6 +207,7 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
         (["--runs", "{base}"], "only one run"),
         (["--runs", "{base},{fast}", "--baseline", "{seed1}"], "is not among the 2 compared runs"),
         (["--runs", "{base},{fast}", "--at-epoch", "0"], "--at-epoch must be >= 1"),
+        (["--runs", "{base},{fast}", "--at-epoch", "99"], "beyond the last logged epoch (4)"),
         ([], "choose runs with"),
     ],
 )
