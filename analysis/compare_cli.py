@@ -36,7 +36,21 @@ from analysis.runs import AnalysisError
               help="Log the report to MLflow (the sweep's parent run, else a new report run).")
 def compare_command(experiments, run_ids, parent_run_id, filter_string, baseline, at_epoch, out_dir,
                     tracking_uri, data_dir, cache_dir, log):
-    """Compare runs: one offline report.html plus runs.csv and significance.csv."""
+    """Compare 2 to 100 runs: one offline report.html plus runs.csv and significance.csv.
+
+    The report holds the runs table, overlaid learning curves and the comparison at --at-epoch,
+    per-class accuracy, confusion matrices and their differences from the baseline, the test
+    images each run fixed and broke, McNemar's test and bootstrap intervals, seed groups,
+    accuracy against training time, the most-confused digit pairs and findings. It is logged to
+    MLflow: to the sweep's parent run with --parent, to the open run under `mlflow run`, else to
+    a new run tagged mnist.report=comparison.
+
+    \b
+    Examples:
+      mnist-analysis compare --parent SWEEP_RUN_ID --out reports/try_lr
+      mnist-analysis compare --experiment seed-reproductions --out reports/seeds
+      mnist-analysis compare --experiment try-lr --filter "params.seed = '0'" --at-epoch 2 --out reports/lr
+    """
     from analysis.compare_report import REPORT_ARTIFACT_DIR, compare_runs
 
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
