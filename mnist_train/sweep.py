@@ -460,7 +460,9 @@ class _Tally:
         self.total, self.done, self.failed, self.say = total, done, failed, say
 
     def ended(self, outcome: Outcome) -> None:
-        self.done += 1
+        if outcome.status == "PENDING":
+            return
+        self.done += outcome.status in ("FINISHED", "FAILED")
         self.failed += outcome.status == "FAILED"
         note = f": {outcome.message}" if outcome.message and outcome.status != "FINISHED" else ""
         self.say(f"[{self.done}/{self.total} done, {self.failed} failed] {outcome.name} {outcome.status}{note}")
@@ -525,6 +527,7 @@ def _init_worker(stop_event, threads: int) -> None:
     _WORKER_STOP = stop_event
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep process, which stops us
     sys.stdout = sys.stderr  # stdout carries the sweep's run ids; MLflow prints run links there
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one line per epoch, no bars
     torch.set_num_threads(threads)  # N workers on N cores: oversubscribed threads only slow down
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
@@ -540,6 +543,8 @@ def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Ou
     if should_stop is None:
         should_stop = _WORKER_STOP.is_set if _WORKER_STOP is not None else (lambda: False)
     name = task.child.name
+    if should_stop():  # queued in a worker before the sweep was stopped: leave it for the next run
+        return Outcome(name, task.resume_run_id, "PENDING", message="not started")
     reporter = Reporter(enabled=not task.quiet, label=name)
     if task.line_output:
         reporter.interactive = False
@@ -555,8 +560,9 @@ def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Ou
         )
         return Outcome(name, run_id, "FINISHED", message="")
     except TrainingStopped as err:
-        status = "KILLED" if err.exit_code == 130 else "FAILED"
-        return Outcome(name, err.run_id, status, message=str(err))
+        if err.exit_code == 130:
+            return Outcome(name, err.run_id, "KILLED", message="interrupted; it resumes when the sweep runs again")
+        return Outcome(name, err.run_id, "FAILED", message=str(err))
     except (ConfigError, DataError) as err:
         return Outcome(name, task.resume_run_id, "FAILED", message=str(err))
     except Exception as err:  # a bug in one child must not take its siblings down; show where
