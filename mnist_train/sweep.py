@@ -55,10 +55,6 @@ class Child:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def is_sweep(experiment: ExperimentFile) -> bool:
-    return bool(experiment.sweep)
-
-
 def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) -> list[Child]:
     """Every child of a sweep file, in order variants x grid x seeds, validated.
 
