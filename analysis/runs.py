@@ -142,6 +142,10 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_store_reachable(uri)
+    if urllib.parse.urlparse(uri).scheme in ("", "file"):
+        # DESIGN.md names a file path as a valid store, but MLflow 3 refuses file stores unless this
+        # is set; reading an existing one is harmless (a user's explicit "false" still wins)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow import MlflowClient
 
     try:

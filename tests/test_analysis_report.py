@@ -242,3 +242,16 @@ def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_
     assert result.exit_code == 1
     assert "Error: run" in result.output and "no loadable logged model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_file_store_path_is_read_too(tmp_path, monkeypatch):
+    """DESIGN.md allows a plain path as the tracking store; MLflow 3 only opens one when allowed."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = tmp_path / "mlruns"
+    fake = log_fake_run(str(store), "file-store", run_name="in_a_file_store", n_epochs=2, seed=50)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    result = invoke("run", fake.run_id, "--tracking-uri", str(store), "--out", str(tmp_path / "r"),
+                    "--data-dir", str(tmp_path / "nowhere"), cache_dir=tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["run_name"] == "in_a_file_store"
+    assert list(store.glob(f"*/{fake.run_id}/artifacts/analysis/report.html"))  # logged in the store
