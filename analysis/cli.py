@@ -1,8 +1,9 @@
 """`mnist-analysis` (also `python -m analysis`): reports from runs stored in MLflow.
 
 `cli` is a click group; each report is a subcommand (`run` here; more are added with
-`@cli.command(...)` or `cli.add_command(...)`). Errors a user can cause raise AnalysisError anywhere in a subcommand; the group
-turns them into one line on stderr and exit status 1, so new subcommands get that for free.
+`@cli.command(...)` or `cli.add_command(...)`). Errors a user can cause raise AnalysisError
+anywhere in a subcommand; the group turns them into one line on stderr and exit status 1, so new
+subcommands get that for free.
 Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identical.
 """
 
