@@ -1,3 +1,5 @@
-from .cli import main
+from mnist_train.cli import main
 
-main()
+# guarded: spawned helper processes import the main module again and must not run the CLI
+if __name__ == "__main__":
+    main()

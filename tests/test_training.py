@@ -133,3 +133,13 @@ def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(data_dir, monkeypat
     assert "loss became nan" in run.data.tags["failure_reason"]
     assert {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/epoch_001.pt"}
     assert [s for s, _ in history(client, run.info.run_id, "test_accuracy")] == [1]
+
+
+def test_background_metric_writer_records_the_same_points(trained_runs, data_dir, monkeypatch):
+    client = MlflowClient()
+    monkeypatch.setattr(tracking, "BACKGROUND_WRITES_FROM", 0)  # every run: write from a helper process
+    config = tiny_config(name="fixture_mlp_again", hidden_sizes=[32])
+    run_id = train_run(config, data_dir)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("batch_loss", *EPOCH_METRICS[:-1]):
+        assert history(client, run_id, key) == history(client, trained_runs["mlp"], key)
