@@ -54,6 +54,8 @@ class RunConfig:
     # extras
     unscaled_eval: bool = False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
+    threads: int = 1  # torch CPU threads; these models are too small to gain from more, and extra
+    #                   threads collapse on a shared machine (0: torch's default, one per core)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -74,6 +76,8 @@ class RunConfig:
         for key in ("batch_size", "test_batch_size", "epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
         for key in ("max_train", "max_test"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -66,6 +66,8 @@ def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
     Raises ConfigError / DataError for the user, before any MLflow run exists.
     """
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if config.threads:
+        torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
