@@ -213,7 +213,10 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    if "://" not in uri or uri.startswith("file:"):
+        # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     cli(prog_name="mnist-train")
 
 

@@ -34,19 +34,20 @@ def full_data_dir() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def tracking_uri(tmp_path_factory) -> str:
-    """One SQLite store for the whole session (creating one costs seconds), never ./mlflow.db."""
+    """One SQLite store for the whole session (creating one costs seconds), never ./mlflow.db,
+    and a private cache for the artifacts analysis downloads."""
     store = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
+    # through the environment only, so a test can point one call elsewhere with monkeypatch.setenv
+    changes = {"MLFLOW_TRACKING_URI": uri, "MNIST_WORKBENCH_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    previous = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
     yield uri
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def tiny_config(**changes):

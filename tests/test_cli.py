@@ -147,3 +147,14 @@ def test_unreachable_tracking_server_is_one_line(experiment, data_dir, monkeypat
     monkeypatch.undo()
     assert_one_line_error(result, "tracking server http://127.0.0.1:9 is unreachable")
     assert time.time() - started < 30
+
+
+def test_a_file_store_works_too(experiment, data_dir, tmp_path, monkeypatch):
+    store = tmp_path / "mlruns"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": str(store)}
+    command = [sys.executable, "-m", "mnist_train", "run", str(experiment), "--data-dir", str(data_dir), *QUICK]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = MlflowClient(tracking_uri=str(store)).get_run(result.stdout.strip().splitlines()[-1])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
