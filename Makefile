@@ -19,9 +19,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Train both seed reproductions, write a report for each and a comparison of the two.
 demo: $(STAMP)
-	$(BIN)/mnist-train run experiments/seed001_softmax.yaml
-	$(BIN)/mnist-train run experiments/seed000_mlp.yaml
+	@set -e; \
+	softmax=$$($(BIN)/mnist-train run experiments/seed001_softmax.yaml); \
+	mlp=$$($(BIN)/mnist-train run experiments/seed000_mlp.yaml); \
+	$(BIN)/mnist-analysis run $$softmax --out $(DEMO_OUT)/seed001_softmax; \
+	$(BIN)/mnist-analysis run $$mlp --out $(DEMO_OUT)/seed000_mlp; \
+	$(BIN)/mnist-analysis compare --runs $$softmax --runs $$mlp --baseline $$softmax --out $(DEMO_OUT)/compare; \
+	echo "reports in $(DEMO_OUT)/; browse the runs with: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
