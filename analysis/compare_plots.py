@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 
 ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the cells
+LEGEND_TEXT_CHARS = 40  # a longer setting is shown by its run's label instead
 LEGEND_UP_TO = 12  # settings; above this, the legend moves outside the axes in small type
 
 
@@ -71,6 +72,14 @@ class LearningCurvesDisplay:
         self.labels = labels
         self.settings = settings
 
+    def _legend_text(self, run_id: str) -> str:
+        """The run's setting; the run's own label when that reads shorter (e.g. its run name)."""
+        setting = self.settings[run_id]
+        replicates = sum(1 for s in self.settings.values() if s == setting)
+        if replicates > 1 or len(setting) <= LEGEND_TEXT_CHARS:
+            return setting
+        return self.labels[run_id]
+
     def plot(self, keys: Sequence[str] = ("test_accuracy", "train_loss", "test_loss"), *,
              at_epoch: int | None = None) -> LearningCurvesDisplay:
         fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
@@ -83,7 +92,7 @@ class LearningCurvesDisplay:
                 for run_id, rows in frame.groupby("run_id", sort=False):
                     setting = self.settings[run_id]
                     rows = rows.sort_values("step")
-                    label = setting if (setting not in shown and ax is axes[0][0]) else None
+                    label = self._legend_text(run_id) if (setting not in shown and ax is axes[0][0]) else None
                     if label is not None:
                         shown.add(setting)
                     ax.plot(rows["step"], rows["value"], marker="o", markersize=3, linewidth=1.2,
