@@ -147,7 +147,7 @@ def test_cli_reports_a_bad_sweep_in_one_line(tmp_path):
 # --- running sweeps on the fixture -------------------------------------------------------------
 
 
-def test_sweep_records_parent_children_and_summary_and_reruns_idempotently(tmp_path, data_dir):
+def test_sweep_records_parent_children_and_summary_reruns_idempotently_and_force_retrains(tmp_path, data_dir):
     path = tmp_path / "try_hidden.yaml"
     path.write_text(f"name: try_hidden\nexperiment: sweep-seq\n{TINY_YAML}grid:\n  hidden_sizes: [[8], [16]]\n")
     result = invoke(path, "--data-dir", data_dir, "--quiet")
@@ -179,6 +179,11 @@ def test_sweep_records_parent_children_and_summary_and_reruns_idempotently(tmp_p
     assert again.stdout.split() == result.stdout.split()  # same parent, same children
     assert set(children_of(parent_id)) == set(children)
     assert client.get_run(parent_id).data.tags["mnist.sweep.skipped"] == "2"
+
+    forced = invoke(path, "--data-dir", data_dir, "--quiet", "--force")
+    assert forced.exit_code == 0, forced.output
+    new_parent, *new_children = forced.stdout.split()
+    assert new_parent != parent_id and len(new_children) == 2 and not set(new_children) & set(child_ids)
 
 
 def test_two_workers_finish_every_child_with_complete_histories(tmp_path, data_dir):
