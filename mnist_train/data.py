@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,14 +93,16 @@ def _unpack_gzipped(raw: Path, names: list[str]) -> None:
     for name in names:
         packed = raw / f"{name}.gz"
         if not (raw / name).exists() and packed.exists():
-            partial = raw / f"{name}.partial"
+            # a private temporary name, renamed into place: processes unpacking at once never
+            # see, or clobber, each other's half-written files
+            fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
             try:
-                with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
+                with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             except (OSError, EOFError) as err:
-                partial.unlink(missing_ok=True)
+                os.unlink(partial)
                 raise DataError(f"{packed}: cannot unpack ({err})") from None
-            partial.rename(raw / name)
+            os.replace(partial, raw / name)
 
 
 def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> None:

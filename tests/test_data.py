@@ -102,3 +102,23 @@ def test_gzipped_files_are_unpacked(tmp_path):
 def test_missing_data_without_download_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataError, match="MNIST not found"):
         data.load_split(tmp_path, train=True, download=False)
+
+
+def test_processes_unpacking_at_once_do_not_collide(tmp_path):
+    import multiprocessing
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for packed in (FIXTURE_DATA / "MNIST" / "raw").glob("*.gz"):
+        shutil.copy(packed, raw)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        sizes = pool.starmap(_load_test_labels, [(str(tmp_path),)] * 3)
+    assert sizes == [500, 500, 500]
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == sorted(
+        p.name[:-3] for p in raw.glob("*.gz")
+    )
+
+
+def _load_test_labels(root: str) -> int:
+    return len(data.load_split(root, train=False, download=False))
