@@ -9,8 +9,12 @@ inline). This module imports only MLflow, so the spawned process starts without 
 
 from __future__ import annotations
 
-import multiprocessing
+import pickle
+import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -56,43 +60,75 @@ class InlineWriter:
 
 
 class ProcessWriter:
-    """Writes batches of rows, in order, from a spawned helper process.
+    """Writes batches of rows, in order, from a helper process (`python -m mnist_train.tracking_writer`).
 
-    `close` waits until every batch is written and raises if any write failed, so a run is
-    never marked FINISHED with metrics missing. Starting the helper costs ~1.5 s of imports on
-    the other core, worth it only for runs with thousands of points.
+    A plain subprocess rather than multiprocessing: spawn would import the caller's main module
+    again, which runs an unguarded script's training a second time. Batches are pickled down the
+    child's stdin by a feeder thread, so a child still importing MLflow never blocks training.
+    `close` waits until every batch is written and raises if any write failed, so a run is never
+    marked FINISHED with metrics missing. Starting the helper costs ~1.5 s of imports on the other
+    core, worth it only for runs with thousands of points.
     """
 
     def __init__(self, tracking_uri: str, run_id: str):
-        context = multiprocessing.get_context("spawn")  # fork would share MLflow's open connections
-        self._jobs = context.Queue()
-        self._result = context.Queue()
-        self._process = context.Process(
-            target=_serve, args=(tracking_uri, run_id, self._jobs, self._result), daemon=True
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mnist_train.tracking_writer", tracking_uri, run_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C is the parent's to handle; it then waits for us
         )
-        self._process.start()
+        self._batches: queue.SimpleQueue[list[Row] | None] = queue.SimpleQueue()
+        self._feed_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, name="metric-feeder", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        pipe = self._process.stdin
+        try:
+            while (rows := self._batches.get()) is not None:
+                pickle.dump(rows, pipe)
+                pipe.flush()
+        except OSError as err:  # the helper died; `close` reports what it said
+            self._feed_error = err
+        finally:
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
     def write(self, rows: list[Row]) -> None:
-        self._jobs.put(rows)
+        self._batches.put(rows)
 
     def close(self) -> None:
-        self._jobs.put(None)
-        error = self._result.get()
-        self._process.join()
-        if error:
-            raise RuntimeError(f"writing metrics failed: {error}")
+        self._batches.put(None)
+        self._feeder.join()
+        report = self._process.stdout.read().decode(errors="replace").strip()
+        self._process.stdout.close()
+        code = self._process.wait()
+        if code != 0 or report != "ok" or self._feed_error:
+            raise RuntimeError(f"writing metrics failed: {report or self._feed_error or f'exit code {code}'}")
 
 
-def _serve(tracking_uri: str, run_id: str, jobs, result) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it waits for us
+def _serve(tracking_uri: str, run_id: str) -> None:
+    """The helper process: write every pickled batch from stdin, then say `ok` or the error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     error = None
-    while (rows := jobs.get()) is not None:
-        if error is None:  # after a failure, keep draining so the parent never blocks
+    source = sys.stdin.buffer
+    while True:
+        try:
+            rows = pickle.load(source)
+        except EOFError:
+            break
+        if error is None:  # after a failure, keep reading so the parent never blocks
             try:
                 write_rows(client, run_id, rows)
             except Exception as err:  # reported to the parent, which raises it
                 error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    result.put(error)
+    sys.stdout.write(error or "ok")
+
+
+if __name__ == "__main__":
+    _serve(*sys.argv[1:3])
