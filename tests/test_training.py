@@ -1,5 +1,7 @@
 """A tiny run on the fixture records every contract metric and artifact; resume is exact."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,23 @@ def test_background_metric_writer_records_the_same_points(trained_runs, data_dir
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("batch_loss", *EPOCH_METRICS[:-1]):
         assert history(client, run_id, key) == history(client, trained_runs["mlp"], key)
+
+
+def test_background_writer_works_from_an_unguarded_script(data_dir, tmp_path):
+    """The helper process must not import the caller's main module again (spawn would)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_here.py"  # no `if __name__ == "__main__"` guard, as in a notebook export
+    script.write_text(
+        "from conftest import tiny_config, train_run\n"
+        "from mnist_train import tracking\n"
+        "tracking.BACKGROUND_WRITES_FROM = 0\n"
+        f"print(train_run(tiny_config(name='unguarded'), {str(data_dir)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    assert len(history(MlflowClient(), run_id, "batch_loss")) == 20
