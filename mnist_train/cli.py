@@ -7,7 +7,6 @@ stdout, one per line, so scripts can capture them.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -132,7 +131,9 @@ def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt
     from mlflow.exceptions import MlflowException
 
     from .sweep import run_sweep
+    from .tracking import quiet_mlflow_logs
 
+    quiet_mlflow_logs()
     try:
         # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
@@ -168,12 +169,9 @@ def _run_one(config: RunConfig, experiment: ExperimentFile, data_dir: Path, resu
     from mlflow.exceptions import MlflowException
 
     from .progress import Reporter
-    from .tracking import TrainingStopped, prepare_run, run_training
+    from .tracking import TrainingStopped, prepare_run, quiet_mlflow_logs, run_training
 
-    # MLflow narrates store and experiment creation at INFO and warns that pickled models run code
-    # when loaded (ours are our own); keep the terminal for training progress and real problems.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    quiet_mlflow_logs()
     prepared = prepare_run(config, data_dir)
     try:
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):  # as in _run_sweep

@@ -515,9 +515,9 @@ _WORKER_STOP = None  # set in each worker process by _init_worker: the sweep's s
 
 
 def _init_worker(stop_event, threads: int) -> None:
-    import logging
-
     import torch
+
+    from .tracking import quiet_mlflow_logs
 
     global _WORKER_STOP
     _WORKER_STOP = stop_event
@@ -525,7 +525,7 @@ def _init_worker(stop_event, threads: int) -> None:
     sys.stdout = sys.stderr  # stdout carries the sweep's run ids; MLflow prints run links there
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one line per epoch, no bars
     torch.set_num_threads(threads)  # N workers on N cores: oversubscribed threads only slow down
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    quiet_mlflow_logs()
 
 
 def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Outcome:

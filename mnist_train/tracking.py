@@ -82,6 +82,21 @@ def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
     )
 
 
+def quiet_mlflow_logs() -> None:
+    """Keep the terminal for training progress and real problems.
+
+    MLflow narrates store and experiment creation at INFO and warns, on every model it saves,
+    that pickled models run code when loaded (ours are our own). Its logger is configured when
+    it is imported, so import it before setting levels.
+    """
+    import logging
+
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
+
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     """One short request to an http(s) tracking server; MLflow's client would retry for minutes."""
     if not uri.startswith(("http://", "https://")):
