@@ -485,7 +485,8 @@ def compare_runs(
         except AnalysisError as err:
             comparison.notes.append(f"flip gallery without images: {err}")
     if parent_run_id:
-        title = f"Sweep {parent_run_id[:8]}: {len(runs)} runs compared"
+        sweep_name = client.get_run(parent_run_id).info.run_name or parent_run_id[:8]
+        title = f"Sweep {sweep_name}: {len(runs)} runs compared"
     else:
         title = f"{len(runs)} runs compared"
     path = write_report(comparison, out_dir, test_images=test_images, title=title)
