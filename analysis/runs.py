@@ -11,7 +11,6 @@ MLflow is imported inside the functions that need it: `import mlflow` costs abou
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from mnist_train import idx
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -468,54 +469,31 @@ def resolve_data_dir(data_dir: str | Path | None, run: RunData | None = None) ->
     return Path(os.environ.get("MNIST_DATA_DIR") or "./data")
 
 
-_TEST_FILES = {"images": ("t10k-images-idx3-ubyte", 2051), "labels": ("t10k-labels-idx1-ubyte", 2049)}
-
-
 def load_test_set(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """MNIST test images uint8 (N, 28, 28) and labels int64 (N,) from `<data_dir>/MNIST/raw/`.
 
-    Reads the IDX files (plain or gzipped) with numpy rather than through `mnist_train.data`
-    (torchvision): that import alone costs ~2.5 s, half the budget of a whole report, and the
-    analysis only needs the raw pixels. Nothing is downloaded; missing files are an AnalysisError.
+    Read with numpy (`mnist_train.idx`) rather than through torchvision: importing it alone costs
+    ~2.5 s, half the budget of a whole report, and the analysis only needs the raw pixels.
+    Nothing is downloaded; missing or damaged files are an AnalysisError.
     """
-    raw = Path(data_dir) / "MNIST" / "raw"
-    images = _read_idx(raw, *_TEST_FILES["images"])
-    labels = _read_idx(raw, *_TEST_FILES["labels"]).astype(np.int64)
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise AnalysisError(f"{raw}: test images {images.shape} do not match labels {labels.shape}")
-    return images, labels
+    try:
+        return idx.read_split(data_dir, train=False)
+    except idx.IdxError as err:
+        raise AnalysisError(f"{err} (pass --data-dir or set MNIST_DATA_DIR)") from None
 
 
 def load_train_labels(data_dir: str | Path) -> np.ndarray:
     """MNIST training labels int64 (60000,) from `<data_dir>/MNIST/raw/` (for the dataset view)."""
-    return _read_idx(Path(data_dir) / "MNIST" / "raw", "train-labels-idx1-ubyte", 2049).astype(np.int64)
+    raw = Path(data_dir) / "MNIST" / "raw"
+    try:
+        return idx.read(raw, idx.FILES[True][1], idx.LABELS_MAGIC).astype(np.int64)
+    except idx.IdxError as err:
+        raise AnalysisError(f"{err} (pass --data-dir or set MNIST_DATA_DIR)") from None
 
 
 def load_test_images(data_dir: str | Path) -> np.ndarray:
     """MNIST test images, uint8 (N, 28, 28), in torchvision's order (the `index` of predictions)."""
     return load_test_set(data_dir)[0]
-
-
-def _read_idx(raw: Path, name: str, magic: int) -> np.ndarray:
-    plain, packed = raw / name, raw / f"{name}.gz"
-    if plain.is_file():
-        content = plain.read_bytes()
-    elif packed.is_file():
-        try:
-            with gzip.open(packed, "rb") as f:
-                content = f.read()
-        except (OSError, EOFError) as err:
-            raise AnalysisError(f"{packed}: cannot unpack ({err})") from None
-    else:
-        raise AnalysisError(f"MNIST test set not found in {raw} (pass --data-dir or set MNIST_DATA_DIR)")
-    if len(content) < 8 or int.from_bytes(content[:4], "big") != magic:
-        raise AnalysisError(f"{raw / name}: not an MNIST IDX file (wrong magic number)")
-    n_dims = content[3]
-    dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims)]
-    offset = 4 + 4 * n_dims
-    if len(content) != offset + int(np.prod(dims)):
-        raise AnalysisError(f"{raw / name}: truncated or padded ({len(content)} bytes)")
-    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 # --------------------------------------------------------------------------- predicting

@@ -9,7 +9,6 @@ torch generator, so a run with the same seed sees the same batches as the notebo
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import shutil
 import tempfile
@@ -19,15 +18,10 @@ from pathlib import Path
 
 import torch
 
+from . import idx
+
 STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
 ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
-
-# (file name, IDX magic number, shape of one item)
-RAW_FILES = {
-    True: (("train-images-idx3-ubyte", 2051, (28, 28)), ("train-labels-idx1-ubyte", 2049, ())),
-    False: (("t10k-images-idx3-ubyte", 2051, (28, 28)), ("t10k-labels-idx1-ubyte", 2049, ())),
-}
-
 
 class DataError(RuntimeError):
     """MNIST is missing, damaged or cannot be downloaded; the message is shown as is."""
@@ -62,9 +56,9 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
 
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
-    files = RAW_FILES[True] + RAW_FILES[False]  # torchvision wants all four, whichever split
-    _unpack_gzipped(raw, [name for name, _, _ in files])
-    if not all((raw / name).exists() for name, _, _ in files):
+    files = idx.FILES[True] + idx.FILES[False]  # torchvision wants all four, whichever split
+    _unpack_gzipped(raw, files)
+    if not all((raw / name).exists() for name in files):
         if not download:
             raise DataError(f"MNIST not found in {raw} and download is off")
         try:
@@ -75,8 +69,11 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
                 f"MNIST not found in {raw} and the download failed ({reason}); "
                 "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
             ) from None
-    for name, magic, shape in RAW_FILES[train]:
-        _check_idx(raw / name, magic, shape)
+    try:
+        for name, magic in zip(idx.FILES[train], (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)):
+            idx.check_file(raw / name, magic)
+    except idx.IdxError as err:
+        raise DataError(str(err)) from None
     dataset = MNIST(root=str(root), train=train, download=False)
     return Split(dataset.data.contiguous(), dataset.targets.long())
 
@@ -103,24 +100,6 @@ def _unpack_gzipped(raw: Path, names: list[str]) -> None:
                 os.unlink(partial)
                 raise DataError(f"{packed}: cannot unpack ({err})") from None
             os.replace(partial, raw / name)
-
-
-def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> None:
-    """Fail with one clear line when an IDX file is not what MNIST's should be."""
-    header_len = 4 * (2 + len(item_shape))
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(header_len)
-    if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
-        raise DataError(f"{path}: not an MNIST IDX file (wrong magic number)")
-    if len(header) < header_len:
-        raise DataError(f"{path}: truncated ({size} bytes)")
-    dims = [int.from_bytes(header[i : i + 4], "big") for i in range(4, header_len, 4)]
-    if tuple(dims[1:]) != item_shape:
-        raise DataError(f"{path}: items of shape {tuple(dims[1:])}, expected {item_shape}")
-    expected = header_len + dims[0] * math.prod(item_shape)
-    if size != expected:
-        raise DataError(f"{path}: truncated or padded ({size} bytes, expected {expected})")
 
 
 def normalization(train_images: torch.Tensor, method: str) -> tuple[float, float]:
