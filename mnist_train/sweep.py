@@ -347,10 +347,10 @@ def _plan(client, child: Child, previous: dict[str, list]) -> tuple[str, str | N
 
 
 def _open_parent(client, experiment_id, experiment: ExperimentFile, sweep_name, adopt_run_id, reuse: bool) -> str:
-    from .tracking import _git_commit
+    from .tracking import git_commit
 
     tags = {TAG_SWEEP: sweep_name, "mlflow.runName": sweep_name, "mlflow.source.name": str(experiment.path)}
-    commit = _git_commit(experiment.path.resolve().parent)
+    commit = git_commit(experiment.path.resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
     parent_id = adopt_run_id

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import __version__, data, models
-from .config import ConfigError, ExperimentFile, RunConfig, build_config
+from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
 from .tracking_writer import InlineWriter, ProcessWriter, Row, retry_conflicts, write_rows
 from .train import EpochRecord, NonFiniteLoss, Progress, StepRecord, Tensors, checkpoint, infer, pick_device, prepare, restore, score, train
@@ -123,7 +123,7 @@ def run_training(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    config, tensors = prepared.config, prepared.tensors
+    config = prepared.config
     client = MlflowClient()
     torch.manual_seed(config.seed)
     model = models.build_model(config).to(prepared.device)
@@ -269,13 +269,13 @@ def _run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dic
     if experiment_file is not None:
         tags["mlflow.source.name"] = str(experiment_file.path)
         where = experiment_file.path.resolve().parent
-    commit = _git_commit(where) or _git_commit(Path(__file__).resolve().parent)
+    commit = git_commit(where) or git_commit(Path(__file__).resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
 
 
-def _git_commit(where: Path) -> str | None:
+def git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
@@ -326,17 +326,6 @@ def _load_resume_state(client, run_id: str, config: RunConfig) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{latest}", dst_path=tmp)
         return torch.load(path, weights_only=False)
-
-
-def config_from_run(run_id: str) -> RunConfig:
-    """The configuration a stored run was trained with (for resuming without the file)."""
-    from mlflow.tracking import MlflowClient
-
-    from .config import FIELDS, coerce
-
-    params = MlflowClient().get_run(run_id).data.params
-    values = {k: coerce(k, v, from_text=True) for k, v in params.items() if k in FIELDS}
-    return build_config(values, source=f"run {run_id}")
 
 
 def _log_results(mlflow, client, run_id, model, prepared: Prepared, progress: Progress, last: EpochRecord) -> None:
