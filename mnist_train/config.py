@@ -54,8 +54,8 @@ class RunConfig:
     # extras
     unscaled_eval: bool = False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
-    threads: int = 1  # torch CPU threads; these models are too small to gain from more, and extra
-    #                   threads collapse on a shared machine (0: torch's default, one per core)
+    threads: int = 1  # torch CPU threads (0: torch's default, one per core); more gain ~20% on an
+    #                   idle machine but collapse when another process holds a core
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
