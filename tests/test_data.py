@@ -89,11 +89,17 @@ def test_wrong_magic_is_a_clear_error(data_dir, tmp_path):
         data.load_split(target, train=False, download=False)
 
 
-def test_gzipped_files_are_unpacked(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
+def _gzipped_copy(root):
+    """The fixture's .gz files alone, in `<root>/MNIST/raw/`; returns that folder."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for packed in (FIXTURE_DATA / "MNIST" / "raw").glob("*.gz"):
         shutil.copy(packed, raw)
+    return raw
+
+
+def test_gzipped_files_are_unpacked(tmp_path):
+    _gzipped_copy(tmp_path)
     split = data.load_split(tmp_path, train=False, download=False)
     with gzip.open(FIXTURE_DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz") as f:
         assert split.labels.tolist() == list(f.read()[8:])
@@ -107,10 +113,7 @@ def test_missing_data_without_download_is_a_clear_error(tmp_path):
 def test_processes_unpacking_at_once_do_not_collide(tmp_path):
     import multiprocessing
 
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for packed in (FIXTURE_DATA / "MNIST" / "raw").glob("*.gz"):
-        shutil.copy(packed, raw)
+    raw = _gzipped_copy(tmp_path)
     context = multiprocessing.get_context("spawn")
     with context.Pool(3) as pool:
         sizes = pool.starmap(_load_test_labels, [(str(tmp_path),)] * 3)
