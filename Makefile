@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= reports
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint format venv clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,15 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# One formatter and linter (ruff, configured in pyproject.toml); CI runs `lint` before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Train both seed reproductions, write a report for each and a comparison of the two.
 demo: $(STAMP)

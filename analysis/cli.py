@@ -31,17 +31,27 @@ class AnalysisGroup(click.Group):
 
 
 tracking_uri_option = click.option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, metavar="URI",
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    metavar="URI",
     help="MLflow tracking store (sqlite:///..., a path, http://...). "
-         "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.")
+    "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.",
+)
 cache_dir_option = click.option(
-    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Where downloaded artifacts are cached by run id. "
-         "Default: $MNIST_WORKBENCH_CACHE, else ~/.cache/mnist-workbench.")
+    "Default: $MNIST_WORKBENCH_CACHE, else ~/.cache/mnist-workbench.",
+)
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="MNIST folder (holding MNIST/raw/) for the image galleries. Default: the run's "
-         "mnist.data_dir tag, else $MNIST_DATA_DIR, else ./data.")
+    "mnist.data_dir tag, else $MNIST_DATA_DIR, else ./data.",
+)
 
 
 def notice(message: str) -> None:
@@ -58,24 +68,56 @@ def cli() -> None:
 
 @cli.command("run")
 @click.argument("refs", nargs=-1, metavar="[RUN]...")
-@click.option("--experiment", "experiments", multiple=True, metavar="NAME",
-              help="Report every run of this experiment (repeatable).")
-@click.option("--parent", "parent_run_id", metavar="RUN_ID", help="Report every child run of this sweep.")
-@click.option("--filter", "filter_string", metavar="EXPR",
-              help="Report the runs matching this MLflow filter, e.g. \"params.lr = '0.01'\".")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder. One run: the report itself (default reports/<run id>). "
-                   "Several runs: one sub-folder per run, <run name>_<id prefix> (default reports/).")
+@click.option(
+    "--experiment",
+    "experiments",
+    multiple=True,
+    metavar="NAME",
+    help="Report every run of this experiment (repeatable).",
+)
+@click.option(
+    "--parent", "parent_run_id", metavar="RUN_ID", help="Report every child run of this sweep."
+)
+@click.option(
+    "--filter",
+    "filter_string",
+    metavar="EXPR",
+    help="Report the runs matching this MLflow filter, e.g. \"params.lr = '0.01'\".",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder. One run: the report itself (default reports/<run id>). "
+    "Several runs: one sub-folder per run, <run name>_<id prefix> (default reports/).",
+)
 @tracking_uri_option
 @data_dir_option
 @cache_dir_option
-@click.option("--log/--no-log", default=True, show_default=True,
-              help="Log the report files to the run under analysis/.")
-@click.option("--predict", is_flag=True,
-              help="If a run stored no predictions, compute them with its logged model.")
-def run_command(refs: tuple[str, ...], experiments: tuple[str, ...], parent_run_id: str | None,
-                filter_string: str | None, out_dir: Path | None, tracking_uri: str | None,
-                data_dir: Path | None, cache_dir: Path | None, log: bool, predict: bool) -> None:
+@click.option(
+    "--log/--no-log",
+    default=True,
+    show_default=True,
+    help="Log the report files to the run under analysis/.",
+)
+@click.option(
+    "--predict",
+    is_flag=True,
+    help="If a run stored no predictions, compute them with its logged model.",
+)
+def run_command(
+    refs: tuple[str, ...],
+    experiments: tuple[str, ...],
+    parent_run_id: str | None,
+    filter_string: str | None,
+    out_dir: Path | None,
+    tracking_uri: str | None,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    log: bool,
+    predict: bool,
+) -> None:
     """Per-run report: figures (PNG), numbers (CSV, JSON) and one report.html per run.
 
     RUN is a run id or a run name (e.g. seed000_mlp; the latest run of that name).
@@ -83,7 +125,9 @@ def run_command(refs: tuple[str, ...], experiments: tuple[str, ...], parent_run_
     from analysis import report, runs
 
     if not (refs or experiments or parent_run_id or filter_string):
-        raise click.UsageError("name a RUN (id or name) or select runs with --experiment, --parent or --filter")
+        raise click.UsageError(
+            "name a RUN (id or name) or select runs with --experiment, --parent or --filter"
+        )
     started = time.perf_counter()
     client = runs.connect(tracking_uri)
     run_ids = []
@@ -93,11 +137,20 @@ def run_command(refs: tuple[str, ...], experiments: tuple[str, ...], parent_run_
             notice(f"{matches} runs are named {ref!r}; reporting the latest ({run_id})")
         run_ids.append(run_id)
     if experiments or parent_run_id or filter_string:
-        run_ids += runs.find_run_ids(client, experiments=experiments, parent_run_id=parent_run_id,
-                                     filter_string=filter_string)
+        run_ids += runs.find_run_ids(
+            client,
+            experiments=experiments,
+            parent_run_id=parent_run_id,
+            filter_string=filter_string,
+        )
     run_ids = list(dict.fromkeys(run_ids))
-    options = dict(data_dir=data_dir, cache_dir=cache_dir, log=log, predict=predict,
-                   tracking_uri=runs.resolve_tracking_uri(tracking_uri))
+    options = dict(
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        log=log,
+        predict=predict,
+        tracking_uri=runs.resolve_tracking_uri(tracking_uri),
+    )
 
     if len(run_ids) == 1:
         html = _report_one(client, run_ids[0], out_dir or Path("reports") / run_ids[0], **options)
@@ -120,8 +173,17 @@ def run_command(refs: tuple[str, ...], experiments: tuple[str, ...], parent_run_
     click.echo(f"{len(written)} report(s){where} ({time.perf_counter() - started:.1f} s)")
 
 
-def _report_one(client, run_id: str, out: Path, *, data_dir: Path | None, cache_dir: Path | None,
-                log: bool, predict: bool, tracking_uri: str) -> Path:
+def _report_one(
+    client,
+    run_id: str,
+    out: Path,
+    *,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    log: bool,
+    predict: bool,
+    tracking_uri: str,
+) -> Path:
     """Load one run, write its report into `out`, log it unless told not to; the HTML's path."""
     from analysis import report, runs
 
@@ -130,10 +192,14 @@ def _report_one(client, run_id: str, out: Path, *, data_dir: Path | None, cache_
     if run.predictions is None and predict:
         if images is None:
             raise AnalysisError("--predict needs the MNIST test images; pass --data-dir")
-        run.predictions = runs.predict_with_logged_model(run.run_id, *images, tracking_uri=tracking_uri)
+        run.predictions = runs.predict_with_logged_model(
+            run.run_id, *images, tracking_uri=tracking_uri
+        )
         run.notices = [n for n in run.notices if runs.PREDICTIONS_PATH not in n]
-        extra.append(f"predictions computed now from the logged model "
-                     f"({runs.MODEL_URI.format(run_id=run.run_id)}), not stored ones")
+        extra.append(
+            f"predictions computed now from the logged model "
+            f"({runs.MODEL_URI.format(run_id=run.run_id)}), not stored ones"
+        )
 
     pixels = None
     if images is not None and run.predictions is not None:
@@ -143,8 +209,9 @@ def _report_one(client, run_id: str, out: Path, *, data_dir: Path | None, cache_
     elif run.predictions is None:
         extra = []  # without predictions there are no image galleries: missing images are no news
 
-    written = report.build_run_report(run, out, images=pixels, train_labels=_train_labels(run, data_dir),
-                                      notices=extra)
+    written = report.build_run_report(
+        run, out, images=pixels, train_labels=_train_labels(run, data_dir), notices=extra
+    )
     for line in written.notices:
         notice(line)
     if log:
@@ -182,11 +249,15 @@ def _matching_images(predictions, images, labels):
     """The test images if they are the ones the predictions were made on, else (None, why)."""
     index = predictions.index
     if index.max(initial=-1) >= len(images) or index.min(initial=0) < 0:
-        return None, (f"predictions refer to test image {index.max()} but the data dir holds "
-                      f"{len(images)}; image galleries skipped (wrong --data-dir?)")
+        return None, (
+            f"predictions refer to test image {index.max()} but the data dir holds "
+            f"{len(images)}; image galleries skipped (wrong --data-dir?)"
+        )
     if not (labels[index] == predictions.labels).all():
-        return None, ("the labels of the test images in the data dir differ from the stored "
-                      "predictions' labels; image galleries skipped (wrong --data-dir?)")
+        return None, (
+            "the labels of the test images in the data dir differ from the stored "
+            "predictions' labels; image galleries skipped (wrong --data-dir?)"
+        )
     return images, None
 
 

@@ -288,9 +288,11 @@ def confused_pairs_across_runs(
         }
     )
     table = table[table["total"] > 0]
-    return table.sort_values(["total", "true", "pred"], ascending=[False, True, True]).head(
-        top_k
-    ).reset_index(drop=True)
+    return (
+        table.sort_values(["total", "true", "pred"], ascending=[False, True, True])
+        .head(top_k)
+        .reset_index(drop=True)
+    )
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -316,9 +318,7 @@ class OverfitOnset:
     train_drop: float
 
 
-def overfit_onset(
-    epochs, train_loss, test_loss, *, min_rise: float = 0.02
-) -> OverfitOnset | None:
+def overfit_onset(epochs, train_loss, test_loss, *, min_rise: float = 0.02) -> OverfitOnset | None:
     """Detect overfitting from per-epoch losses (arrays of equal length, epochs ascending).
 
     A run overfits when its test loss ends at least `min_rise` (relative) above its minimum, reached

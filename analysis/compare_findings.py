@@ -95,12 +95,16 @@ def _flip_findings(significance, labels, baseline_id) -> list[str]:
     net = others["fixed"].astype(float) - others["broke"].astype(float)
     top = net.idxmax()
     row = others.loc[top]
-    counts = f"fixed {int(row.fixed)} test images and broke {int(row.broke)} (net {int(net[top]):+d})"
+    counts = (
+        f"fixed {int(row.fixed)} test images and broke {int(row.broke)} (net {int(net[top]):+d})"
+    )
     if net[top] <= 0:
         return [f"No run gains on the baseline in net; the closest, {labels[top]}, {counts}."]
     sentence = f"Against the baseline, {labels[top]} {counts}"
     if row.broke > 0:
-        sentence += f": even the largest net gain comes with {int(row.broke)} images the baseline got right"
+        sentence += (
+            f": even the largest net gain comes with {int(row.broke)} images the baseline got right"
+        )
     return [sentence + "."]
 
 
@@ -170,8 +174,10 @@ def _cost_finding(accuracy: pd.Series, train_time: pd.Series, labels, tolerance:
     if fastest == best:
         faster = both[both["time"] < both.at[best, "time"]]
         if faster.empty:
-            return [f"{labels[best]} is both the most accurate and the fastest run "
-                    f"({both.at[best, 'time']:.1f} s)."]
+            return [
+                f"{labels[best]} is both the most accurate and the fastest run "
+                f"({both.at[best, 'time']:.1f} s)."
+            ]
         return [
             f"{labels[best]} is the most accurate run ({both.at[best, 'time']:.1f} s); the "
             f"{len(faster)} faster run(s) all score more than {100 * tolerance:.1f} points lower."

@@ -49,16 +49,19 @@ def setting_colors(settings: Sequence[str]) -> dict[str, tuple]:
     unique = list(dict.fromkeys(settings))
     cmap = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20" if len(unique) <= 20 else "turbo")
     n = max(len(unique) - 1, 1)
-    return {
-        s: cmap(i) if len(unique) <= 20 else cmap(i / n) for i, s in enumerate(unique)
-    }
+    return {s: cmap(i) if len(unique) <= 20 else cmap(i / n) for i, s in enumerate(unique)}
 
 
 def _legend(ax, n_entries: int) -> None:
     if n_entries <= LEGEND_UP_TO:
         ax.legend(fontsize="small")
     else:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n_entries // 40)
+        ax.legend(
+            fontsize="x-small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            ncol=1 + n_entries // 40,
+        )
 
 
 class LearningCurvesDisplay:
@@ -67,7 +70,9 @@ class LearningCurvesDisplay:
     history: long table (`run_id`, `key`, `step`, `value`); labels / settings: run id -> text.
     """
 
-    def __init__(self, history: pd.DataFrame, labels: Mapping[str, str], settings: Mapping[str, str]):
+    def __init__(
+        self, history: pd.DataFrame, labels: Mapping[str, str], settings: Mapping[str, str]
+    ):
         self.history = history
         self.labels = labels
         self.settings = settings
@@ -80,8 +85,12 @@ class LearningCurvesDisplay:
             return setting
         return self.labels[run_id]
 
-    def plot(self, keys: Sequence[str] = ("test_accuracy", "train_loss", "test_loss"), *,
-             at_epoch: int | None = None) -> LearningCurvesDisplay:
+    def plot(
+        self,
+        keys: Sequence[str] = ("test_accuracy", "train_loss", "test_loss"),
+        *,
+        at_epoch: int | None = None,
+    ) -> LearningCurvesDisplay:
         fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
         colors = setting_colors([self.settings[r] for r in self.labels])
         by_key = {k: g for k, g in self.history.groupby("key")}
@@ -92,11 +101,23 @@ class LearningCurvesDisplay:
                 for run_id, rows in frame.groupby("run_id", sort=False):
                     setting = self.settings[run_id]
                     rows = rows.sort_values("step")
-                    label = self._legend_text(run_id) if (setting not in shown and ax is axes[0][0]) else None
+                    label = (
+                        self._legend_text(run_id)
+                        if (setting not in shown and ax is axes[0][0])
+                        else None
+                    )
                     if label is not None:
                         shown.add(setting)
-                    ax.plot(rows["step"], rows["value"], marker="o", markersize=3, linewidth=1.2,
-                            color=colors[setting], alpha=0.85, label=label)
+                    ax.plot(
+                        rows["step"],
+                        rows["value"],
+                        marker="o",
+                        markersize=3,
+                        linewidth=1.2,
+                        color=colors[setting],
+                        alpha=0.85,
+                        label=label,
+                    )
             if at_epoch is not None:
                 ax.axvline(at_epoch, color="grey", linestyle="--", linewidth=1)
             ax.set_title(key)
@@ -113,15 +134,22 @@ class LearningCurvesDisplay:
 class EpochComparisonDisplay:
     """Test accuracy of each run at a chosen epoch (open) and at its last epoch (filled)."""
 
-    def __init__(self, at_epoch: pd.Series, final: pd.Series, labels: Mapping[str, str], epoch: int):
+    def __init__(
+        self, at_epoch: pd.Series, final: pd.Series, labels: Mapping[str, str], epoch: int
+    ):
         self.at_epoch, self.final, self.labels, self.epoch = at_epoch, final, labels, epoch
 
     def plot(self) -> EpochComparisonDisplay:
         order = list(self.final.sort_values().index)
         y = np.arange(len(order))
         fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(order)))
-        ax.scatter(self.at_epoch.reindex(order), y, facecolors="none", edgecolors="C0",
-                   label=f"epoch {self.epoch}")
+        ax.scatter(
+            self.at_epoch.reindex(order),
+            y,
+            facecolors="none",
+            edgecolors="C0",
+            label=f"epoch {self.epoch}",
+        )
         ax.scatter(self.final.reindex(order), y, color="C1", label="last epoch")
         ax.set_yticks(y, [self.labels[r] for r in order], fontsize="small")
         ax.set_xlabel("test accuracy")
@@ -143,8 +171,15 @@ class PerClassHeatmapDisplay:
 
         n = len(self.per_class)
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * n))
-        sns.heatmap(self.per_class, ax=ax, cmap="viridis", annot=n <= 30, fmt=".3f",
-                    annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy"})
+        sns.heatmap(
+            self.per_class,
+            ax=ax,
+            cmap="viridis",
+            annot=n <= 30,
+            fmt=".3f",
+            annot_kws={"fontsize": 7},
+            cbar_kws={"label": "accuracy"},
+        )
         ax.set_xlabel("true digit")
         ax.set_ylabel("")
         ax.tick_params(axis="y", labelsize="small")
@@ -172,11 +207,22 @@ class ConfusionGridDisplay:
         rows = -(-n // cols)
         # Shared axes with tick labels on the outer panels only, and no layout engine: with dozens
         # of panels, per-panel tick text and constrained layout are what make this figure slow.
-        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, 2.4 * rows + 0.5), squeeze=False,
-                                 sharex=True, sharey=True)
-        fig.subplots_adjust(left=0.8 / (2.3 * cols + 1.2), right=1 - 1.1 / (2.3 * cols + 1.2),
-                            bottom=0.45 / (2.4 * rows + 0.5), top=1 - 0.3 / (2.4 * rows + 0.5),
-                            wspace=0.12, hspace=0.3)
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(2.3 * cols + 1.2, 2.4 * rows + 0.5),
+            squeeze=False,
+            sharex=True,
+            sharey=True,
+        )
+        fig.subplots_adjust(
+            left=0.8 / (2.3 * cols + 1.2),
+            right=1 - 1.1 / (2.3 * cols + 1.2),
+            bottom=0.45 / (2.4 * rows + 0.5),
+            top=1 - 0.3 / (2.4 * rows + 0.5),
+            wspace=0.12,
+            hspace=0.3,
+        )
         stack = np.stack(list(self.matrices.values()))
         if self.kind == "counts":
             norm = PowerNorm(gamma=0.3, vmin=0, vmax=max(stack.max(), 1))
@@ -197,8 +243,14 @@ class ConfusionGridDisplay:
             if annotate:
                 for (t, p), value in np.ndenumerate(matrix):
                     if value != 0 and (self.kind == "difference" or t != p):
-                        ax.text(p, t, f"{value:+d}" if self.kind == "difference" else str(value),
-                                ha="center", va="center", fontsize=5)
+                        ax.text(
+                            p,
+                            t,
+                            f"{value:+d}" if self.kind == "difference" else str(value),
+                            ha="center",
+                            va="center",
+                            fontsize=5,
+                        )
         axes[0, 0].set_xticks(range(10))
         axes[0, 0].set_yticks(range(10))
         for ax in axes.flat:
@@ -209,8 +261,9 @@ class ConfusionGridDisplay:
         fig.supxlabel("predicted digit", fontsize="small")
         fig.supylabel("true digit", fontsize="small")
         cax = fig.add_axes([1 - 0.9 / (2.3 * cols + 1.2), 0.25, 0.15 / (2.3 * cols + 1.2), 0.5])
-        fig.colorbar(image, cax=cax,
-                     label="count" if self.kind == "counts" else "red: worse, blue: better")
+        fig.colorbar(
+            image, cax=cax, label="count" if self.kind == "counts" else "red: worse, blue: better"
+        )
         self.figure_ = fig
         return self
 
@@ -228,20 +281,43 @@ class AccuracyCostDisplay:
         colors = setting_colors([self.settings[r] for r in self.labels])
         for run_id, row in table.iterrows():
             color = colors[self.settings[run_id]]
-            if {"ci_low", "ci_high"} <= set(table.columns) and np.isfinite(row.get("ci_low", np.nan)):
-                ax.errorbar(row.train_time_s, row.accuracy,
-                            yerr=[[max(row.accuracy - row.ci_low, 0)], [max(row.ci_high - row.accuracy, 0)]],
-                            fmt="o", color=color, capsize=2, markersize=5)
+            if {"ci_low", "ci_high"} <= set(table.columns) and np.isfinite(
+                row.get("ci_low", np.nan)
+            ):
+                ax.errorbar(
+                    row.train_time_s,
+                    row.accuracy,
+                    yerr=[
+                        [max(row.accuracy - row.ci_low, 0)],
+                        [max(row.ci_high - row.accuracy, 0)],
+                    ],
+                    fmt="o",
+                    color=color,
+                    capsize=2,
+                    markersize=5,
+                )
             else:
                 ax.plot(row.train_time_s, row.accuracy, "o", color=color)
             if len(table) <= 20:
-                ax.annotate(self.labels[run_id], (row.train_time_s, row.accuracy), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
+                ax.annotate(
+                    self.labels[run_id],
+                    (row.train_time_s, row.accuracy),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
         # Runs nothing else beats on both axes: the ones worth their cost.
         ordered = table.sort_values(["train_time_s", "accuracy"], ascending=[True, False])
         front = ordered[ordered["accuracy"] >= ordered["accuracy"].cummax()]
-        ax.step(front["train_time_s"], front["accuracy"], where="post", color="grey", linewidth=1,
-                linestyle=":", label="best accuracy for the time")
+        ax.step(
+            front["train_time_s"],
+            front["accuracy"],
+            where="post",
+            color="grey",
+            linewidth=1,
+            linestyle=":",
+            label="best accuracy for the time",
+        )
         ax.set_xlabel("training time (s)")
         ax.set_ylabel("final test accuracy")
         ax.grid(alpha=0.3)

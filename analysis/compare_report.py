@@ -106,11 +106,20 @@ def load_comparison_runs(
     """
     from analysis.runs import find_run_ids, get_run, load_run
 
-    ids = find_run_ids(client, experiments=experiments, run_ids=run_ids,
-                       parent_run_id=parent_run_id, filter_string=filter_string)
+    ids = find_run_ids(
+        client,
+        experiments=experiments,
+        run_ids=run_ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+    )
     ids = [i for i in ids if i not in skip]
-    if len(ids) > 2 * MAX_RUNS:  # fail before loading them all; parents and reports may still drop out
-        raise AnalysisError(f"{len(ids)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)")
+    if (
+        len(ids) > 2 * MAX_RUNS
+    ):  # fail before loading them all; parents and reports may still drop out
+        raise AnalysisError(
+            f"{len(ids)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)"
+        )
     runs, excluded, notes = [], [], []
     skipped_reports = skipped_parents = 0
     for run_id in ids:
@@ -139,7 +148,9 @@ def choose_baseline(runs: Sequence[RunData], requested: str | None) -> str:
     """
     ids = [r.run_id for r in runs]
     if requested is not None:
-        matches = [i for i in ids if i == requested or (len(requested) >= 6 and i.startswith(requested))]
+        matches = [
+            i for i in ids if i == requested or (len(requested) >= 6 and i.startswith(requested))
+        ]
         if len(matches) != 1:
             raise AnalysisError(f"baseline {requested} is not among the {len(ids)} compared runs")
         return matches[0]
@@ -156,8 +167,12 @@ def _history_frame(runs: Sequence[RunData]) -> pd.DataFrame:
     for run in runs:
         if run.epochs.empty:
             continue
-        long = run.epochs.rename_axis("step").reset_index().melt(
-            id_vars="step", var_name="key", value_name="value").dropna()
+        long = (
+            run.epochs.rename_axis("step")
+            .reset_index()
+            .melt(id_vars="step", var_name="key", value_name="value")
+            .dropna()
+        )
         long.insert(0, "run_id", run.run_id)
         parts.append(long)
     if not parts:
@@ -199,7 +214,9 @@ def build_comparison(
     if len(runs) < 2:
         raise AnalysisError(f"need at least 2 runs to compare, found {len(runs)}")
     if len(runs) > MAX_RUNS:
-        raise AnalysisError(f"{len(runs)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)")
+        raise AnalysisError(
+            f"{len(runs)} runs selected; compare at most {MAX_RUNS} (narrow it with --filter)"
+        )
     runs = list(runs)
     ids = [r.run_id for r in runs]
     if baseline_id not in ids:
@@ -212,7 +229,9 @@ def build_comparison(
     varying = compare.varying_params(params)
     labels = compare.run_labels(params, {r.run_id: r.label for r in runs})
     groups_input = compare.seed_groups(params, pd.Series(0.0, index=ids))
-    settings = pd.Series({rid: row.setting for _, row in groups_input.iterrows() for rid in row.run_ids})
+    settings = pd.Series(
+        {rid: row.setting for _, row in groups_input.iterrows() for rid in row.run_ids}
+    )
 
     history = _history_frame(runs)
     final = _final_frame(runs)
@@ -222,12 +241,17 @@ def build_comparison(
     all_notes = list(notes)
     if at_epoch is not None and max_epoch is not None and at_epoch > max_epoch:
         raise AnalysisError(f"--at-epoch {at_epoch} is beyond the last logged epoch ({max_epoch})")
-    at_table = (compare.metrics_at_epoch(history, epoch, EPOCH_TABLE_KEYS) if epoch
-                else pd.DataFrame(index=ids, columns=list(EPOCH_TABLE_KEYS), dtype=float))
+    at_table = (
+        compare.metrics_at_epoch(history, epoch, EPOCH_TABLE_KEYS)
+        if epoch
+        else pd.DataFrame(index=ids, columns=list(EPOCH_TABLE_KEYS), dtype=float)
+    )
     short = at_table["test_accuracy"].isna()
     if epoch and short.any():
-        all_notes.append(f"{int(short.sum())} run(s) logged no test accuracy at epoch {epoch}: "
-                         + ", ".join(labels[r] for r in at_table.index[short]))
+        all_notes.append(
+            f"{int(short.sum())} run(s) logged no test accuracy at epoch {epoch}: "
+            + ", ".join(labels[r] for r in at_table.index[short])
+        )
 
     groups = compare.seed_groups(params, final["test_accuracy"])
     onsets = {}
@@ -237,12 +261,26 @@ def build_comparison(
         test = _mean_curves(history, members, "test_loss")
         both = pd.concat({"train": train, "test": test}, axis=1).dropna()
         if len(both) >= 3:
-            onsets[group.setting] = compare.overfit_onset(both.index.to_numpy(), both["train"], both["test"])
+            onsets[group.setting] = compare.overfit_onset(
+                both.index.to_numpy(), both["train"], both["test"]
+            )
 
     comparison = Comparison(
-        runs=runs, baseline_id=baseline_id, labels=labels, settings=settings, params=params,
-        varying=varying, history=history, epoch=epoch, at_epoch=at_table, final=final,
-        groups=groups, onsets=onsets, comparable=[], excluded=list(excluded), notes=all_notes,
+        runs=runs,
+        baseline_id=baseline_id,
+        labels=labels,
+        settings=settings,
+        params=params,
+        varying=varying,
+        history=history,
+        epoch=epoch,
+        at_epoch=at_table,
+        final=final,
+        groups=groups,
+        onsets=onsets,
+        comparable=[],
+        excluded=list(excluded),
+        notes=all_notes,
     )
     _compare_predictions(comparison, by_id)
     comparison.findings = findings(
@@ -277,16 +315,24 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
     for run_id, run in by_id.items():
         p = run.predictions
         if p is None:
-            comparison.partial.append(Excluded(run_id, labels[run_id], "no stored predictions (predictions/test.npz)"))
+            comparison.partial.append(
+                Excluded(run_id, labels[run_id], "no stored predictions (predictions/test.npz)")
+            )
             continue
         if len(p) != len(reference) or not np.array_equal(p.index, reference.index):
-            comparison.partial.append(Excluded(
-                run_id, labels[run_id],
-                f"different test set: {len(p)} images, not the baseline's {len(reference)} "
-                f"(index arrays differ)"))
+            comparison.partial.append(
+                Excluded(
+                    run_id,
+                    labels[run_id],
+                    f"different test set: {len(p)} images, not the baseline's {len(reference)} "
+                    f"(index arrays differ)",
+                )
+            )
             continue
         if not np.array_equal(p.labels, reference.labels):
-            comparison.partial.append(Excluded(run_id, labels[run_id], "test labels differ from the baseline's"))
+            comparison.partial.append(
+                Excluded(run_id, labels[run_id], "test labels differ from the baseline's")
+            )
             continue
         comparable.append(run_id)
         y_pred = p.y_pred
@@ -295,15 +341,21 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
         comparison.confusions[run_id] = metrics.confusion_matrix(reference.labels, y_pred)
         per_class[run_id] = metrics.per_class_accuracy(reference.labels, y_pred)
         comparison.flips[run_id] = compare.flips_against_baseline(
-            reference.labels, baseline.predictions.y_pred, y_pred)
+            reference.labels, baseline.predictions.y_pred, y_pred
+        )
     comparison.comparable = comparable
     comparison.test_index = reference.index
     comparison.test_labels = reference.labels
     if len(comparable) < 2:
-        comparison.notes.append("fewer than two runs share the baseline's test set: no significance tests")
+        comparison.notes.append(
+            "fewer than two runs share the baseline's test set: no significance tests"
+        )
     comparison.significance = compare.significance_table(
-        correct, comparison.baseline_id, n_resamples=BOOTSTRAP_RESAMPLES)
-    comparison.per_class = pd.DataFrame.from_dict(per_class, orient="index", columns=range(metrics.N_CLASSES))
+        correct, comparison.baseline_id, n_resamples=BOOTSTRAP_RESAMPLES
+    )
+    comparison.per_class = pd.DataFrame.from_dict(
+        per_class, orient="index", columns=range(metrics.N_CLASSES)
+    )
     comparison.confused_pairs = compare.confused_pairs_across_runs(comparison.confusions, top_k=10)
 
 
@@ -312,12 +364,14 @@ def _compare_predictions(comparison: Comparison, by_id: dict[str, RunData]) -> N
 
 def runs_table(c: Comparison) -> pd.DataFrame:
     """runs.csv: one row per run: id, name, varying params, final metrics, epochs, status, baseline."""
-    table = pd.DataFrame({
-        "run_id": c.run_ids,
-        "run_name": [r.run_name for r in c.runs],
-        "label": [c.labels[r] for r in c.run_ids],
-        "baseline": [r == c.baseline_id for r in c.run_ids],
-    })
+    table = pd.DataFrame(
+        {
+            "run_id": c.run_ids,
+            "run_name": [r.run_name for r in c.runs],
+            "label": [c.labels[r] for r in c.run_ids],
+            "baseline": [r == c.baseline_id for r in c.run_ids],
+        }
+    )
     for param in c.varying:
         table[param] = c.params[param].reindex(c.run_ids).to_numpy()
     finals = c.final.reindex(c.run_ids)
@@ -330,32 +384,52 @@ def runs_table(c: Comparison) -> pd.DataFrame:
 
 def significance_frame(c: Comparison) -> pd.DataFrame:
     """significance.csv: each comparable run against the baseline."""
-    columns = ["run_id", "run_name", "label", "baseline_id", "n_test", "accuracy", "ci_low", "ci_high",
-               "b_broke", "c_fixed", "pvalue", "p_holm", "significant"]
+    columns = [
+        "run_id",
+        "run_name",
+        "label",
+        "baseline_id",
+        "n_test",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "b_broke",
+        "c_fixed",
+        "pvalue",
+        "p_holm",
+        "significant",
+    ]
     if c.significance is None:
         return pd.DataFrame(columns=columns)
     s = c.significance
     names = {r.run_id: r.run_name for r in c.runs}
-    frame = pd.DataFrame({
-        "run_id": s.index,
-        "run_name": [names[r] for r in s.index],
-        "label": [c.labels[r] for r in s.index],
-        "baseline_id": c.baseline_id,
-        "n_test": len(c.test_labels),
-        "accuracy": s["accuracy"].to_numpy(),
-        "ci_low": s["ci_low"].to_numpy(float),
-        "ci_high": s["ci_high"].to_numpy(float),
-        "b_broke": s["broke"].array,
-        "c_fixed": s["fixed"].array,
-        "pvalue": s["pvalue"].to_numpy(),
-        "p_holm": s["p_holm"].to_numpy(),
-    })
+    frame = pd.DataFrame(
+        {
+            "run_id": s.index,
+            "run_name": [names[r] for r in s.index],
+            "label": [c.labels[r] for r in s.index],
+            "baseline_id": c.baseline_id,
+            "n_test": len(c.test_labels),
+            "accuracy": s["accuracy"].to_numpy(),
+            "ci_low": s["ci_low"].to_numpy(float),
+            "ci_high": s["ci_high"].to_numpy(float),
+            "b_broke": s["broke"].array,
+            "c_fixed": s["fixed"].array,
+            "pvalue": s["pvalue"].to_numpy(),
+            "p_holm": s["p_holm"].to_numpy(),
+        }
+    )
     frame["significant"] = (frame["p_holm"] < ALPHA).where(frame["p_holm"].notna())
     return frame[columns]
 
 
-def write_report(c: Comparison, out_dir: str | Path, *, test_images: np.ndarray | None = None,
-                 title: str = "Comparison report") -> Path:
+def write_report(
+    c: Comparison,
+    out_dir: str | Path,
+    *,
+    test_images: np.ndarray | None = None,
+    title: str = "Comparison report",
+) -> Path:
     """Write report.html, runs.csv, significance.csv and figures/*.png into `out_dir`.
 
     The PNGs repeat the report's figures as files, for the MLflow UI's image viewer and for
@@ -380,8 +454,14 @@ def write_report(c: Comparison, out_dir: str | Path, *, test_images: np.ndarray 
 # --------------------------------------------------------------------------- MLflow
 
 
-def log_report(client, c: Comparison, out_dir: str | Path, *, parent_run_id: str | None = None,
-               active_run_id: str | None = None) -> str:
+def log_report(
+    client,
+    c: Comparison,
+    out_dir: str | Path,
+    *,
+    parent_run_id: str | None = None,
+    active_run_id: str | None = None,
+) -> str:
     """Log the report's files to MLflow; returns the id of the run that holds them.
 
     A sweep's report goes to its parent run, next to the children it compares. Under `mlflow run`
@@ -391,7 +471,9 @@ def log_report(client, c: Comparison, out_dir: str | Path, *, parent_run_id: str
     """
     if parent_run_id is not None:
         client.log_artifacts(parent_run_id, str(out_dir), REPORT_ARTIFACT_DIR)
-        client.set_tag(parent_run_id, "mnist.comparison_report", f"{REPORT_ARTIFACT_DIR}/report.html")
+        client.set_tag(
+            parent_run_id, "mnist.comparison_report", f"{REPORT_ARTIFACT_DIR}/report.html"
+        )
         return parent_run_id
     if active_run_id is not None:
         _describe_report_run(client, active_run_id, c)
@@ -434,10 +516,14 @@ def matching_test_images(c: Comparison, images: np.ndarray, labels: np.ndarray) 
     """`images` if they are the test set the predictions were made on; AnalysisError otherwise."""
     index = c.test_index
     if index.min(initial=0) < 0 or index.max(initial=-1) >= len(images):
-        raise AnalysisError(f"predictions refer to test image {index.max()} but the data dir holds "
-                            f"{len(images)} (wrong --data-dir?)")
+        raise AnalysisError(
+            f"predictions refer to test image {index.max()} but the data dir holds "
+            f"{len(images)} (wrong --data-dir?)"
+        )
     if not np.array_equal(labels[index], c.test_labels):
-        raise AnalysisError("the data dir's test labels differ from the predictions' (wrong --data-dir?)")
+        raise AnalysisError(
+            "the data dir's test labels differ from the predictions' (wrong --data-dir?)"
+        )
     return images
 
 
@@ -467,16 +553,27 @@ def compare_runs(
     # training run, so it is not compared either.
     active_run_id = os.environ.get("MLFLOW_RUN_ID") if log_to_mlflow and not parent_run_id else None
     runs, excluded, notes = load_comparison_runs(
-        client, experiments=experiments, run_ids=run_ids, parent_run_id=parent_run_id,
-        filter_string=filter_string, cache_dir=cache_dir, skip=(active_run_id,) if active_run_id else ())
+        client,
+        experiments=experiments,
+        run_ids=run_ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+        cache_dir=cache_dir,
+        skip=(active_run_id,) if active_run_id else (),
+    )
     if not runs:
-        raise AnalysisError("no comparable runs found"
-                            + (f" ({len(excluded)} could not be read: {excluded[0].reason})" if excluded else ""))
+        raise AnalysisError(
+            "no comparable runs found"
+            + (f" ({len(excluded)} could not be read: {excluded[0].reason})" if excluded else "")
+        )
     if len(runs) < 2:
-        raise AnalysisError(f"only one run found ({runs[0].label}, {runs[0].run_id}); need at least 2 to compare")
+        raise AnalysisError(
+            f"only one run found ({runs[0].label}, {runs[0].run_id}); need at least 2 to compare"
+        )
     baseline_id = choose_baseline(runs, baseline)
-    comparison = build_comparison(runs, baseline_id=baseline_id, at_epoch=at_epoch,
-                                  excluded=excluded, notes=notes)
+    comparison = build_comparison(
+        runs, baseline_id=baseline_id, at_epoch=at_epoch, excluded=excluded, notes=notes
+    )
     test_images = None
     if comparison.flips:
         folder = resolve_data_dir(data_dir, next(r for r in runs if r.run_id == baseline_id))
@@ -492,6 +589,7 @@ def compare_runs(
     path = write_report(comparison, out_dir, test_images=test_images, title=title)
     logged = None
     if log_to_mlflow:
-        logged = log_report(client, comparison, out_dir, parent_run_id=parent_run_id,
-                            active_run_id=active_run_id)
+        logged = log_report(
+            client, comparison, out_dir, parent_run_id=parent_run_id, active_run_id=active_run_id
+        )
     return comparison, path, logged

@@ -29,11 +29,14 @@ def _show(ax, image: np.ndarray) -> None:
 def first_of_each_digit(labels) -> np.ndarray:
     """int (10,): position of the first image of each digit; -1 where a digit is absent."""
     labels = np.asarray(labels)
-    return np.array([np.flatnonzero(labels == d)[0] if (labels == d).any() else -1
-                     for d in range(N_CLASSES)])
+    return np.array(
+        [np.flatnonzero(labels == d)[0] if (labels == d).any() else -1 for d in range(N_CLASSES)]
+    )
 
 
-def select_prediction_examples(y_true, y_pred, *, n_correct: int = 7, n_wrong: int = 3) -> np.ndarray:
+def select_prediction_examples(
+    y_true, y_pred, *, n_correct: int = 7, n_wrong: int = 3
+) -> np.ndarray:
     """Positions of the first `n_correct` right and the first `n_wrong` wrong predictions, in that
     order (seed 000 section 5.2 walks the test set the same way). Fewer when there are not enough.
     """
@@ -44,7 +47,9 @@ def select_prediction_examples(y_true, y_pred, *, n_correct: int = 7, n_wrong: i
     return np.concatenate([np.flatnonzero(right)[:n_correct], np.flatnonzero(~right)[:n_wrong]])
 
 
-def select_misclassified(y_true, y_pred, *, pairs=None, top_pairs: int = 5) -> dict[tuple[int, int], np.ndarray]:
+def select_misclassified(
+    y_true, y_pred, *, pairs=None, top_pairs: int = 5
+) -> dict[tuple[int, int], np.ndarray]:
     """Positions of the misclassified images of each (true, predicted) pair.
 
     `pairs`: the pairs wanted, e.g. [(4, 9), (7, 2)]; None means the `top_pairs` most frequent
@@ -83,7 +88,9 @@ class DatasetOverviewDisplay:
         self.split = split
 
     def plot(self, figure=None) -> DatasetOverviewDisplay:
-        figure = figure or new_figure(12, 4.2, left=0.6, right=0.1, top=0.75, wspace=0.3, hspace=0.3)
+        figure = figure or new_figure(
+            12, 4.2, left=0.6, right=0.1, top=0.75, wspace=0.3, hspace=0.3
+        )
         self.figure_ = figure
         counts = np.bincount(self.labels, minlength=N_CLASSES)
         has_images = self.images is not None
@@ -94,14 +101,22 @@ class DatasetOverviewDisplay:
             bars = ax.bar(digits, counts, color=COLORS["neutral"], edgecolor="black")
             ax.bar_label(bars, fontsize=8)
             ax.set_ylabel("Images")
-            ax.set_title(f"Images per digit ({len(self.labels)} {self.split} images)", fontweight="bold")
+            ax.set_title(
+                f"Images per digit ({len(self.labels)} {self.split} images)", fontweight="bold"
+            )
         else:
             train_counts = np.bincount(self.train_labels, minlength=N_CLASSES)
             shares = []
             for offset, split, c in ((-0.2, "train", train_counts), (0.2, self.split, counts)):
                 shares.append(100 * c / c.sum())
-                ax.bar(digits + offset, shares[-1], width=0.4, color=COLORS.get(split, COLORS["test"]),
-                       edgecolor="black", label=f"{split} ({c.sum()} images)")
+                ax.bar(
+                    digits + offset,
+                    shares[-1],
+                    width=0.4,
+                    color=COLORS.get(split, COLORS["test"]),
+                    edgecolor="black",
+                    label=f"{split} ({c.sum()} images)",
+                )
             ax.set_ylim(0, 1.5 * max(s.max() for s in shares))  # headroom for the legend
             ax.set_ylabel("Share of the split (%)")
             ax.set_title("Images per digit", fontweight="bold")
@@ -117,8 +132,10 @@ class DatasetOverviewDisplay:
                     _show(img_ax, self.images[pos])
                 img_ax.set_title(f"Digit {digit}", fontsize=10)
                 self.image_axes_.append(img_ax)
-            figure.suptitle(f"MNIST: images per digit and the first {self.split} image of each digit",
-                            fontweight="bold")
+            figure.suptitle(
+                f"MNIST: images per digit and the first {self.split} image of each digit",
+                fontweight="bold",
+            )
         return self
 
 
@@ -138,19 +155,32 @@ class PredictionGalleryDisplay:
         self.n_cols = n_cols
 
     @classmethod
-    def from_predictions(cls, images_by_index, y_true, probs, index, *, n_correct: int = 7,
-                         n_wrong: int = 3) -> PredictionGalleryDisplay:
+    def from_predictions(
+        cls, images_by_index, y_true, probs, index, *, n_correct: int = 7, n_wrong: int = 3
+    ) -> PredictionGalleryDisplay:
         """`images_by_index` uint8 (M, 28, 28) indexed by test-set position `index` (N,)."""
         y_pred = np.asarray(probs).argmax(axis=1)
         chosen = select_prediction_examples(y_true, y_pred, n_correct=n_correct, n_wrong=n_wrong)
-        return cls(images_by_index[np.asarray(index)[chosen]], np.asarray(y_true)[chosen],
-                   y_pred[chosen], np.asarray(probs)[chosen, y_pred[chosen]]).plot()
+        return cls(
+            images_by_index[np.asarray(index)[chosen]],
+            np.asarray(y_true)[chosen],
+            y_pred[chosen],
+            np.asarray(probs)[chosen, y_pred[chosen]],
+        ).plot()
 
     def plot(self, figure=None) -> PredictionGalleryDisplay:
         k = len(self.y_true)
         n_rows = max(1, -(-k // self.n_cols))
-        figure = figure or new_figure(2.4 * self.n_cols, 2.9 * n_rows + 0.6, left=0.1, right=0.1, top=0.65,
-                                       bottom=0.35, wspace=0.08, hspace=0.35)
+        figure = figure or new_figure(
+            2.4 * self.n_cols,
+            2.9 * n_rows + 0.6,
+            left=0.1,
+            right=0.1,
+            top=0.65,
+            bottom=0.35,
+            wspace=0.08,
+            hspace=0.35,
+        )
         self.figure_ = figure
         axes = np.atleast_1d(figure.subplots(n_rows, self.n_cols)).ravel()
         for i, ax in enumerate(axes):
@@ -159,8 +189,11 @@ class PredictionGalleryDisplay:
                 continue
             _show(ax, self.images[i])
             right = self.y_true[i] == self.y_pred[i]
-            ax.set_title(f"True: {self.y_true[i]}, Pred: {self.y_pred[i]}",
-                         color=COLORS["correct" if right else "wrong"], fontweight="bold")
+            ax.set_title(
+                f"True: {self.y_true[i]}, Pred: {self.y_pred[i]}",
+                color=COLORS["correct" if right else "wrong"],
+                fontweight="bold",
+            )
             ax.set_xlabel(f"confidence {100 * self.confidence[i]:.1f}%", fontsize=9)
         self.axes_ = axes[:k]
         figure.suptitle("Prediction results (green: correct, red: wrong)", fontweight="bold")
@@ -194,9 +227,12 @@ class ConfidenceDisplay:
         _show(ax_img, self.image)
         wrong = self.true != self.pred
         where = f" (test image {self.test_index})" if self.test_index is not None else ""
-        ax_img.set_title(f"{'Wrong' if wrong else 'Correct'} prediction{where}\n"
-                         f"True: {self.true}, Pred: {self.pred}",
-                         color=COLORS["wrong" if wrong else "correct"], fontweight="bold")
+        ax_img.set_title(
+            f"{'Wrong' if wrong else 'Correct'} prediction{where}\n"
+            f"True: {self.true}, Pred: {self.pred}",
+            color=COLORS["wrong" if wrong else "correct"],
+            fontweight="bold",
+        )
         colors = [COLORS["neutral"]] * N_CLASSES
         colors[self.true] = COLORS["correct"]
         colors[self.pred] = COLORS["wrong"] if wrong else COLORS["correct"]
@@ -211,10 +247,20 @@ class ConfidenceDisplay:
         if wrong:
             handles.append(Patch(color=COLORS["wrong"], label=f"Predicted ({self.pred})"))
         ax_bar.legend(handles=handles, loc="upper right")
-        top3 = "\n".join(f"{rank}. digit {c}: {100 * p:.2f}%" for rank, (c, p) in enumerate(self.top3(), 1))
-        ax_bar.text(0.02, 0.97, f"Top 3\n{top3}\ntrue digit: {100 * self.probs[self.true]:.2f}%",
-                    transform=ax_bar.transAxes, va="top", ha="left", fontsize=9, family="monospace",
-                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": COLORS["reference"]})
+        top3 = "\n".join(
+            f"{rank}. digit {c}: {100 * p:.2f}%" for rank, (c, p) in enumerate(self.top3(), 1)
+        )
+        ax_bar.text(
+            0.02,
+            0.97,
+            f"Top 3\n{top3}\ntrue digit: {100 * self.probs[self.true]:.2f}%",
+            transform=ax_bar.transAxes,
+            va="top",
+            ha="left",
+            fontsize=9,
+            family="monospace",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": COLORS["reference"]},
+        )
         self.axes_ = (ax_img, ax_bar)
         return self
 
@@ -237,20 +283,40 @@ class MisclassificationGalleryDisplay:
         self.per_row = per_row
 
     @classmethod
-    def from_predictions(cls, images_by_index, y_true, probs, index, *, pairs=None, top_pairs: int = 5,
-                         per_row: int = 8) -> MisclassificationGalleryDisplay:
+    def from_predictions(
+        cls,
+        images_by_index,
+        y_true,
+        probs,
+        index,
+        *,
+        pairs=None,
+        top_pairs: int = 5,
+        per_row: int = 8,
+    ) -> MisclassificationGalleryDisplay:
         probs = np.asarray(probs)
         y_pred = probs.argmax(axis=1)
         groups = []
-        for (t, p), positions in select_misclassified(y_true, y_pred, pairs=pairs, top_pairs=top_pairs).items():
+        for (t, p), positions in select_misclassified(
+            y_true, y_pred, pairs=pairs, top_pairs=top_pairs
+        ).items():
             shown = positions[:per_row]
-            groups.append((t, p, images_by_index[np.asarray(index)[shown]], probs[shown, p], len(positions)))
+            groups.append(
+                (t, p, images_by_index[np.asarray(index)[shown]], probs[shown, p], len(positions))
+            )
         return cls(groups, per_row=per_row).plot()
 
     def plot(self, figure=None) -> MisclassificationGalleryDisplay:
         n_rows = max(1, len(self.groups))
-        figure = figure or new_figure(1.3 * self.per_row + 0.6, 1.75 * n_rows + 1.0, left=0.3, right=0.3,
-                                       top=1.0, bottom=0.1, hspace=0.35)
+        figure = figure or new_figure(
+            1.3 * self.per_row + 0.6,
+            1.75 * n_rows + 1.0,
+            left=0.3,
+            right=0.3,
+            top=1.0,
+            bottom=0.1,
+            hspace=0.35,
+        )
         self.figure_ = figure
         axes = np.atleast_1d(figure.subplots(n_rows, 1))
         gap = 4  # pixels between images
@@ -264,18 +330,33 @@ class MisclassificationGalleryDisplay:
             true, pred, images, confidence, total = group
             strip = np.full((28, self.per_row * (28 + gap) - gap), 255, dtype=np.uint8)
             for i, image in enumerate(images):
-                strip[:, i * (28 + gap): i * (28 + gap) + 28] = image
+                strip[:, i * (28 + gap) : i * (28 + gap) + 28] = image
             ax.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             for i, c in enumerate(confidence):
-                ax.text(i * (28 + gap) + 14, 31, f"{100 * c:.0f}%", ha="center", va="top",
-                        fontsize=8, color=COLORS["wrong"])
+                ax.text(
+                    i * (28 + gap) + 14,
+                    31,
+                    f"{100 * c:.0f}%",
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    color=COLORS["wrong"],
+                )
             ax.set_ylim(38, -0.5)
             shown = f"{len(images)} of {total}" if total > len(images) else f"{total}"
-            ax.set_title(f"True {true} → Pred {pred}: {total} image(s), {shown} shown", loc="left",
-                         fontsize=10, fontweight="bold", color=COLORS["wrong"])
+            ax.set_title(
+                f"True {true} → Pred {pred}: {total} image(s), {shown} shown",
+                loc="left",
+                fontsize=10,
+                fontweight="bold",
+                color=COLORS["wrong"],
+            )
             for spine in ax.spines.values():
                 spine.set_visible(False)
         self.axes_ = axes
-        figure.suptitle("Misclassified test images by (true → predicted) digit, most frequent first;\n"
-                        "the model's confidence in its wrong answer under each image", fontweight="bold")
+        figure.suptitle(
+            "Misclassified test images by (true → predicted) digit, most frequent first;\n"
+            "the model's confidence in its wrong answer under each image",
+            fontweight="bold",
+        )
         return self

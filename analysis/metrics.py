@@ -14,7 +14,9 @@ import pandas as pd
 from sklearn import metrics as skm
 
 N_CLASSES = 10
-DEFAULT_BINS = 15  # reliability bins; 15 equal-width bins is the common choice in the ECE literature
+DEFAULT_BINS = (
+    15  # reliability bins; 15 equal-width bins is the common choice in the ECE literature
+)
 
 
 # --------------------------------------------------------------------------- validation
@@ -23,7 +25,9 @@ DEFAULT_BINS = 15  # reliability bins; 15 equal-width bins is the common choice 
 def _check_labels(y_true, y_pred, *, n_classes: int = N_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.ndim != 1 or y_pred.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D, got shapes {y_true.shape} and {y_pred.shape}")
+        raise ValueError(
+            f"y_true and y_pred must be 1-D, got shapes {y_true.shape} and {y_pred.shape}"
+        )
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} != {len(y_pred)}")
     if len(y_true) == 0:
@@ -61,8 +65,9 @@ def accuracy(y_true, y_pred) -> float:
     return float(skm.accuracy_score(y_true, y_pred))
 
 
-def confusion_matrix(y_true, y_pred, *, normalize: str | None = None,
-                     n_classes: int = N_CLASSES) -> np.ndarray:
+def confusion_matrix(
+    y_true, y_pred, *, normalize: str | None = None, n_classes: int = N_CLASSES
+) -> np.ndarray:
     """(n_classes, n_classes) matrix, rows = true digit, columns = predicted digit.
 
     `normalize=None` gives int64 counts; `"true"` divides each row by its support (a row of a digit
@@ -112,7 +117,9 @@ def per_class_report(y_true, y_pred, *, n_classes: int = N_CLASSES) -> pd.DataFr
     return frame
 
 
-def most_confused_pairs(y_true, y_pred, *, top_k: int = 5, n_classes: int = N_CLASSES) -> pd.DataFrame:
+def most_confused_pairs(
+    y_true, y_pred, *, top_k: int = 5, n_classes: int = N_CLASSES
+) -> pd.DataFrame:
     """The `top_k` most frequent mistakes as rows `true`, `pred`, `count`, `rate`.
 
     `rate` is the fraction of the true digit's test images that went to `pred`. Sorted by count
@@ -124,11 +131,14 @@ def most_confused_pairs(y_true, y_pred, *, top_k: int = 5, n_classes: int = N_CL
     support = counts.sum(axis=1)
     rows = [
         (t, p, int(counts[t, p]), counts[t, p] / support[t])
-        for t in range(n_classes) for p in range(n_classes)
+        for t in range(n_classes)
+        for p in range(n_classes)
         if t != p and counts[t, p] > 0
     ]
     frame = pd.DataFrame(rows, columns=["true", "pred", "count", "rate"])
-    frame = frame.sort_values(["count", "true", "pred"], ascending=[False, True, True], kind="stable")
+    frame = frame.sort_values(
+        ["count", "true", "pred"], ascending=[False, True, True], kind="stable"
+    )
     return frame.head(top_k).reset_index(drop=True)
 
 
@@ -183,19 +193,23 @@ def wrong_predictions(y_true, probs, *, index=None, k: int = 3) -> pd.DataFrame:
     y_pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(y_pred != y_true)
     classes, top_p = top_k(probs[wrong], k=k)
-    frame = pd.DataFrame({
-        "position": wrong,
-        "index": index[wrong].astype(np.int64),
-        "true": y_true[wrong],
-        "pred": y_pred[wrong],
-        "confidence": probs[wrong, y_pred[wrong]],
-        "p_true": probs[wrong, y_true[wrong]],
-    })
+    frame = pd.DataFrame(
+        {
+            "position": wrong,
+            "index": index[wrong].astype(np.int64),
+            "true": y_true[wrong],
+            "pred": y_pred[wrong],
+            "confidence": probs[wrong, y_pred[wrong]],
+            "p_true": probs[wrong, y_true[wrong]],
+        }
+    )
     for j in range(k):
         frame[f"top{j + 1}"] = classes[:, j]
     for j in range(k):
         frame[f"p_top{j + 1}"] = top_p[:, j]
-    return frame.sort_values(["confidence", "position"], ascending=[False, True]).reset_index(drop=True)
+    return frame.sort_values(["confidence", "position"], ascending=[False, True]).reset_index(
+        drop=True
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -220,10 +234,15 @@ def reliability_bins(y_true, probs, *, n_bins: int = DEFAULT_BINS) -> pd.DataFra
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(which, weights=confidence, minlength=n_bins) / count
         mean_acc = np.bincount(which, weights=right, minlength=n_bins) / count
-    return pd.DataFrame({
-        "lower": edges[:-1], "upper": edges[1:], "count": count.astype(np.int64),
-        "confidence": mean_conf, "accuracy": mean_acc,
-    })
+    return pd.DataFrame(
+        {
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "count": count.astype(np.int64),
+            "confidence": mean_conf,
+            "accuracy": mean_acc,
+        }
+    )
 
 
 def expected_calibration_error(y_true, probs, *, n_bins: int = DEFAULT_BINS) -> float:
@@ -248,7 +267,9 @@ def overfit_gap(epochs: pd.DataFrame) -> pd.DataFrame:
     if {"train_loss", "test_loss"} <= set(epochs.columns):
         gaps["loss_gap"] = epochs["train_loss"] - epochs["test_loss"]
     if gaps.columns.empty:
-        raise ValueError(f"epoch history has neither accuracy nor loss pairs; has {list(epochs.columns)}")
+        raise ValueError(
+            f"epoch history has neither accuracy nor loss pairs; has {list(epochs.columns)}"
+        )
     return gaps
 
 

@@ -30,8 +30,17 @@ COLORS = {
 DPI = 100
 
 
-def new_figure(width: float, height: float, *, left: float = 0.75, right: float = 0.25, top: float = 0.45,
-               bottom: float = 0.6, wspace: float = 0.25, hspace: float = 0.3):
+def new_figure(
+    width: float,
+    height: float,
+    *,
+    left: float = 0.75,
+    right: float = 0.25,
+    top: float = 0.45,
+    bottom: float = 0.6,
+    wspace: float = 0.25,
+    hspace: float = 0.3,
+):
     """A pyplot-free Figure of `width` x `height` inches with fixed margins (in inches).
 
     Margins are set by hand rather than by matplotlib's constrained or tight layout: those measure
@@ -41,8 +50,14 @@ def new_figure(width: float, height: float, *, left: float = 0.75, right: float 
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=DPI)
-    figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
-                           bottom=bottom / height, wspace=wspace, hspace=hspace)
+    figure.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
     return figure
 
 
@@ -85,17 +100,37 @@ class LearningCurvesDisplay:
         x = epochs.index.to_numpy()
         for split, marker in (("train", "o"), ("test", "^")):
             if f"{split}_loss" in epochs:
-                ax_loss.plot(x, epochs[f"{split}_loss"], marker=marker, lw=2, color=COLORS[split],
-                             label=f"{split.capitalize()} loss")
+                ax_loss.plot(
+                    x,
+                    epochs[f"{split}_loss"],
+                    marker=marker,
+                    lw=2,
+                    color=COLORS[split],
+                    label=f"{split.capitalize()} loss",
+                )
             if f"{split}_accuracy" in epochs:
-                ax_acc.plot(x, 100 * epochs[f"{split}_accuracy"], marker=marker, lw=2,
-                            color=COLORS[split], label=f"{split.capitalize()} accuracy")
+                ax_acc.plot(
+                    x,
+                    100 * epochs[f"{split}_accuracy"],
+                    marker=marker,
+                    lw=2,
+                    color=COLORS[split],
+                    label=f"{split.capitalize()} accuracy",
+                )
         if "test_loss" in epochs and epochs["test_loss"].notna().any():
             best = int(epochs["test_loss"].idxmin())
             for ax in axes:
-                ax.axvline(best, color=COLORS["reference"], ls=":", lw=1.5,
-                           label=f"Lowest test loss (epoch {best})")
-        for ax, name, unit in ((ax_loss, "Loss", "Cross-entropy loss"), (ax_acc, "Accuracy", "Accuracy (%)")):
+                ax.axvline(
+                    best,
+                    color=COLORS["reference"],
+                    ls=":",
+                    lw=1.5,
+                    label=f"Lowest test loss (epoch {best})",
+                )
+        for ax, name, unit in (
+            (ax_loss, "Loss", "Cross-entropy loss"),
+            (ax_acc, "Accuracy", "Accuracy (%)"),
+        ):
             ax.set_title(f"{name} per epoch", fontweight="bold")
             ax.set_xlabel("Epoch")
             ax.set_ylabel(unit)
@@ -120,10 +155,19 @@ class BatchLossDisplay:
         self.ax_ = ax
         steps, loss = self.batch_loss.index.to_numpy(), self.batch_loss.to_numpy()
         window = len(loss) // 50  # ~50 independent points along the smoothed curve
-        ax.plot(steps, loss, color=COLORS["train"], alpha=0.25 if window > 1 else 1, lw=1, label="Batch loss")
+        ax.plot(
+            steps,
+            loss,
+            color=COLORS["train"],
+            alpha=0.25 if window > 1 else 1,
+            lw=1,
+            label="Batch loss",
+        )
         if window > 1:
             smooth = pd.Series(loss).rolling(window, min_periods=1).mean()
-            ax.plot(steps, smooth, color=COLORS["train"], lw=2, label=f"Running mean ({window} steps)")
+            ax.plot(
+                steps, smooth, color=COLORS["train"], lw=2, label=f"Running mean ({window} steps)"
+            )
         ax.set_title(self.title or "Training loss per optimisation step", fontweight="bold")
         ax.set_xlabel("Optimisation step")
         ax.set_ylabel("Cross-entropy loss")
@@ -148,7 +192,9 @@ class ConfusionHeatmapDisplay:
         self.title = title
 
     @classmethod
-    def from_predictions(cls, y_true, y_pred, *, ax=None, title: str = "") -> ConfusionHeatmapDisplay:
+    def from_predictions(
+        cls, y_true, y_pred, *, ax=None, title: str = ""
+    ) -> ConfusionHeatmapDisplay:
         return cls(metrics.confusion_matrix(y_true, y_pred), title=title).plot(ax=ax)
 
     def plot(self, ax=None) -> ConfusionHeatmapDisplay:
@@ -160,12 +206,26 @@ class ConfusionHeatmapDisplay:
         support = counts.sum(axis=1, keepdims=True)
         rate = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
         annot = np.where(counts > 0, counts.astype(str), "")
-        sns.heatmap(rate, ax=ax, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
-                    linewidths=0.5, linecolor="white", annot_kws={"fontsize": 9},
-                    cbar_kws={"label": "Fraction of the true digit"})
+        sns.heatmap(
+            rate,
+            ax=ax,
+            annot=annot,
+            fmt="",
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
+            square=True,
+            linewidths=0.5,
+            linecolor="white",
+            annot_kws={"fontsize": 9},
+            cbar_kws={"label": "Fraction of the true digit"},
+        )
         n, correct = int(counts.sum()), int(np.trace(counts))
-        ax.set_title(self.title or f"Confusion matrix ({n} test images, accuracy "
-                     f"{100 * correct / max(n, 1):.2f}%)", fontweight="bold")
+        ax.set_title(
+            self.title
+            or f"Confusion matrix ({n} test images, accuracy {100 * correct / max(n, 1):.2f}%)",
+            fontweight="bold",
+        )
         ax.set_xlabel("Predicted digit")
         ax.set_ylabel("True digit")
         ax.tick_params(axis="y", rotation=0)
@@ -188,9 +248,14 @@ class PerClassAccuracyDisplay:
         self.title = title
 
     @classmethod
-    def from_predictions(cls, y_true, y_pred, *, ax=None, title: str = "") -> PerClassAccuracyDisplay:
-        return cls(metrics.per_class_accuracy(y_true, y_pred), metrics.accuracy(y_true, y_pred),
-                   title=title).plot(ax=ax)
+    def from_predictions(
+        cls, y_true, y_pred, *, ax=None, title: str = ""
+    ) -> PerClassAccuracyDisplay:
+        return cls(
+            metrics.per_class_accuracy(y_true, y_pred),
+            metrics.accuracy(y_true, y_pred),
+            title=title,
+        ).plot(ax=ax)
 
     def plot(self, ax=None) -> PerClassAccuracyDisplay:
         ax, self.figure_ = _axes(ax, 7, 4)
@@ -201,9 +266,15 @@ class PerClassAccuracyDisplay:
             colors[int(np.nanargmin(acc))] = COLORS["wrong"]
         digits = np.arange(len(acc))
         bars = ax.bar(digits, np.nan_to_num(acc), color=colors, edgecolor="black")
-        ax.bar_label(bars, labels=[f"{a:.1f}" if np.isfinite(a) else "n/a" for a in acc], fontsize=8)
-        ax.axhline(100 * self.overall, color=COLORS["reference"], ls="--",
-                   label=f"Overall {100 * self.overall:.2f}%")
+        ax.bar_label(
+            bars, labels=[f"{a:.1f}" if np.isfinite(a) else "n/a" for a in acc], fontsize=8
+        )
+        ax.axhline(
+            100 * self.overall,
+            color=COLORS["reference"],
+            ls="--",
+            label=f"Overall {100 * self.overall:.2f}%",
+        )
         low = np.nanmin(acc) if np.isfinite(acc).any() else 0
         ax.set_ylim(max(0, low - 10), 101)
         ax.set_xticks(digits)
@@ -232,11 +303,13 @@ class ReliabilityDisplay:
         self.title = title
 
     @classmethod
-    def from_predictions(cls, y_true, probs, *, n_bins: int = metrics.DEFAULT_BINS, ax=None,
-                         title: str = "") -> ReliabilityDisplay:
+    def from_predictions(
+        cls, y_true, probs, *, n_bins: int = metrics.DEFAULT_BINS, ax=None, title: str = ""
+    ) -> ReliabilityDisplay:
         bins = metrics.reliability_bins(y_true, probs, n_bins=n_bins)
-        return cls(bins, metrics.expected_calibration_error(y_true, probs, n_bins=n_bins),
-                   title=title).plot(ax=ax)
+        return cls(
+            bins, metrics.expected_calibration_error(y_true, probs, n_bins=n_bins), title=title
+        ).plot(ax=ax)
 
     def plot(self, ax=None) -> ReliabilityDisplay:
         ax, self.figure_ = _axes(ax, 5.5, 5)
@@ -244,16 +317,34 @@ class ReliabilityDisplay:
         bins = self.bins[self.bins["count"] > 0]
         width = (self.bins["upper"] - self.bins["lower"]).iloc[0]
         centers = (bins["lower"] + bins["upper"]) / 2
-        ax.bar(centers, bins["accuracy"], width=width, color=COLORS["neutral"], edgecolor="black",
-               label="Accuracy in bin")
-        ax.plot(centers, bins["confidence"], ls="none", marker="_", markersize=14, mew=2.5,
-                color=COLORS["wrong"], label="Mean confidence in bin")
+        ax.bar(
+            centers,
+            bins["accuracy"],
+            width=width,
+            color=COLORS["neutral"],
+            edgecolor="black",
+            label="Accuracy in bin",
+        )
+        ax.plot(
+            centers,
+            bins["confidence"],
+            ls="none",
+            marker="_",
+            markersize=14,
+            mew=2.5,
+            color=COLORS["wrong"],
+            label="Mean confidence in bin",
+        )
         for x, y, n in zip(centers, bins["accuracy"], bins["count"]):
-            ax.text(x, min(y, 0.97) + 0.01, str(n), ha="center", va="bottom", fontsize=7, rotation=90)
+            ax.text(
+                x, min(y, 0.97) + 0.01, str(n), ha="center", va="bottom", fontsize=7, rotation=90
+            )
         ax.plot([0, 1], [0, 1], ls="--", color=COLORS["reference"], label="Perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.05)
-        ax.set_title(self.title or f"Reliability diagram (ECE {100 * self.ece:.2f}%)", fontweight="bold")
+        ax.set_title(
+            self.title or f"Reliability diagram (ECE {100 * self.ece:.2f}%)", fontweight="bold"
+        )
         ax.set_xlabel("Top-1 confidence")
         ax.set_ylabel("Accuracy")
         ax.legend(loc="upper left", fontsize=8)

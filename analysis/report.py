@@ -47,8 +47,14 @@ class _Figure:
     caption: str
 
 
-def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | None = None,
-                     train_labels: np.ndarray | None = None, notices: list[str] | None = None) -> RunReport:
+def build_run_report(
+    run: RunData,
+    out_dir: str | Path,
+    *,
+    images: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+    notices: list[str] | None = None,
+) -> RunReport:
     """Write the report of `run` into `out_dir`.
 
     `images`: uint8 (M, 28, 28) MNIST test images indexed by the predictions' `index`, or None
@@ -75,20 +81,31 @@ def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | 
         gaps = metrics.overfit_gap(epochs)
         report.files.append(_write_csv(epochs.join(gaps), out / "epochs.csv"))
     if len(epochs):
-        add(plots.LearningCurvesDisplay(epochs, title=title).plot(), "learning_curves.png",
-            "Learning curves", "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
-            "marks the epoch with the lowest test loss.")
+        add(
+            plots.LearningCurvesDisplay(epochs, title=title).plot(),
+            "learning_curves.png",
+            "Learning curves",
+            "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
+            "marks the epoch with the lowest test loss.",
+        )
     if len(run.batch_loss):
-        add(plots.BatchLossDisplay(run.batch_loss).plot(), "batch_loss.png", "Loss per step",
-            "Training loss of every optimisation step and its running mean.")
+        add(
+            plots.BatchLossDisplay(run.batch_loss).plot(),
+            "batch_loss.png",
+            "Loss per step",
+            "Training loss of every optimisation step and its running mean.",
+        )
 
     pred = run.predictions
     summary = _run_header(run)
     summary["overfit"] = overfit
     # the contract's end-of-run metric (last train minus last test accuracy), recomputed when possible
-    summary["overfit_gap"] = overfit["final_accuracy_gap"] if overfit else run.metrics.get("overfit_gap")
-    summary["final_epoch_metrics"] = ({k: _clean(v) for k, v in epochs.iloc[-1].items()}
-                                      if len(epochs) else None)
+    summary["overfit_gap"] = (
+        overfit["final_accuracy_gap"] if overfit else run.metrics.get("overfit_gap")
+    )
+    summary["final_epoch_metrics"] = (
+        {k: _clean(v) for k, v in epochs.iloc[-1].items()} if len(epochs) else None
+    )
     tables = {}
     if pred is not None:
         y_true, y_pred, probs = pred.labels, pred.y_pred, pred.probs
@@ -99,56 +116,102 @@ def build_run_report(run: RunData, out_dir: str | Path, *, images: np.ndarray | 
         wrong = metrics.wrong_predictions(y_true, probs, index=pred.index)
         bins = metrics.reliability_bins(y_true, probs)
         ece = metrics.expected_calibration_error(y_true, probs)
-        summary.update({
-            "n_test": int(len(pred)),
-            "accuracy": metrics.accuracy(y_true, y_pred),
-            "n_wrong": int(len(wrong)),
-            "ece": ece,
-            "most_confused_pairs": confused.to_dict(orient="records"),
-            "confidence": confidence.to_dict(orient="index"),
-            "worst_digit": int(per_class["accuracy"].idxmin()),
-        })
-        cm_frame = pd.DataFrame(counts, index=pd.Index(range(10), name="true"),
-                                columns=[f"pred_{d}" for d in range(10)])
+        summary.update(
+            {
+                "n_test": int(len(pred)),
+                "accuracy": metrics.accuracy(y_true, y_pred),
+                "n_wrong": int(len(wrong)),
+                "ece": ece,
+                "most_confused_pairs": confused.to_dict(orient="records"),
+                "confidence": confidence.to_dict(orient="index"),
+                "worst_digit": int(per_class["accuracy"].idxmin()),
+            }
+        )
+        cm_frame = pd.DataFrame(
+            counts, index=pd.Index(range(10), name="true"), columns=[f"pred_{d}" for d in range(10)]
+        )
         report.files.append(_write_csv(cm_frame, out / "confusion_matrix.csv"))
         report.files.append(_write_csv(per_class, out / "per_class.csv"))
         report.files.append(_write_csv(wrong, out / "wrong_predictions.csv", index=False))
         report.files.append(_write_csv(bins, out / "reliability_bins.csv", index=False))
-        tables = {"per_class": per_class, "confused": confused, "confidence": confidence,
-                  "wrong": wrong.head(WRONG_ROWS)}
+        tables = {
+            "per_class": per_class,
+            "confused": confused,
+            "confidence": confidence,
+            "wrong": wrong.head(WRONG_ROWS),
+        }
 
-        add(plots.ConfusionHeatmapDisplay(counts).plot(), "confusion_matrix.png", "Confusion matrix",
+        add(
+            plots.ConfusionHeatmapDisplay(counts).plot(),
+            "confusion_matrix.png",
+            "Confusion matrix",
             "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction of "
-            "the true digit.")
-        add(plots.PerClassAccuracyDisplay(per_class["accuracy"].to_numpy(), summary["accuracy"]).plot(),
-            "per_class_accuracy.png", "Accuracy per digit",
-            "Share of each digit's test images classified correctly; the weakest digit is red.")
-        add(plots.ReliabilityDisplay(bins, ece).plot(), "reliability.png", "Calibration",
+            "the true digit.",
+        )
+        add(
+            plots.PerClassAccuracyDisplay(
+                per_class["accuracy"].to_numpy(), summary["accuracy"]
+            ).plot(),
+            "per_class_accuracy.png",
+            "Accuracy per digit",
+            "Share of each digit's test images classified correctly; the weakest digit is red.",
+        )
+        add(
+            plots.ReliabilityDisplay(bins, ece).plot(),
+            "reliability.png",
+            "Calibration",
             "Accuracy against top-1 confidence per bin; a bar below its red confidence mark means "
-            "over-confidence. Numbers are images per bin.")
+            "over-confidence. Numbers are images per bin.",
+        )
         if images is not None:
-            add(gallery.DatasetOverviewDisplay(y_true, images[pred.index], train_labels=train_labels).plot(),
-                "dataset.png", "Data set", "Images per digit (as a share of the training and test sets "
-                "when the training labels are at hand) and the first test image of each digit (seed 000, 3.3).")
-            add(gallery.PredictionGalleryDisplay.from_predictions(images, y_true, probs, pred.index),
-                "predictions.png", "Prediction gallery",
-                "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).")
+            add(
+                gallery.DatasetOverviewDisplay(
+                    y_true, images[pred.index], train_labels=train_labels
+                ).plot(),
+                "dataset.png",
+                "Data set",
+                "Images per digit (as a share of the training and test sets "
+                "when the training labels are at hand) and the first test image of each digit (seed 000, 3.3).",
+            )
+            add(
+                gallery.PredictionGalleryDisplay.from_predictions(
+                    images, y_true, probs, pred.index
+                ),
+                "predictions.png",
+                "Prediction gallery",
+                "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).",
+            )
             if len(wrong):
                 first_wrong = int(np.flatnonzero(y_pred != y_true)[0])
-                add(gallery.ConfidenceDisplay(images[pred.index[first_wrong]], probs[first_wrong],
-                                              y_true[first_wrong], y_pred[first_wrong],
-                                              test_index=int(pred.index[first_wrong])).plot(),
-                    "confidence.png", "Confidence of a wrong prediction",
+                add(
+                    gallery.ConfidenceDisplay(
+                        images[pred.index[first_wrong]],
+                        probs[first_wrong],
+                        y_true[first_wrong],
+                        y_pred[first_wrong],
+                        test_index=int(pred.index[first_wrong]),
+                    ).plot(),
+                    "confidence.png",
+                    "Confidence of a wrong prediction",
                     "The first wrong prediction and the model's probability for every digit "
-                    "(seed 000, 5.3).")
-                add(gallery.MisclassificationGalleryDisplay.from_predictions(
-                        images, y_true, probs, pred.index, top_pairs=TOP_PAIRS),
-                    "misclassified.png", "Misclassifications by digit pair",
+                    "(seed 000, 5.3).",
+                )
+                add(
+                    gallery.MisclassificationGalleryDisplay.from_predictions(
+                        images, y_true, probs, pred.index, top_pairs=TOP_PAIRS
+                    ),
+                    "misclassified.png",
+                    "Misclassifications by digit pair",
                     "Wrong predictions of the most frequent (true, predicted) pairs, with the model's "
-                    "confidence in its wrong answer.")
+                    "confidence in its wrong answer.",
+                )
         else:
-            add(gallery.DatasetOverviewDisplay(y_true, train_labels=train_labels).plot(), "dataset.png", "Data set",
-                "Images per digit in the test set.")
+            add(
+                gallery.DatasetOverviewDisplay(y_true, train_labels=train_labels).plot(),
+                "dataset.png",
+                "Data set",
+                "Images per digit in the test set.",
+            )
     elif not len(epochs) and not len(run.batch_loss):
         raise AnalysisError(f"run {run.run_id} has nothing to report on")
 
@@ -177,24 +240,40 @@ def log_report(client, run_id: str, report: RunReport) -> None:
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(run: RunData, summary: dict, figures: list[_Figure], tables: dict, out_dir: Path) -> str:
+def render_html(
+    run: RunData, summary: dict, figures: list[_Figure], tables: dict, out_dir: Path
+) -> str:
     """The report page: one file, figures inlined as base64 PNG data URIs, every run-provided
     string (names, params, tags) escaped by Jinja2's autoescaping."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("analysis", "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters["pct"] = lambda x, digits=2: "n/a" if x is None or _is_nan(x) else f"{100 * x:.{digits}f}%"
+    env = Environment(
+        loader=PackageLoader("analysis", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    env.filters["pct"] = lambda x, digits=2: (
+        "n/a" if x is None or _is_nan(x) else f"{100 * x:.{digits}f}%"
+    )
     env.filters["num"] = lambda x, digits=4: "n/a" if x is None or _is_nan(x) else f"{x:.{digits}f}"
     embedded = [
-        {"title": f.title, "caption": f.caption, "file": f.file,
-         "data_uri": "data:image/png;base64," + base64.b64encode((out_dir / f.file).read_bytes()).decode()}
+        {
+            "title": f.title,
+            "caption": f.caption,
+            "file": f.file,
+            "data_uri": "data:image/png;base64,"
+            + base64.b64encode((out_dir / f.file).read_bytes()).decode(),
+        }
         for f in figures
     ]
     tags = {k: v for k, v in sorted(run.tags.items()) if k not in HIDDEN_TAGS}
     return env.get_template("report.html").render(
-        run=run, summary=summary, figures=embedded, tables=tables, params=dict(sorted(run.params.items())),
-        tags=tags, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        run=run,
+        summary=summary,
+        figures=embedded,
+        tables=tables,
+        params=dict(sorted(run.params.items())),
+        tags=tags,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
 
@@ -221,7 +300,11 @@ def _run_header(run: RunData) -> dict:
 
 
 def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+    return (
+        None
+        if ms is None
+        else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+    )
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:

@@ -89,7 +89,9 @@ class Predictions:
                     index=np.asarray(npz["index"], dtype=np.int64),
                 )
         except (KeyError, ValueError, OSError) as err:
-            raise AnalysisError(f"{path}: not a predictions file with labels/probs/index ({err})") from None
+            raise AnalysisError(
+                f"{path}: not a predictions file with labels/probs/index ({err})"
+            ) from None
 
 
 @dataclass
@@ -171,7 +173,9 @@ def check_store_reachable(uri: str) -> None:
     elif scheme == "sqlite":
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:" and not Path(path).is_file():
-            raise AnalysisError(f"tracking store {uri} does not exist (no file {Path(path).resolve()})")
+            raise AnalysisError(
+                f"tracking store {uri} does not exist (no file {Path(path).resolve()})"
+            )
     elif scheme in ("", "file"):
         path = urllib.parse.urlparse(uri).path if scheme == "file" else uri
         if not Path(path).is_dir():
@@ -215,7 +219,9 @@ def find_run_ids(
         if experiments or filter_string is not None:
             ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(
-                ids, filter_string=filter_string or "", max_results=MAX_RUNS,
+                ids,
+                filter_string=filter_string or "",
+                max_results=MAX_RUNS,
                 order_by=["attributes.start_time ASC"],
             )
             found += [r.info.run_id for r in runs]
@@ -241,7 +247,8 @@ def resolve_run_ref(client: MlflowClient, ref: str) -> tuple[str, int]:
         matches = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
             filter_string=f"attributes.run_name = {quote}{ref}{quote}",
-            max_results=MAX_RUNS, order_by=["attributes.start_time DESC"],
+            max_results=MAX_RUNS,
+            order_by=["attributes.start_time DESC"],
         )
     except MlflowException as err:
         raise AnalysisError(f"cannot look up run {ref!r}: {_first_line(err)}") from None
@@ -257,7 +264,9 @@ def get_run(client: MlflowClient, run_id: str):
     try:
         return client.get_run(run_id)
     except MlflowException as err:
-        raise AnalysisError(f"no run with id {run_id!r} in {client.tracking_uri} ({_first_line(err)})") from None
+        raise AnalysisError(
+            f"no run with id {run_id!r} in {client.tracking_uri} ({_first_line(err)})"
+        ) from None
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -287,7 +296,9 @@ def load_run(
     info, data = run.info, run.data
     present = set(data.metrics)
     epochs = _epoch_frame(client, run_id, [k for k in EPOCH_METRICS if k in present])
-    batch_loss = _step_series(client, run_id, STEP_METRIC) if STEP_METRIC in present else _empty_steps()
+    batch_loss = (
+        _step_series(client, run_id, STEP_METRIC) if STEP_METRIC in present else _empty_steps()
+    )
     notices: list[str] = []
     predictions = None
     if with_predictions:
@@ -311,8 +322,10 @@ def load_run(
             f"{STEP_METRIC}) and no {PREDICTIONS_PATH}; is it an MNIST workbench run?"
         )
     if info.status != "FINISHED":
-        notices.append(f"run {info.run_id} is {info.status}: analysed as far as its data go "
-                       f"({len(epochs)} epoch(s) logged)")
+        notices.append(
+            f"run {info.run_id} is {info.status}: analysed as far as its data go "
+            f"({len(epochs)} epoch(s) logged)"
+        )
     experiment = client.get_experiment(info.experiment_id)
     return RunData(
         run_id=info.run_id,
@@ -345,15 +358,21 @@ def load_runs(
     """Connect, select runs as `find_run_ids` does, and load each of them."""
     client = connect(tracking_uri)
     ids = find_run_ids(
-        client, experiments=experiments, run_ids=run_ids,
-        parent_run_id=parent_run_id, filter_string=filter_string,
+        client,
+        experiments=experiments,
+        run_ids=run_ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
     )
-    return [load_run(client, i, cache_dir=cache_dir, with_predictions=with_predictions) for i in ids]
+    return [
+        load_run(client, i, cache_dir=cache_dir, with_predictions=with_predictions) for i in ids
+    ]
 
 
 def _count_children(client: MlflowClient, run) -> int:
     children = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+        [run.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
         max_results=MAX_RUNS,
     )
     return len(children)
@@ -439,7 +458,9 @@ def fetch_artifact(client: MlflowClient, run, artifact_path: str, *, cache_dir=N
         _write_stamp(stamp, run.info.end_time)
         return cached
     except (MlflowException, OSError) as err:
-        raise AnalysisError(f"cannot download {artifact_path} of run {run_id}: {_first_line(err)}") from None
+        raise AnalysisError(
+            f"cannot download {artifact_path} of run {run_id}: {_first_line(err)}"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -499,8 +520,14 @@ def load_test_images(data_dir: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------- predicting
 
 
-def predict_with_logged_model(run_id: str, images: np.ndarray, labels: np.ndarray, *,
-                              tracking_uri: str | None = None, batch_size: int = 2000) -> Predictions:
+def predict_with_logged_model(
+    run_id: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    tracking_uri: str | None = None,
+    batch_size: int = 2000,
+) -> Predictions:
     """Predictions of the run's logged model (`runs:/<id>/model`) on the given test images.
 
     `images` uint8 (N, 28, 28) in test-set order, `labels` int (N,). The logged model takes float32
@@ -517,7 +544,9 @@ def predict_with_logged_model(run_id: str, images: np.ndarray, labels: np.ndarra
     try:
         model = mlflow.pytorch.load_model(MODEL_URI.format(run_id=run_id), map_location="cpu")
     except (MlflowException, OSError) as err:
-        raise AnalysisError(f"run {run_id} has no loadable logged model: {_first_line(err)}") from None
+        raise AnalysisError(
+            f"run {run_id} has no loadable logged model: {_first_line(err)}"
+        ) from None
     model.eval()
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)
     chunks = []
@@ -525,7 +554,9 @@ def predict_with_logged_model(run_id: str, images: np.ndarray, labels: np.ndarra
         for start in range(0, len(x), batch_size):
             chunks.append(torch.softmax(model(x[start : start + batch_size]), dim=1))
     probs = torch.cat(chunks).numpy().astype(np.float32)
-    return Predictions(labels=np.asarray(labels, np.int64), probs=probs, index=np.arange(len(labels)))
+    return Predictions(
+        labels=np.asarray(labels, np.int64), probs=probs, index=np.arange(len(labels))
+    )
 
 
 def _first_line(err: BaseException) -> str:

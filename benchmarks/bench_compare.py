@@ -50,27 +50,56 @@ def log_runs(uri: str, n_runs: int, n_epochs: int, labels: np.ndarray, tmp: Path
     rng = np.random.default_rng(0)
     ids = []
     for i in range(n_runs):
-        lr, width, seed = [0.1, 0.01, 0.001, 0.0001][i // 3 % 4], [50, 100, 200, 400][i // 12 % 4], i % 3
+        lr, width, seed = (
+            [0.1, 0.01, 0.001, 0.0001][i // 3 % 4],
+            [50, 100, 200, 400][i // 12 % 4],
+            i % 3,
+        )
         accuracy = 0.90 + 0.08 * rng.random()
         start = 1_700_000_000_000 + i * 1000
-        run = client.create_run(experiment_id, run_name=f"lr={lr} width={width} seed={seed}",
-                                start_time=start)
-        params = {"model": "mlp", "hidden_sizes": str(width), "activation": "relu", "dropout": "0.0",
-                  "optimizer": "adam", "lr": str(lr), "batch_size": "128", "epochs": str(n_epochs),
-                  "seed": str(seed), "normalize": "estimate", "num_params": str(795 * width + 10)}
+        run = client.create_run(
+            experiment_id, run_name=f"lr={lr} width={width} seed={seed}", start_time=start
+        )
+        params = {
+            "model": "mlp",
+            "hidden_sizes": str(width),
+            "activation": "relu",
+            "dropout": "0.0",
+            "optimizer": "adam",
+            "lr": str(lr),
+            "batch_size": "128",
+            "epochs": str(n_epochs),
+            "seed": str(seed),
+            "normalize": "estimate",
+            "num_params": str(795 * width + 10),
+        }
         metrics = []
         for e in range(1, n_epochs + 1):
             test_acc = accuracy - 0.05 / e
-            metrics += [Metric("train_loss", 0.5 / e, start, e), Metric("test_loss", 0.3 / e + 0.01 * e, start, e),
-                        Metric("train_accuracy", min(0.999, test_acc + 0.005 * e), start, e),
-                        Metric("test_accuracy", test_acc, start, e), Metric("epoch_time_s", 3.0, start, e)]
-        metrics += [Metric("batch_loss", 2.3 / (1 + 0.01 * s), start, s)
-                    for s in range(1, n_epochs * STEPS_PER_EPOCH + 1)]
-        metrics += [Metric("overfit_gap", 0.01, start, n_epochs), Metric("train_time_s", 30.0 * width / 100, start, n_epochs)]
+            metrics += [
+                Metric("train_loss", 0.5 / e, start, e),
+                Metric("test_loss", 0.3 / e + 0.01 * e, start, e),
+                Metric("train_accuracy", min(0.999, test_acc + 0.005 * e), start, e),
+                Metric("test_accuracy", test_acc, start, e),
+                Metric("epoch_time_s", 3.0, start, e),
+            ]
+        metrics += [
+            Metric("batch_loss", 2.3 / (1 + 0.01 * s), start, s)
+            for s in range(1, n_epochs * STEPS_PER_EPOCH + 1)
+        ]
+        metrics += [
+            Metric("overfit_gap", 0.01, start, n_epochs),
+            Metric("train_time_s", 30.0 * width / 100, start, n_epochs),
+        ]
         for chunk in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run.info.run_id, metrics=metrics[chunk : chunk + 1000],
-                             params=[Param(k, v) for k, v in params.items()] if chunk == 0 else [])
-        pred = np.where(rng.random(N_TEST) < accuracy, labels, (labels + rng.integers(1, 10, N_TEST)) % 10)
+            client.log_batch(
+                run.info.run_id,
+                metrics=metrics[chunk : chunk + 1000],
+                params=[Param(k, v) for k, v in params.items()] if chunk == 0 else [],
+            )
+        pred = np.where(
+            rng.random(N_TEST) < accuracy, labels, (labels + rng.integers(1, 10, N_TEST)) % 10
+        )
         logits = rng.uniform(-2, 2, (N_TEST, 10)).astype(np.float32)
         logits[np.arange(N_TEST), pred] += 6
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -97,19 +126,28 @@ def main() -> None:
         write_test_set(tmp / "data", labels)
         started = time.perf_counter()
         ids = log_runs(uri, max(args.sizes), args.epochs, labels, tmp)
-        print(f"logged {len(ids)} synthetic runs ({args.epochs} epochs, {N_TEST} test predictions each) "
-              f"in {time.perf_counter() - started:.1f} s")
+        print(
+            f"logged {len(ids)} synthetic runs ({args.epochs} epochs, {N_TEST} test predictions each) "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
 
         from analysis.compare_report import compare_runs
 
         for size in args.sizes:
             started = time.perf_counter()
             comparison, path, _ = compare_runs(
-                out_dir=tmp / f"report-{size}", run_ids=ids[:size], tracking_uri=uri,
-                data_dir=tmp / "data", cache_dir=tmp / f"cache-{size}")  # cold cache each time
+                out_dir=tmp / f"report-{size}",
+                run_ids=ids[:size],
+                tracking_uri=uri,
+                data_dir=tmp / "data",
+                cache_dir=tmp / f"cache-{size}",
+            )  # cold cache each time
             seconds = time.perf_counter() - started
-            print(f"compare {size:3d} runs: {seconds:6.1f} s  ({path.stat().st_size / 1e6:.1f} MB report, "
-                  f"{len(comparison.findings)} findings)", flush=True)
+            print(
+                f"compare {size:3d} runs: {seconds:6.1f} s  ({path.stat().st_size / 1e6:.1f} MB report, "
+                f"{len(comparison.findings)} findings)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def make_data_dir(root: Path) -> Path:
         header, body = bytearray(content[:header_len]), content[header_len:]
         n = int.from_bytes(header[4:8], "big")
         header[4:8] = N_TEST.to_bytes(4, "big")
-        (raw / name).write_bytes(bytes(header) + (body * (-(-N_TEST // n)))[: len(body) // n * N_TEST])
+        (raw / name).write_bytes(
+            bytes(header) + (body * (-(-N_TEST // n)))[: len(body) // n * N_TEST]
+        )
     return root
 
 
@@ -57,16 +59,28 @@ def log_mlp_like_run(tracking_uri: str, labels: np.ndarray) -> str:
     client = MlflowClient(tracking_uri)
     run = client.create_run(client.create_experiment("bench-report"), run_name="seed000_mlp")
     run_id, ts = run.info.run_id, int(time.time() * 1000)
-    curves = {"train_loss": [0.39, 0.18, 0.13], "test_loss": [0.21, 0.15, 0.12],
-              "train_accuracy": [0.89, 0.95, 0.96], "test_accuracy": [0.94, 0.955, 0.964],
-              "epoch_time_s": [4.1, 4.0, 4.2]}
+    curves = {
+        "train_loss": [0.39, 0.18, 0.13],
+        "test_loss": [0.21, 0.15, 0.12],
+        "train_accuracy": [0.89, 0.95, 0.96],
+        "test_accuracy": [0.94, 0.955, 0.964],
+        "epoch_time_s": [4.1, 4.0, 4.2],
+    }
     metrics = [Metric(k, v, ts, e + 1) for k, vs in curves.items() for e, v in enumerate(vs)]
     steps = EPOCHS * STEPS_PER_EPOCH
-    metrics += [Metric("batch_loss", float(2.3 * np.exp(-s / 150) + 0.1 + 0.05 * rng.random()), ts, s)
-                for s in range(1, steps + 1)]
+    metrics += [
+        Metric("batch_loss", float(2.3 * np.exp(-s / 150) + 0.1 + 0.05 * rng.random()), ts, s)
+        for s in range(1, steps + 1)
+    ]
     for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 entries
-        client.log_batch(run_id, metrics=metrics[start:start + 900])
-    params = {"model": "mlp", "hidden_sizes": "100", "lr": "0.001", "batch_size": "128", "epochs": "3"}
+        client.log_batch(run_id, metrics=metrics[start : start + 900])
+    params = {
+        "model": "mlp",
+        "hidden_sizes": "100",
+        "lr": "0.001",
+        "batch_size": "128",
+        "epochs": "3",
+    }
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
 
     pred = np.where(rng.random(len(labels)) < 0.965, labels, rng.integers(0, 10, len(labels)))
@@ -74,21 +88,39 @@ def log_mlp_like_run(tracking_uri: str, labels: np.ndarray) -> str:
     logits[np.arange(len(labels)), pred] += rng.uniform(2, 9, len(labels))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "test.npz", labels=labels, probs=probs.astype(np.float32),
-                 index=np.arange(len(labels)))
+        np.savez(
+            Path(tmp) / "test.npz",
+            labels=labels,
+            probs=probs.astype(np.float32),
+            index=np.arange(len(labels)),
+        )
         client.log_artifact(run_id, str(Path(tmp) / "test.npz"), "predictions")
     client.set_terminated(run_id)
     return run_id
 
 
-def report_once(tracking_uri: str, run_id: str, out: Path, data_dir: Path, cache_dir: Path) -> float:
+def report_once(
+    tracking_uri: str, run_id: str, out: Path, data_dir: Path, cache_dir: Path
+) -> float:
     """Seconds for one report, as `mnist-analysis run` does it, in this (warm) process."""
     from analysis import cli
 
     started = time.perf_counter()
-    result = cli.cli.main(["run", run_id, "--out", str(out), "--tracking-uri", tracking_uri,
-                           "--data-dir", str(data_dir), "--cache-dir", str(cache_dir)],
-                          standalone_mode=False)
+    result = cli.cli.main(
+        [
+            "run",
+            run_id,
+            "--out",
+            str(out),
+            "--tracking-uri",
+            tracking_uri,
+            "--data-dir",
+            str(data_dir),
+            "--cache-dir",
+            str(cache_dir),
+        ],
+        standalone_mode=False,
+    )
     elapsed = time.perf_counter() - started
     del result
     return elapsed
@@ -97,8 +129,12 @@ def report_once(tracking_uri: str, run_id: str, out: Path, data_dir: Path, cache
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", help="benchmark this existing run instead of a generated one")
-    parser.add_argument("--tracking-uri", default=None, help="store of --run-id (default: $MLFLOW_TRACKING_URI)")
-    parser.add_argument("--data-dir", default=None, help="MNIST dir for --run-id (default: its tag / env)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="store of --run-id (default: $MLFLOW_TRACKING_URI)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="MNIST dir for --run-id (default: its tag / env)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="warm rounds (median reported)")
     args = parser.parse_args()
 
@@ -111,34 +147,60 @@ def main() -> None:
             data_dir = Path(args.data_dir) if args.data_dir else None
         else:
             data_dir = make_data_dir(tmp / "data")
-            labels = np.frombuffer((data_dir / "MNIST/raw/t10k-labels-idx1-ubyte").read_bytes(),
-                                   np.uint8, offset=8).astype(np.int64)
+            labels = np.frombuffer(
+                (data_dir / "MNIST/raw/t10k-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8
+            ).astype(np.int64)
             uri = f"sqlite:///{tmp / 'mlflow.db'}"
             run_id = log_mlp_like_run(uri, labels)
         if data_dir is None:
             from analysis import runs
 
             client = runs.connect(uri)
-            data_dir = runs.resolve_data_dir(None, runs.load_run(client, run_id, with_predictions=False))
+            data_dir = runs.resolve_data_dir(
+                None, runs.load_run(client, run_id, with_predictions=False)
+            )
 
         cache = tmp / "cache"
-        times = [report_once(uri, run_id, tmp / f"report{i}", data_dir, cache) for i in range(args.repeat + 1)]
+        times = [
+            report_once(uri, run_id, tmp / f"report{i}", data_dir, cache)
+            for i in range(args.repeat + 1)
+        ]
         cold, warm = times[0], times[1:]
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "analysis", "run", run_id, "--out", str(tmp / "cli"),
-                        "--tracking-uri", uri, "--data-dir", str(data_dir), "--cache-dir", str(cache)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "analysis",
+                "run",
+                run_id,
+                "--out",
+                str(tmp / "cli"),
+                "--tracking-uri",
+                uri,
+                "--data-dir",
+                str(data_dir),
+                "--cache-dir",
+                str(cache),
+            ],
+            check=True,
+            capture_output=True,
+        )
         command = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         command_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     print(f"run {run_id}: {N_TEST if not args.run_id else 'stored'} test predictions")
-    print(f"report (in process, warm): {statistics.median(warm):.2f} s median of {len(warm)} "
-          f"[{', '.join(f'{t:.2f}' for t in warm)}]; first round {cold:.2f} s")
-    print(f"command (fresh python -m analysis run, imports included): {command:.2f} s wall, "
-          f"{command_cpu:.2f} s CPU (the CPU figure is the one to trust on a busy machine)")
+    print(
+        f"report (in process, warm): {statistics.median(warm):.2f} s median of {len(warm)} "
+        f"[{', '.join(f'{t:.2f}' for t in warm)}]; first round {cold:.2f} s"
+    )
+    print(
+        f"command (fresh python -m analysis run, imports included): {command:.2f} s wall, "
+        f"{command_cpu:.2f} s CPU (the CPU figure is the one to trust on a busy machine)"
+    )
 
 
 if __name__ == "__main__":

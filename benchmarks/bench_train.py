@@ -82,12 +82,18 @@ PIPELINE_TARGET, OVERHEAD_TARGET = 15.0, 0.25  # speedup (x) and tracking overhe
 # The seed notebooks' pipelines
 
 
-def seed001_epochs(config: RunConfig, data_dir: Path, epochs: int, max_train: int | None) -> list[float]:
+def seed001_epochs(
+    config: RunConfig, data_dir: Path, epochs: int, max_train: int | None
+) -> list[float]:
     """Seconds per epoch of seed 001's loop: ToTensor per image, shuffled DataLoader, view(-1, 784)."""
-    mnist_train = datasets.MNIST(root=str(data_dir), train=True, transform=transforms.ToTensor(), download=False)
+    mnist_train = datasets.MNIST(
+        root=str(data_dir), train=True, transform=transforms.ToTensor(), download=False
+    )
     if max_train is not None:
         mnist_train = Subset(mnist_train, range(max_train))
-    data_loader = DataLoader(dataset=mnist_train, batch_size=config.batch_size, shuffle=True, drop_last=config.drop_last)
+    data_loader = DataLoader(
+        dataset=mnist_train, batch_size=config.batch_size, shuffle=True, drop_last=config.drop_last
+    )
     torch.manual_seed(config.seed)
     linear = nn.Linear(784, 10, bias=True)
     criterion = nn.CrossEntropyLoss()
@@ -117,7 +123,9 @@ class BatchTransformed(Dataset):
     batch, and the result is split into per-example dicts that the default collate re-stacks.
     """
 
-    def __init__(self, images: Dataset, transform_fn: Callable[[dict[str, list]], dict[str, torch.Tensor]]):
+    def __init__(
+        self, images: Dataset, transform_fn: Callable[[dict[str, list]], dict[str, torch.Tensor]]
+    ):
         self.images, self.transform_fn = images, transform_fn
 
     def __len__(self) -> int:
@@ -128,11 +136,15 @@ class BatchTransformed(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         rows = [self.images[i] for i in indices]  # (PIL image, label)
-        batch = self.transform_fn({"image": [img for img, _ in rows], "label": [label for _, label in rows]})
+        batch = self.transform_fn(
+            {"image": [img for img, _ in rows], "label": [label for _, label in rows]}
+        )
         return [{key: column[i] for key, column in batch.items()} for i in range(len(rows))]
 
 
-def seed000_epochs(config: RunConfig, data_dir: Path, epochs: int, max_train: int | None, max_test: int | None) -> list[float]:
+def seed000_epochs(
+    config: RunConfig, data_dir: Path, epochs: int, max_train: int | None, max_test: int | None
+) -> list[float]:
     """Seconds per epoch (training pass plus test pass) of seed 000's loop on the emulated pipeline."""
     train_images = datasets.MNIST(root=str(data_dir), train=True, download=False)
     test_images = datasets.MNIST(root=str(data_dir), train=False, download=False)
@@ -140,7 +152,9 @@ def seed000_epochs(config: RunConfig, data_dir: Path, epochs: int, max_train: in
         train_images = Subset(train_images, range(max_train))
     if max_test is not None:
         test_images = Subset(test_images, range(max_test))
-    sample_data = torch.stack([transforms.ToTensor()(train_images[i][0]) for i in range(min(1000, len(train_images)))])
+    sample_data = torch.stack(
+        [transforms.ToTensor()(train_images[i][0]) for i in range(min(1000, len(train_images)))]
+    )
     mean, std = sample_data.mean().item(), sample_data.std().item()
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
 
@@ -148,10 +162,18 @@ def seed000_epochs(config: RunConfig, data_dir: Path, epochs: int, max_train: in
         images = [transform(img).view(-1) for img in batch["image"]]
         return {"image": torch.stack(images), "label": torch.tensor(batch["label"])}
 
-    train_loader = DataLoader(BatchTransformed(train_images, transform_fn), batch_size=config.batch_size, shuffle=True)
-    test_loader = DataLoader(BatchTransformed(test_images, transform_fn), batch_size=config.test_batch_size, shuffle=False)
+    train_loader = DataLoader(
+        BatchTransformed(train_images, transform_fn), batch_size=config.batch_size, shuffle=True
+    )
+    test_loader = DataLoader(
+        BatchTransformed(test_images, transform_fn),
+        batch_size=config.test_batch_size,
+        shuffle=False,
+    )
     torch.manual_seed(config.seed)
-    model = models.build_model(config)  # the notebook's MLP: Linear(784, 100), ReLU, Linear(100, 10)
+    model = models.build_model(
+        config
+    )  # the notebook's MLP: Linear(784, 100), ReLU, Linear(100, 10)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     seconds = []
@@ -186,7 +208,9 @@ def seed000_epochs(config: RunConfig, data_dir: Path, epochs: int, max_train: in
 # This project's loop
 
 
-def ours_epochs(config: RunConfig, train_split: data.Split, test_split: data.Split) -> tuple[list[float], float]:
+def ours_epochs(
+    config: RunConfig, train_split: data.Split, test_split: data.Split
+) -> tuple[list[float], float]:
     """(seconds per epoch of `train()` incl. its per-epoch test evaluation, one-off `prepare` seconds)."""
     started = time.perf_counter()
     tensors = prepare(train_split, test_split, config, torch.device("cpu"))
@@ -254,7 +278,9 @@ class CallTimers:
                 try:
                     item = next(generator)
                 except StopIteration as stop:
-                    self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+                    self.seconds[label] = (
+                        self.seconds.get(label, 0.0) + time.perf_counter() - started
+                    )
                     return stop.value
                 self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
                 yield item
@@ -325,7 +351,9 @@ def open_store(root: Path, experiments: set[str]) -> float:
 
 def spread(values: list[float]) -> str:
     """median [min-max] (n)"""
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] (n={len(values)})"
+    return (
+        f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] (n={len(values)})"
+    )
 
 
 @contextlib.contextmanager
@@ -339,10 +367,14 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_pipelines(args, configs: dict[str, RunConfig], train_split: data.Split, test_split: data.Split) -> bool:
+def run_pipelines(
+    args, configs: dict[str, RunConfig], train_split: data.Split, test_split: data.Split
+) -> bool:
     """Seed pipeline as the notebook runs it (torch's default threads) and at our thread count,
     against `train()` at our thread count, interleaved repeat by repeat."""
-    print(f"\n== 1. Input pipeline: seed notebook vs train(), s/epoch, median [min-max], {args.repeats} repeat(s) x {args.epochs} epoch(s)")
+    print(
+        f"\n== 1. Input pipeline: seed notebook vs train(), s/epoch, median [min-max], {args.repeats} repeat(s) x {args.epochs} epoch(s)"
+    )
     default_threads = os.cpu_count() or 1
     sides = {"seed": {}, "seed_same": {}, "ours": {}}
     for side in sides.values():
@@ -351,7 +383,11 @@ def run_pipelines(args, configs: dict[str, RunConfig], train_split: data.Split, 
     for config in configs.values():  # untimed: first calls into torch and torchvision
         small = replace(config, epochs=1)
         ours_epochs(small, train_split.head(WARMUP_IMAGES), test_split.head(WARMUP_IMAGES))
-        (seed001_epochs if small.model == "softmax" else functools.partial(seed000_epochs, max_test=WARMUP_IMAGES))(small, args.data_dir, 1, WARMUP_IMAGES)
+        (
+            seed001_epochs
+            if small.model == "softmax"
+            else functools.partial(seed000_epochs, max_test=WARMUP_IMAGES)
+        )(small, args.data_dir, 1, WARMUP_IMAGES)
     for repeat in range(args.repeats):
         for model_name, config in configs.items():
             config = replace(config, epochs=args.epochs)
@@ -359,7 +395,9 @@ def run_pipelines(args, configs: dict[str, RunConfig], train_split: data.Split, 
             def seed_epochs():
                 if model_name == "softmax":
                     return seed001_epochs(config, args.data_dir, args.epochs, args.max_train)
-                return seed000_epochs(config, args.data_dir, args.epochs, args.max_train, args.max_test)
+                return seed000_epochs(
+                    config, args.data_dir, args.epochs, args.max_train, args.max_test
+                )
 
             def seed_run():  # as the notebook runs: torch's default thread count
                 with torch_threads(0):
@@ -400,22 +438,30 @@ def run_pipelines(args, configs: dict[str, RunConfig], train_split: data.Split, 
             f"{model_name:<8} {spread(seed):>34} {spread(seed_same):>34} {spread(ours):>34} {speedup:>7.1f}x "
             f"{same:>12.1f}x  >= {PIPELINE_TARGET:.0f}x {'met' if met else 'MISSED'}"
         )
-        print(f"{'':<8} per repeat: {', '.join(f'{a / b:.1f}x' for a, b in zip(seed, ours))} (same threads: "
-              f"{', '.join(f'{a / b:.1f}x' for a, b in zip(seed_same, ours))})")
+        print(
+            f"{'':<8} per repeat: {', '.join(f'{a / b:.1f}x' for a, b in zip(seed, ours))} (same threads: "
+            f"{', '.join(f'{a / b:.1f}x' for a, b in zip(seed_same, ours))})"
+        )
     print(
         f"  speedup = median seed (torch's default {default_threads} threads, as the notebook runs) / median ours "
         f"({torch.get_num_threads()} thread(s), the project's default); same-threads = both at {torch.get_num_threads()} thread(s)"
     )
     for model_name in configs:
-        print(f"  ours one-off prepare() ({model_name}): {statistics.median(setup_s[model_name]):.3f} s per run, not per epoch")
+        print(
+            f"  ours one-off prepare() ({model_name}): {statistics.median(setup_s[model_name]):.3f} s per run, not per epoch"
+        )
     return ok
 
 
 def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
-    print(f"\n== 2. Tracking overhead: untracked train() vs tracking.run_training, {args.repeats} repeat(s), alternating order")
+    print(
+        f"\n== 2. Tracking overhead: untracked train() vs tracking.run_training, {args.repeats} repeat(s), alternating order"
+    )
     store = Path(tempfile.mkdtemp(prefix="bench_mlflow_"))
     opened = open_store(store, {config.experiment for config in configs.values()})
-    print(f"  store {store}/mlflow.db, created with import of mlflow and its submodules in {opened:.2f} s (excluded)")
+    print(
+        f"  store {store}/mlflow.db, created with import of mlflow and its submodules in {opened:.2f} s (excluded)"
+    )
     timers = CallTimers()
     targets = timed_targets()
     results = {}
@@ -424,11 +470,16 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
         config = replace(config, epochs=epochs)
         # first calls pay for lazy imports, JIT-ish warm-up and SQLAlchemy caches: do them untimed
         started = time.perf_counter()
-        warm = tracking.prepare_run(replace(config, epochs=1, max_train=WARMUP_IMAGES, max_test=WARMUP_IMAGES), args.data_dir)
+        warm = tracking.prepare_run(
+            replace(config, epochs=1, max_train=WARMUP_IMAGES, max_test=WARMUP_IMAGES),
+            args.data_dir,
+        )
         with contextlib.redirect_stdout(sys.stderr):
             untracked_seconds(warm)
             tracking.run_training(warm)
-        print(f"  warm-up ({model_name}, 1 epoch on {WARMUP_IMAGES} images, tracked + untracked): {time.perf_counter() - started:.2f} s (excluded)")
+        print(
+            f"  warm-up ({model_name}, 1 epoch on {WARMUP_IMAGES} images, tracked + untracked): {time.perf_counter() - started:.2f} s (excluded)"
+        )
         prepared = tracking.prepare_run(config, args.data_dir)
         untracked, tracked, breakdowns = [], [], []
         for repeat in range(args.repeats):
@@ -438,15 +489,23 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
 
             def tracked_run():
                 timers.reset()
-                with patched(timers, targets), contextlib.redirect_stdout(sys.stderr):  # end_run prints a line
+                with (
+                    patched(timers, targets),
+                    contextlib.redirect_stdout(sys.stderr),
+                ):  # end_run prints a line
                     started = time.perf_counter()
                     tracking.run_training(prepared)
                     tracked.append(time.perf_counter() - started)
                 breakdowns.append((dict(timers.seconds), dict(timers.calls)))
 
-            for run in (untracked_run, tracked_run) if repeat % 2 == 0 else (tracked_run, untracked_run):
+            for run in (
+                (untracked_run, tracked_run) if repeat % 2 == 0 else (tracked_run, untracked_run)
+            ):
                 run()
-            print(f"  repeat {repeat + 1}: {model_name} {epochs} epochs untracked {untracked[-1]:.2f} s, tracked {tracked[-1]:.2f} s", flush=True)
+            print(
+                f"  repeat {repeat + 1}: {model_name} {epochs} epochs untracked {untracked[-1]:.2f} s, tracked {tracked[-1]:.2f} s",
+                flush=True,
+            )
         results[model_name] = (epochs, untracked, tracked, breakdowns)
 
     # Two readings of the overhead. Side by side: tracked / untracked wall time, which on a shared
@@ -465,40 +524,79 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
             f"{model_name:<8} {epochs:>6} {spread(untracked):>28} {spread(tracked):>28} {overhead:>8.1%} {statistics.median(paired):>6.1%} "
             f"{statistics.median(in_run):>6.1%}  <= {OVERHEAD_TARGET:.0%} {'met' if met else 'MISSED'}"
         )
-        print(f"{'':<8} per repeat: paired {', '.join(f'{p:.1%}' for p in paired)}; in-run {', '.join(f'{p:.1%}' for p in in_run)}")
+        print(
+            f"{'':<8} per repeat: paired {', '.join(f'{p:.1%}' for p in paired)}; in-run {', '.join(f'{p:.1%}' for p in in_run)}"
+        )
     print(
         "  overhead = median tracked / median untracked - 1; paired = median of per-repeat tracked/untracked - 1;\n"
         "  in-run = median of (tracked run time / its time inside train()) - 1, the MLflow share measured inside one run"
     )
 
     for model_name, (epochs, untracked, tracked, breakdowns) in results.items():
-        print(f"\n  where the tracked time goes, {model_name} ({epochs} epochs), median over repeats:")
+        print(
+            f"\n  where the tracked time goes, {model_name} ({epochs} epochs), median over repeats:"
+        )
         median_tracked = statistics.median(tracked)
         for _, _, label, nested in targets:
             values = [seconds.get(label, 0.0) for seconds, _ in breakdowns]
             calls = breakdowns[0][1].get(label, 0)
             value = statistics.median(values)
             indent = "      " if nested else "    "
-            print(f"{indent}{label:<46}{'' if nested else '  '} {value:8.3f} s  {calls:4d} calls  {value / median_tracked:6.1%}")
-        loop = statistics.median([seconds.get("training loop + per-epoch logging", 0.0) for seconds, _ in breakdowns])
+            print(
+                f"{indent}{label:<46}{'' if nested else '  '} {value:8.3f} s  {calls:4d} calls  {value / median_tracked:6.1%}"
+            )
+        loop = statistics.median(
+            [seconds.get("training loop + per-epoch logging", 0.0) for seconds, _ in breakdowns]
+        )
         outside = median_tracked - loop
-        print(f"    {'everything outside the training loop':<46}   {outside:8.3f} s             {outside / median_tracked:6.1%}")
+        print(
+            f"    {'everything outside the training loop':<46}   {outside:8.3f} s             {outside / median_tracked:6.1%}"
+        )
         print(f"    {'untracked run, for comparison':<46}   {statistics.median(untracked):8.3f} s")
     return ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(), help="folder holding MNIST/raw/ (default: $MNIST_DATA_DIR or ./data)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per pipeline comparison run (default 1)")
-    parser.add_argument("--tracking-epochs", type=int, default=None, help="epochs per tracking run (default: 15 softmax, 3 mlp)")
-    parser.add_argument("--repeats", type=int, default=None, help="side-by-side repeats (default 3; 1 with --quick)")
-    parser.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--max-test", type=int, default=None, help="use only the first N test images")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_MAX_TRAIN} train / {QUICK_MAX_TEST} test images, 2 tracking epochs, 1 repeat")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for everything (default 1; 0 keeps torch's default)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=data.default_data_dir(),
+        help="folder holding MNIST/raw/ (default: $MNIST_DATA_DIR or ./data)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="epochs per pipeline comparison run (default 1)"
+    )
+    parser.add_argument(
+        "--tracking-epochs",
+        type=int,
+        default=None,
+        help="epochs per tracking run (default: 15 softmax, 3 mlp)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="side-by-side repeats (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--max-train", type=int, default=None, help="use only the first N training images"
+    )
+    parser.add_argument(
+        "--max-test", type=int, default=None, help="use only the first N test images"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_MAX_TRAIN} train / {QUICK_MAX_TEST} test images, 2 tracking epochs, 1 repeat",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for everything (default 1; 0 keeps torch's default)",
+    )
     parser.add_argument("--part", choices=("all", "pipeline", "tracking"), default="all")
-    parser.add_argument("--models", nargs="+", choices=tuple(SEED_EXPERIMENTS), default=list(SEED_EXPERIMENTS))
+    parser.add_argument(
+        "--models", nargs="+", choices=tuple(SEED_EXPERIMENTS), default=list(SEED_EXPERIMENTS)
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.max_train = args.max_train or QUICK_MAX_TRAIN

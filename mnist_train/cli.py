@@ -16,7 +16,14 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, ExperimentFile, RunConfig, parse_overrides, read_experiment, resolve
+from .config import (
+    ConfigError,
+    ExperimentFile,
+    RunConfig,
+    parse_overrides,
+    read_experiment,
+    resolve,
+)
 from .data import DataError, default_data_dir
 from .sweep import Child, expand
 
@@ -46,7 +53,11 @@ def stop_on_signals():
         if flag() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.set()
-        print("\nstopping after this step (Ctrl-C again to stop at once)...", file=sys.stderr, flush=True)
+        print(
+            "\nstopping after this step (Ctrl-C again to stop at once)...",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -64,17 +75,66 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("experiment_file", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable); an empty VALUE keeps the file's.")
-@click.option("--data-dir", type=click.Path(), default=None, help="Folder holding MNIST/raw/ [env MNIST_DATA_DIR, default ./data].")
-@click.option("--experiment-name", default=None, help="MLflow experiment to record in [default: the file's `experiment`].")
-@click.option("--max-train", type=int, default=None, help="Use only the first N training images (quick runs).")
-@click.option("--max-test", type=int, default=None, help="Use only the first N test images (quick runs).")
-@click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Sweeps: train children in N processes.")
-@click.option("--force", is_flag=True, help="Sweeps: retrain children that already finished (under a new parent run).")
-@click.option("--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field (repeatable); an empty VALUE keeps the file's.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(),
+    default=None,
+    help="Folder holding MNIST/raw/ [env MNIST_DATA_DIR, default ./data].",
+)
+@click.option(
+    "--experiment-name",
+    default=None,
+    help="MLflow experiment to record in [default: the file's `experiment`].",
+)
+@click.option(
+    "--max-train", type=int, default=None, help="Use only the first N training images (quick runs)."
+)
+@click.option(
+    "--max-test", type=int, default=None, help="Use only the first N test images (quick runs)."
+)
+@click.option(
+    "--resume",
+    "resume_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue this run from its last checkpoint.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sweeps: train children in N processes.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Sweeps: retrain children that already finished (under a new parent run).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_test, resume_run_id, workers, force, dry_run, quiet):
+def run(
+    experiment_file,
+    overrides,
+    data_dir,
+    experiment_name,
+    max_train,
+    max_test,
+    resume_run_id,
+    workers,
+    force,
+    dry_run,
+    quiet,
+):
     """Run EXPERIMENT_FILE (YAML) and print the ids of the MLflow runs it created.
 
     A file with `grid`, `variants` or `seeds` is a sweep: one parent run (printed first) with a
@@ -91,20 +151,32 @@ def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_te
         experiment = read_experiment(experiment_file)
         # `--set lr=` (no value) overrides nothing: the MLproject forwards every parameter this way
         values = parse_overrides(pair for pair in overrides if not _empty_assignment(pair))
-        for key, value in (("experiment", experiment_name), ("max_train", max_train), ("max_test", max_test)):
+        for key, value in (
+            ("experiment", experiment_name),
+            ("max_train", max_train),
+            ("max_test", max_test),
+        ):
             if value is not None:
                 values[key] = value
-        data_dir = Path(data_dir) if data_dir else default_data_dir()  # empty from the MLproject too
+        data_dir = (
+            Path(data_dir) if data_dir else default_data_dir()
+        )  # empty from the MLproject too
         if resume_run_id and (experiment.sweep or adopt_run_id):
-            raise ConfigError("--resume is for single runs; a sweep resumes its interrupted children when run again")
+            raise ConfigError(
+                "--resume is for single runs; a sweep resumes its interrupted children when run again"
+            )
         if experiment.sweep:
             children = expand(experiment, values)
-            sweep_name = str(values.get("name") or experiment.base.get("name") or experiment.path.stem)
+            sweep_name = str(
+                values.get("name") or experiment.base.get("name") or experiment.path.stem
+            )
             if dry_run:
                 click.echo(f"{len(children)} children: " + "; ".join(c.name for c in children))
                 _dry_run(children[0].config, data_dir)
                 return
-            _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet)
+            _run_sweep(
+                experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet
+            )
             return
         config = resolve(experiment, values)
         if dry_run:
@@ -113,7 +185,16 @@ def run(experiment_file, overrides, data_dir, experiment_name, max_train, max_te
         if adopt_run_id:
             # MLflow logged the entry point's parameters (empty ones too) on its run, and a logged
             # parameter can never change, so the run with the resolved config is its child.
-            _run_sweep(experiment, [Child(config.name, config)], config.name, data_dir, 1, True, adopt_run_id, quiet)
+            _run_sweep(
+                experiment,
+                [Child(config.name, config)],
+                config.name,
+                data_dir,
+                1,
+                True,
+                adopt_run_id,
+                quiet,
+            )
             return
         run_id = _run_one(config, experiment, data_dir, resume_run_id, quiet)
     except (ConfigError, DataError) as err:
@@ -126,7 +207,9 @@ def _empty_assignment(pair: str) -> bool:
     return bool(sep) and not value.strip()
 
 
-def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet) -> None:
+def _run_sweep(
+    experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet
+) -> None:
     """Run a sweep; print the parent's and children's run ids; exit 1 if any child failed."""
     from mlflow.exceptions import MlflowException
 
@@ -155,17 +238,29 @@ def _run_sweep(experiment, children, sweep_name, data_dir, workers, force, adopt
         if outcome.run_id:
             click.echo(outcome.run_id)
     if result.stopped:
-        click.echo(f"Error: sweep {sweep_name} interrupted; run it again to resume where it stopped", err=True)
+        click.echo(
+            f"Error: sweep {sweep_name} interrupted; run it again to resume where it stopped",
+            err=True,
+        )
         sys.exit(130)
     if result.failed:
         names = ", ".join(o.name for o in result.failed)
-        click.echo(f"Error: {len(result.failed)} of {len(result.outcomes)} children failed: {names}", err=True)
+        click.echo(
+            f"Error: {len(result.failed)} of {len(result.outcomes)} children failed: {names}",
+            err=True,
+        )
         for outcome in result.failed:
             click.echo(f"  {outcome.name}: {outcome.message}", err=True)
         sys.exit(1)
 
 
-def _run_one(config: RunConfig, experiment: ExperimentFile, data_dir: Path, resume_run_id: str | None, quiet: bool) -> str:
+def _run_one(
+    config: RunConfig,
+    experiment: ExperimentFile,
+    data_dir: Path,
+    resume_run_id: str | None,
+    quiet: bool,
+) -> str:
     from mlflow.exceptions import MlflowException
 
     from .progress import Reporter
@@ -194,8 +289,8 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
     import torch
 
     from . import models
-    from .train import Progress, train
     from .tracking import prepare_run
+    from .train import Progress, train
 
     prepared = prepare_run(config, data_dir)
     torch.manual_seed(config.seed)

@@ -48,11 +48,15 @@ class RunConfig:
     epochs: int = 3
     seed: int = 0  # torch seed: initial weights, shuffling order and dropout masks
     # data
-    normalize: str = "estimate"  # none (pixels/255) | estimate (mean/std of 1000 train images) | standard
+    normalize: str = (
+        "estimate"  # none (pixels/255) | estimate (mean/std of 1000 train images) | standard
+    )
     max_train: int | None = None  # use only the first N training images (None: all 60,000)
     max_test: int | None = None  # use only the first N test images (None: all 10,000)
     # extras
-    unscaled_eval: bool = False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
+    unscaled_eval: bool = (
+        False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
+    )
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     threads: int = 1  # torch CPU threads (0: torch's default, one per core); more gain ~20% on an
     #                   idle machine but collapse when another process holds a core

@@ -23,6 +23,7 @@ from . import idx
 STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
 ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
 
+
 class DataError(RuntimeError):
     """MNIST is missing, damaged or cannot be downloaded; the message is shown as is."""
 
@@ -119,7 +120,9 @@ def to_inputs(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 784), computed as `ToTensor` then `Normalize` would."""
     x = images.reshape(len(images), -1).float().div(255)
     if (mean, std) != (0.0, 1.0):
-        x = x.sub(torch.tensor(mean, dtype=torch.float32)).div(torch.tensor(std, dtype=torch.float32))
+        x = x.sub(torch.tensor(mean, dtype=torch.float32)).div(
+            torch.tensor(std, dtype=torch.float32)
+        )
     return x
 
 

@@ -49,7 +49,9 @@ def with_preprocessing(model: nn.Module, mean: float, std: float) -> nn.Sequenti
 
 def parameter_summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
     """(name, shape, count) of every trainable parameter tensor, in order."""
-    return [(name, tuple(p.shape), p.numel()) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        (name, tuple(p.shape), p.numel()) for name, p in model.named_parameters() if p.requires_grad
+    ]
 
 
 def summary_text(model: nn.Module) -> str:

@@ -35,7 +35,11 @@ class Reporter:
             )
         self._bar.update(1)
         if record.batch % 20 == 0 or record.batch == record.batches:
-            self._bar.set_postfix(loss=f"{record.running_loss:.4f}", acc=f"{record.running_accuracy:.4f}", refresh=False)
+            self._bar.set_postfix(
+                loss=f"{record.running_loss:.4f}",
+                acc=f"{record.running_accuracy:.4f}",
+                refresh=False,
+            )
 
     def epoch(self, record: EpochRecord, epochs: int) -> None:
         self._close_bar()

@@ -38,7 +38,11 @@ SUMMARY_METRICS = ("train_accuracy", "test_accuracy", "overfit_gap", "train_time
 
 # tags on the parent run
 TAG_SWEEP = "mnist.sweep"  # the sweep's name; marks a run as a sweep parent
-TAG_CHILDREN, TAG_FAILED, TAG_SKIPPED = "mnist.sweep.children", "mnist.sweep.failed", "mnist.sweep.skipped"
+TAG_CHILDREN, TAG_FAILED, TAG_SKIPPED = (
+    "mnist.sweep.children",
+    "mnist.sweep.failed",
+    "mnist.sweep.skipped",
+)
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 
 
@@ -75,7 +79,11 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
     seeds = _read_seeds(path, sections.get("seeds"), base)
 
     varied = {}  # key -> section that varies it, to report clashes
-    for section, keys in (("variants", {k for v in variants for k in v if k != "name"}), ("grid", set(grid)), ("seeds", {"seed"} if seeds else set())):
+    for section, keys in (
+        ("variants", {k for v in variants for k in v if k != "name"}),
+        ("grid", set(grid)),
+        ("seeds", {"seed"} if seeds else set()),
+    ):
         for key in sorted(keys):
             if key in varied:
                 raise ConfigError(f"{path}: {key} is varied by both {varied[key]} and {section}")
@@ -120,7 +128,9 @@ def _format(value: Any) -> str:
 
 def _check_key(path: Path, where: str, key: Any) -> None:
     if key not in FIELDS:
-        raise ConfigError(f"{path}: {where}: unknown config key {key!r} (known keys: {', '.join(FIELDS)})")
+        raise ConfigError(
+            f"{path}: {where}: unknown config key {key!r} (known keys: {', '.join(FIELDS)})"
+        )
     if key in FIXED_KEYS:
         raise ConfigError(f"{path}: {where}: {key} cannot vary within a sweep")
 
@@ -145,8 +155,12 @@ def _read_grid(path: Path, grid: Any, base: dict) -> dict[str, list]:
     for key, values in grid.items():
         _check_key(path, f"grid.{key}", key)
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
-        out[key] = [_check_value(path, f"grid.{key}[{i}]", base, key, v) for i, v in enumerate(values)]
+            raise ConfigError(
+                f"{path}: grid.{key} must be a non-empty list of values, got {values!r}"
+            )
+        out[key] = [
+            _check_value(path, f"grid.{key}[{i}]", base, key, v) for i, v in enumerate(values)
+        ]
         if len(set(map(_format, out[key]))) < len(out[key]):
             raise ConfigError(f"{path}: grid.{key} lists a value twice")
     return out
@@ -156,14 +170,20 @@ def _read_variants(path: Path, variants: Any, base: dict) -> list[dict]:
     if variants is None:
         return []
     if not isinstance(variants, list) or not variants:
-        raise ConfigError(f"{path}: variants must be a non-empty list of mappings, each with a name")
+        raise ConfigError(
+            f"{path}: variants must be a non-empty list of mappings, each with a name"
+        )
     out, names = [], set()
     for i, variant in enumerate(variants):
         if not isinstance(variant, dict):
-            raise ConfigError(f"{path}: variants[{i}] must be a mapping with a name, got {variant!r}")
+            raise ConfigError(
+                f"{path}: variants[{i}] must be a mapping with a name, got {variant!r}"
+            )
         name = variant.get("name")
         if not isinstance(name, str) or not name.strip() or "," in name:
-            raise ConfigError(f"{path}: variants[{i}] needs a name (text without commas), got {name!r}")
+            raise ConfigError(
+                f"{path}: variants[{i}] needs a name (text without commas), got {name!r}"
+            )
         if name in names:
             raise ConfigError(f"{path}: variants[{i}]: name {name!r} is used twice")
         names.add(name)
@@ -173,7 +193,9 @@ def _read_variants(path: Path, variants: Any, base: dict) -> list[dict]:
             if key != "name":
                 _check_key(path, f"{where}.{key}", key)
                 checked[key] = _check_value(path, f"{where}.{key}", base, key, value)
-        build_config({**base, **{k: v for k, v in checked.items() if k != "name"}}, source=f"{path}: {where}")
+        build_config(
+            {**base, **{k: v for k, v in checked.items() if k != "name"}}, source=f"{path}: {where}"
+        )
         out.append(checked)
     return out
 
@@ -183,10 +205,14 @@ def _read_seeds(path: Path, seeds: Any, base: dict) -> list[int]:
         return []
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise ConfigError(f"{path}: seeds must be a positive count or a list of seeds, got {seeds}")
+            raise ConfigError(
+                f"{path}: seeds must be a positive count or a list of seeds, got {seeds}"
+            )
         return list(range(seeds))
     if not isinstance(seeds, list) or not seeds:
-        raise ConfigError(f"{path}: seeds must be a positive count or a non-empty list of seeds, got {seeds!r}")
+        raise ConfigError(
+            f"{path}: seeds must be a positive count or a non-empty list of seeds, got {seeds!r}"
+        )
     out = [_check_value(path, f"seeds[{i}]", base, "seed", s) for i, s in enumerate(seeds)]
     if len(set(out)) < len(out):
         raise ConfigError(f"{path}: seeds lists a seed twice")
@@ -266,26 +292,40 @@ def run_sweep(
     if adopt_run_id:
         experiment_id = client.get_run(adopt_run_id).info.experiment_id
         experiment_name = client.get_experiment(experiment_id).name
-        children = [dataclasses.replace(c, config=dataclasses.replace(c.config, experiment=experiment_name)) for c in children]
+        children = [
+            dataclasses.replace(c, config=dataclasses.replace(c.config, experiment=experiment_name))
+            for c in children
+        ]
     else:
         # Creating the store and the experiment here, once, keeps parallel children from racing
         # to create the same tables and experiment.
         experiment_id = mlflow.set_experiment(children[0].config.experiment).experiment_id
 
     previous = {} if force else _earlier_children(client, experiment_id, sweep_name)
-    parent_id = _open_parent(client, experiment_id, experiment, sweep_name, adopt_run_id, reuse=not force)
+    parent_id = _open_parent(
+        client, experiment_id, experiment, sweep_name, adopt_run_id, reuse=not force
+    )
 
     outcomes, tasks = [], []
     line_output = workers > 1
     for child in children:
         action, run_id, status = _plan(client, child, previous)
         if action == "skip":
-            note = "already finished" if status == "FINISHED" else "diverged before (--force retrains it)"
+            note = (
+                "already finished"
+                if status == "FINISHED"
+                else "diverged before (--force retrains it)"
+            )
             outcomes.append(Outcome(child.name, run_id, status, "skip", note))
             continue
         outcome = Outcome(child.name, run_id, "PENDING", action)
         outcomes.append(outcome)
-        tasks.append((outcome, Task(child, experiment, Path(data_dir), parent_id, run_id, line_output, quiet)))
+        tasks.append(
+            (
+                outcome,
+                Task(child, experiment, Path(data_dir), parent_id, run_id, line_output, quiet),
+            )
+        )
 
     skipped = len(children) - len(tasks)
     say(
@@ -302,7 +342,11 @@ def run_sweep(
         client.set_terminated(parent_id, "KILLED")
         raise
     except BaseException as err:
-        client.set_tag(parent_id, "failure_reason", f"the sweep itself failed: {type(err).__name__}: {err}"[:5000])
+        client.set_tag(
+            parent_id,
+            "failure_reason",
+            f"the sweep itself failed: {type(err).__name__}: {err}"[:5000],
+        )
         client.set_terminated(parent_id, "FAILED")
         raise
 
@@ -314,7 +358,9 @@ def run_sweep(
 def _earlier_children(client, experiment_id: str, sweep_name: str) -> dict[str, list]:
     """Children of earlier parents of this sweep, by run name, newest first."""
     parents = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{_quote(sweep_name)}'", max_results=1000
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP}` = '{_quote(sweep_name)}'",
+        max_results=1000,
     )
     found: dict[str, list] = {}
     for parent in parents:
@@ -334,22 +380,34 @@ def _plan(client, child: Child, previous: dict[str, list]) -> tuple[str, str | N
     """(action, run id, status): skip a finished (or diverged) twin, resume an interrupted one, or
     train a new child. Twins are earlier children with the same name and identical parameters."""
     expected = child.config.to_params()
-    twins = [r for r in previous.get(child.name, []) if all(r.data.params.get(k) == v for k, v in expected.items())]
+    twins = [
+        r
+        for r in previous.get(child.name, [])
+        if all(r.data.params.get(k) == v for k, v in expected.items())
+    ]
     for run in twins:
         if run.info.status == "FINISHED":
             return "skip", run.info.run_id, "FINISHED"
     for run in twins:
         if run.data.tags.get("failure_reason", "").startswith("loss became"):
             return "skip", run.info.run_id, "FAILED"  # diverged: retraining would diverge again
-        if run.info.status in ("KILLED", "FAILED") and client.list_artifacts(run.info.run_id, "checkpoints"):
+        if run.info.status in ("KILLED", "FAILED") and client.list_artifacts(
+            run.info.run_id, "checkpoints"
+        ):
             return "resume", run.info.run_id, run.info.status
     return "train", None, ""
 
 
-def _open_parent(client, experiment_id, experiment: ExperimentFile, sweep_name, adopt_run_id, reuse: bool) -> str:
+def _open_parent(
+    client, experiment_id, experiment: ExperimentFile, sweep_name, adopt_run_id, reuse: bool
+) -> str:
     from .tracking import git_commit
 
-    tags = {TAG_SWEEP: sweep_name, "mlflow.runName": sweep_name, "mlflow.source.name": str(experiment.path)}
+    tags = {
+        TAG_SWEEP: sweep_name,
+        "mlflow.runName": sweep_name,
+        "mlflow.source.name": str(experiment.path),
+    }
     commit = git_commit(experiment.path.resolve().parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -389,7 +447,9 @@ def _close_parent(client, parent_id: str, children: Sequence[Child], result: Swe
         status = "KILLED"
     elif failed:
         status = "FAILED"
-        client.set_tag(parent_id, "failure_reason", f"{failed} of {len(result.outcomes)} children failed")
+        client.set_tag(
+            parent_id, "failure_reason", f"{failed} of {len(result.outcomes)} children failed"
+        )
     else:
         status = "FINISHED"
     client.set_terminated(parent_id, status)
@@ -405,12 +465,18 @@ def _headline(result: SweepResult) -> str:
     return text + "."
 
 
-def summary_rows(client, children: Sequence[Child], outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+def summary_rows(
+    client, children: Sequence[Child], outcomes: Sequence[Outcome]
+) -> list[dict[str, Any]]:
     """One row per child: name, run id, status, the varying parameters, final metrics."""
     keys = varying_keys(children)
     rows = []
     for child, outcome in zip(children, outcomes):
-        row: dict[str, Any] = {"name": child.name, "run_id": outcome.run_id or "", "status": outcome.status}
+        row: dict[str, Any] = {
+            "name": child.name,
+            "run_id": outcome.run_id or "",
+            "status": outcome.status,
+        }
         params = child.config.to_params()
         row.update({k: params[k] for k in keys})
         metrics = client.get_run(outcome.run_id).data.metrics if outcome.run_id else {}
@@ -421,7 +487,9 @@ def summary_rows(client, children: Sequence[Child], outcomes: Sequence[Outcome])
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["name"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(rows[0]) if rows else ["name"], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -461,7 +529,9 @@ class _Tally:
         self.done += outcome.status in ("FINISHED", "FAILED")
         self.failed += outcome.status == "FAILED"
         note = f": {outcome.message}" if outcome.message and outcome.status != "FINISHED" else ""
-        self.say(f"[{self.done}/{self.total} done, {self.failed} failed] {outcome.name} {outcome.status}{note}")
+        self.say(
+            f"[{self.done}/{self.total} done, {self.failed} failed] {outcome.name} {outcome.status}{note}"
+        )
 
 
 def _run_sequential(tasks, should_stop, tally: _Tally) -> bool:
@@ -483,8 +553,12 @@ def _run_parallel(tasks, workers: int, should_stop, tally: _Tally) -> bool:
     stop_event = context.Event()
     threads = max(1, (os.cpu_count() or 1) // workers)
     stopped = False
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(stop_event, threads)) as pool:
-        pending: dict[Future, Outcome] = {pool.submit(train_child, task): outcome for outcome, task in tasks}
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(stop_event, threads)
+    ) as pool:
+        pending: dict[Future, Outcome] = {
+            pool.submit(train_child, task): outcome for outcome, task in tasks
+        }
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             if should_stop() and not stopped:
@@ -499,7 +573,10 @@ def _run_parallel(tasks, workers: int, should_stop, tally: _Tally) -> bool:
                 try:
                     _record(outcome, future.result())
                 except Exception as err:  # the worker process died (killed, out of memory)
-                    outcome.status, outcome.message = "FAILED", f"worker process failed: {type(err).__name__}: {err}"
+                    outcome.status, outcome.message = (
+                        "FAILED",
+                        f"worker process failed: {type(err).__name__}: {err}",
+                    )
                 tally.ended(outcome)
             for future in [f for f in pending if f.cancelled()]:
                 pending.pop(future)
@@ -557,13 +634,20 @@ def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Ou
         return Outcome(name, run_id, "FINISHED", message="")
     except TrainingStopped as err:
         if err.exit_code == 130:
-            return Outcome(name, err.run_id, "KILLED", message="interrupted; it resumes when the sweep runs again")
+            return Outcome(
+                name,
+                err.run_id,
+                "KILLED",
+                message="interrupted; it resumes when the sweep runs again",
+            )
         return Outcome(name, err.run_id, "FAILED", message=str(err))
     except (ConfigError, DataError) as err:
         return Outcome(name, task.resume_run_id, "FAILED", message=str(err))
     except Exception as err:  # a bug in one child must not take its siblings down; show where
         where = traceback.extract_tb(err.__traceback__)[-1]
         return Outcome(
-            name, task.resume_run_id, "FAILED",
+            name,
+            task.resume_run_id,
+            "FAILED",
             message=f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})",
         )

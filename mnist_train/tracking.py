@@ -18,9 +18,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,20 @@ from . import __version__, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
 from .tracking_writer import InlineWriter, ProcessWriter, Row, retry_conflicts, write_rows
-from .train import EpochRecord, NonFiniteLoss, Progress, StepRecord, Tensors, checkpoint, infer, pick_device, prepare, restore, score, train
+from .train import (
+    EpochRecord,
+    NonFiniteLoss,
+    Progress,
+    StepRecord,
+    Tensors,
+    checkpoint,
+    infer,
+    pick_device,
+    prepare,
+    restore,
+    score,
+    train,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 PREDICTIONS_PATH = "predictions/test.npz"
@@ -107,7 +121,9 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     except urllib.error.HTTPError:
         pass  # it answered (401, 404, ...): reachable; MLflow reports anything else
     except (urllib.error.URLError, OSError) as err:
-        raise ConfigError(f"tracking server {uri} is unreachable ({getattr(err, 'reason', err)})") from None
+        raise ConfigError(
+            f"tracking server {uri} is unreachable ({getattr(err, 'reason', err)})"
+        ) from None
 
 
 def run_training(
@@ -153,7 +169,9 @@ def run_training(
     try:
         if not resume_run_id:
             _log_setup(mlflow, prepared, model, experiment_file)
-        last = _train_and_log(client, run_id, model, optimizer, prepared, progress, reporter, should_stop)
+        last = _train_and_log(
+            client, run_id, model, optimizer, prepared, progress, reporter, should_stop
+        )
         if progress.epoch <= config.epochs:  # stopped early on request
             _save_checkpoint(mlflow, model, optimizer, progress, config)
             mlflow.end_run(status="KILLED")
@@ -170,7 +188,9 @@ def run_training(
     except NonFiniteLoss as err:
         client.set_tag(run_id, "failure_reason", str(err))
         mlflow.end_run(status="FAILED")
-        raise TrainingStopped(f"training diverged: {err}; run {run_id} marked FAILED", run_id, 1) from None
+        raise TrainingStopped(
+            f"training diverged: {err}; run {run_id} marked FAILED", run_id, 1
+        ) from None
     except TrainingStopped:
         raise
     except KeyboardInterrupt:
@@ -189,12 +209,16 @@ def run_training(
         reporter.close()
 
 
-def _train_and_log(client, run_id, model, optimizer, prepared, progress, reporter, should_stop) -> EpochRecord | None:
+def _train_and_log(
+    client, run_id, model, optimizer, prepared, progress, reporter, should_stop
+) -> EpochRecord | None:
     """Drive the training loop; log each epoch's metrics, batch losses and checkpoint."""
     import mlflow
 
     config = prepared.config
-    per_epoch = data.num_batches(len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last)
+    per_epoch = data.num_batches(
+        len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
+    )
     points = (config.epochs - progress.epoch + 1) * per_epoch
     if points >= BACKGROUND_WRITES_FROM:
         writer = ProcessWriter(mlflow.get_tracking_uri(), run_id)
@@ -221,7 +245,9 @@ def _train_and_log(client, run_id, model, optimizer, prepared, progress, reporte
     return last
 
 
-def _log_setup(mlflow, prepared: Prepared, model: torch.nn.Module, experiment_file: ExperimentFile | None) -> None:
+def _log_setup(
+    mlflow, prepared: Prepared, model: torch.nn.Module, experiment_file: ExperimentFile | None
+) -> None:
     config, tensors = prepared.config, prepared.tensors
     params = config.to_params()
     params.update(
@@ -250,7 +276,10 @@ def _log_datasets(mlflow, prepared: Prepared) -> None:
             (prepared.test_split, "testing", "mnist-test"),
         ):
             dataset = mlflow.data.from_numpy(
-                split.images.reshape(len(split), -1).numpy(), targets=split.labels.numpy(), source=raw, name=name
+                split.images.reshape(len(split), -1).numpy(),
+                targets=split.labels.numpy(),
+                source=raw,
+                name=name,
             )
             retry_conflicts(lambda: mlflow.log_input(dataset, context=context))
 
@@ -278,7 +307,10 @@ def _run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dic
 def git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -288,7 +320,11 @@ def git_commit(where: Path) -> str | None:
 def _save_checkpoint(mlflow, model, optimizer, progress: Progress, config: RunConfig) -> None:
     """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one."""
     state = checkpoint(model, optimizer, progress, config)
-    name = f"epoch_{state['epoch']:03d}.pt" if progress.batch == 0 else f"epoch_{progress.epoch:03d}_partial.pt"
+    name = (
+        f"epoch_{state['epoch']:03d}.pt"
+        if progress.batch == 0
+        else f"epoch_{progress.epoch:03d}_partial.pt"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         torch.save(state, path)
@@ -314,7 +350,11 @@ def _load_resume_state(client, run_id: str, config: RunConfig) -> dict[str, Any]
         raise ConfigError(f"run {run_id} is still RUNNING; stop it before resuming")
     logged = run.data.params
     expected = config.to_params()
-    differing = [k for k, v in expected.items() if k not in RESUMABLE_PARAMS_IGNORED and logged.get(k, v) != v]
+    differing = [
+        k
+        for k, v in expected.items()
+        if k not in RESUMABLE_PARAMS_IGNORED and logged.get(k, v) != v
+    ]
     if differing:
         changes = ", ".join(f"{k}: run has {logged[k]!r}, now {expected[k]!r}" for k in differing)
         raise ConfigError(f"cannot resume run {run_id} with a different configuration ({changes})")
@@ -324,18 +364,31 @@ def _load_resume_state(client, run_id: str, config: RunConfig) -> dict[str, Any]
         raise ConfigError(f"run {run_id} has no checkpoint to resume from")
     latest = max(names, key=_checkpoint_order)
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{latest}", dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{latest}", dst_path=tmp
+        )
         return torch.load(path, weights_only=False)
 
 
-def _log_results(mlflow, client, run_id, model, prepared: Prepared, progress: Progress, last: EpochRecord) -> None:
+def _log_results(
+    mlflow, client, run_id, model, prepared: Prepared, progress: Progress, last: EpochRecord
+) -> None:
     """Final metrics, stored test predictions and the logged model."""
     config, tensors = prepared.config, prepared.tensors
-    final = {"overfit_gap": last.train_accuracy - last.test_accuracy, "train_time_s": progress.train_time_s}
+    final = {
+        "overfit_gap": last.train_accuracy - last.test_accuracy,
+        "train_time_s": progress.train_time_s,
+    }
     if config.unscaled_eval:
         # seed 001's notebook scored raw 0-255 pixels with a model trained on [0, 1] inputs
-        raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float().to(prepared.device)
-        _, final["test_accuracy_unscaled"] = score(infer(model, raw, config.test_batch_size), tensors.test_y)
+        raw = (
+            prepared.test_split.images.reshape(len(prepared.test_split), -1)
+            .float()
+            .to(prepared.device)
+        )
+        _, final["test_accuracy_unscaled"] = score(
+            infer(model, raw, config.test_batch_size), tensors.test_y
+        )
     mlflow.log_metrics(final, step=last.epoch)
 
     buffer = io.BytesIO()
@@ -352,7 +405,9 @@ def _log_model(mlflow, model: torch.nn.Module, prepared: Prepared) -> None:
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), prepared.tensors.mean, prepared.tensors.std).eval()
+    deployable = models.with_preprocessing(
+        copy.deepcopy(model).cpu(), prepared.tensors.mean, prepared.tensors.std
+    ).eval()
     example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
     with torch.no_grad():
         outputs = deployable(torch.from_numpy(example)).numpy()
@@ -363,7 +418,11 @@ def _log_model(mlflow, model: torch.nn.Module, prepared: Prepared) -> None:
         name="model",
         signature=infer_signature(example, outputs),
         # listed explicitly: inferring them costs seconds per run
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}",
+            f"numpy=={np.__version__}",
+        ],
         code_paths=[str(Path(__file__).resolve().parent)],
         serialization_format="pickle",
     )

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Row = tuple[str, float, int, int]  # (key, value, timestamp ms, step)
 
@@ -106,7 +107,9 @@ class ProcessWriter:
         self._process.stdout.close()
         code = self._process.wait()
         if code != 0 or report != "ok" or self._feed_error:
-            raise RuntimeError(f"writing metrics failed: {report or self._feed_error or f'exit code {code}'}")
+            raise RuntimeError(
+                f"writing metrics failed: {report or self._feed_error or f'exit code {code}'}"
+            )
 
 
 def _serve(tracking_uri: str, run_id: str) -> None:

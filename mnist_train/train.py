@@ -34,7 +34,9 @@ class Tensors:
     std: float
 
 
-def prepare(train: data.Split, test: data.Split, config: RunConfig, device: torch.device) -> Tensors:
+def prepare(
+    train: data.Split, test: data.Split, config: RunConfig, device: torch.device
+) -> Tensors:
     """Normalise both splits once, with statistics taken from the training images."""
     mean, std = data.normalization(train.images, config.normalize)
     return Tensors(
@@ -144,7 +146,9 @@ def train(
     while progress.epoch <= config.epochs:
         started = time.perf_counter() - progress.elapsed_s
         order = _epoch_order(progress, n)
-        for index in list(data.batches(order, config.batch_size, drop_last=config.drop_last))[progress.batch :]:
+        for index in list(data.batches(order, config.batch_size, drop_last=config.drop_last))[
+            progress.batch :
+        ]:
             x, y = tensors.train_x[index], tensors.train_y[index]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -203,7 +207,9 @@ def _epoch_order(progress: Progress, n: int) -> torch.Tensor:
     return order
 
 
-def checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, config: RunConfig) -> dict[str, Any]:
+def checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, config: RunConfig
+) -> dict[str, Any]:
     """Everything `restore` needs to continue exactly: weights, optimiser, position, RNG."""
     state = {
         "model": model.state_dict(),
@@ -211,7 +217,9 @@ def checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, progress: Pro
         "progress": asdict(progress),
         "rng": torch.get_rng_state(),
         "config": config.to_dict(),
-        "epoch": progress.epoch - 1 if progress.batch == 0 else progress.epoch,  # last epoch touched
+        "epoch": progress.epoch - 1
+        if progress.batch == 0
+        else progress.epoch,  # last epoch touched
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()

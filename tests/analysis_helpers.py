@@ -80,8 +80,9 @@ def log_fake_run(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_obj = client.get_experiment_by_name(experiment)
-    experiment_id = (experiment_obj.experiment_id if experiment_obj
-                     else client.create_experiment(experiment))
+    experiment_id = (
+        experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
+    )
     tags = {"mlflow.runName": run_name, **(extra_tags or {})}
     if data_dir is not None:
         tags["mnist.data_dir"] = data_dir
@@ -104,13 +105,28 @@ def log_fake_run(
         Metric("batch_loss", 2.3 * 0.9**s, ts + s, s)
         for s in range(1, n_epochs * STEPS_PER_EPOCH + 1)
     ]
-    params = {"model": "mlp", "hidden_sizes": "100", "activation": "relu", "lr": "0.001",
-              "batch_size": "128", "epochs": str(n_epochs), "seed": str(seed)}
+    params = {
+        "model": "mlp",
+        "hidden_sizes": "100",
+        "activation": "relu",
+        "lr": "0.001",
+        "batch_size": "128",
+        "epochs": str(n_epochs),
+        "seed": str(seed),
+    }
     if n_epochs:
-        metrics += [Metric("overfit_gap", epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1], ts, 0),
-                    Metric("train_time_s", sum(epochs["epoch_time_s"]), ts, 0)]
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
+        metrics += [
+            Metric(
+                "overfit_gap", epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1], ts, 0
+            ),
+            Metric("train_time_s", sum(epochs["epoch_time_s"]), ts, 0),
+        ]
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
 
     labels = fixture_test_labels() if labels is None else np.asarray(labels, dtype=np.int64)
     probs = fake_predictions(labels, accuracy=accuracy, seed=seed)
@@ -131,8 +147,9 @@ def log_foreign_run(tracking_uri: str, experiment: str) -> str:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_obj = client.get_experiment_by_name(experiment)
-    experiment_id = (experiment_obj.experiment_id if experiment_obj
-                     else client.create_experiment(experiment))
+    experiment_id = (
+        experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
+    )
     run = client.create_run(experiment_id, run_name="xgboost_baseline")
     client.log_param(run.info.run_id, "max_depth", "6")
     client.log_metric(run.info.run_id, "rmse", 0.42, step=0)

@@ -10,14 +10,28 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from analysis_helpers import fake_predictions, fixture_test_labels
 
-__all__ = ["fake_predictions", "fixture_test_labels", "log_run", "log_parent", "probs_for", "with_flips"]
+__all__ = [
+    "fake_predictions",
+    "fixture_test_labels",
+    "log_run",
+    "log_parent",
+    "probs_for",
+    "with_flips",
+]
 
 BASE_PARAMS = {
-    "model": "mlp", "hidden_sizes": "100", "activation": "relu", "dropout": "0.0", "optimizer": "adam",
-    "lr": "0.001", "batch_size": "128", "epochs": "4", "seed": "0", "normalize": "estimate",
+    "model": "mlp",
+    "hidden_sizes": "100",
+    "activation": "relu",
+    "dropout": "0.0",
+    "optimizer": "adam",
+    "lr": "0.001",
+    "batch_size": "128",
+    "epochs": "4",
+    "seed": "0",
+    "normalize": "estimate",
     "num_params": "79510",
 }
 
@@ -41,7 +55,9 @@ def with_flips(labels: np.ndarray, base_pred: np.ndarray, *, fix: int, brk: int)
     return pred
 
 
-def curves(n_epochs: int, *, final_acc: float, overfit_from: int | None = None) -> dict[str, list[float]]:
+def curves(
+    n_epochs: int, *, final_acc: float, overfit_from: int | None = None
+) -> dict[str, list[float]]:
     """Per-epoch metrics; test loss turns up after epoch `overfit_from - 1` when given."""
     train_loss = [0.6 / e for e in range(1, n_epochs + 1)]
     test_loss = []
@@ -52,11 +68,22 @@ def curves(n_epochs: int, *, final_acc: float, overfit_from: int | None = None) 
             test_loss.append(0.5 / e + 0.1)
     test_acc = [final_acc - 0.02 * (n_epochs - e) for e in range(1, n_epochs + 1)]
     train_acc = [min(0.999, a + 0.01 * e) for e, a in enumerate(test_acc, start=1)]
-    return {"train_loss": train_loss, "test_loss": test_loss, "train_accuracy": train_acc,
-            "test_accuracy": test_acc, "epoch_time_s": [1.0 + 0.1 * e for e in range(n_epochs)]}
+    return {
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "train_accuracy": train_acc,
+        "test_accuracy": test_acc,
+        "epoch_time_s": [1.0 + 0.1 * e for e in range(n_epochs)],
+    }
 
 
-def log_parent(tracking_uri: str, experiment: str, *, run_name: str = "sweep", start_time: int = 1_700_000_000_000) -> str:
+def log_parent(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    run_name: str = "sweep",
+    start_time: int = 1_700_000_000_000,
+) -> str:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -97,14 +124,27 @@ def log_run(
     if final_acc is None:
         final_acc = float(np.mean(pred == labels)) if pred is not None else 0.9
     epochs = curves(n_epochs, final_acc=final_acc, overfit_from=overfit_from)
-    metrics = [Metric(k, v, start_time + e, e + 1) for k, vs in epochs.items() for e, v in enumerate(vs)]
-    metrics += [Metric("batch_loss", 2.3 * 0.9**s, start_time + s, s) for s in range(1, 3 * n_epochs + 1)]
+    metrics = [
+        Metric(k, v, start_time + e, e + 1) for k, vs in epochs.items() for e, v in enumerate(vs)
+    ]
     metrics += [
-        Metric("overfit_gap", epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1], start_time, n_epochs),
+        Metric("batch_loss", 2.3 * 0.9**s, start_time + s, s) for s in range(1, 3 * n_epochs + 1)
+    ]
+    metrics += [
+        Metric(
+            "overfit_gap",
+            epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1],
+            start_time,
+            n_epochs,
+        ),
         Metric("train_time_s", train_time_s, start_time, n_epochs),
     ]
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in all_params.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, str(v)) for k, v in all_params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
     if pred is not None:
         index = np.arange(len(labels)) if index is None else index
         with tempfile.TemporaryDirectory() as tmp:

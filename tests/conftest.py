@@ -39,7 +39,10 @@ def tracking_uri(tmp_path_factory) -> str:
     store = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     # through the environment only, so a test can point one call elsewhere with monkeypatch.setenv
-    changes = {"MLFLOW_TRACKING_URI": uri, "MNIST_WORKBENCH_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    changes = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MNIST_WORKBENCH_CACHE": str(tmp_path_factory.mktemp("cache")),
+    }
     previous = {key: os.environ.get(key) for key in changes}
     os.environ.update(changes)
     yield uri
@@ -70,7 +73,14 @@ def trained_runs(data_dir, tracking_uri) -> dict[str, str]:
     return {
         "mlp": train_run(tiny_config(name="fixture_mlp", hidden_sizes=[32], **common), data_dir),
         "softmax": train_run(
-            tiny_config(name="fixture_softmax", model="softmax", optimizer="sgd", lr=0.1, normalize="none", **common),
+            tiny_config(
+                name="fixture_softmax",
+                model="softmax",
+                optimizer="sgd",
+                lr=0.1,
+                normalize="none",
+                **common,
+            ),
             data_dir,
         ),
     }

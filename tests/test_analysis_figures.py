@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_helpers import fake_predictions, fixture_test_labels
 from matplotlib.colors import to_hex
 
 from analysis import gallery, metrics, plots
-from analysis_helpers import fake_predictions, fixture_test_labels
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,9 @@ def case():
     """Fixture test labels, fake predictions and stand-in images whose pixels encode their index."""
     labels = fixture_test_labels()
     probs = fake_predictions(labels, accuracy=0.85, seed=7)
-    images = (np.arange(len(labels), dtype=np.int64)[:, None, None] % 256 * np.ones((1, 28, 28))).astype(np.uint8)
+    images = (
+        np.arange(len(labels), dtype=np.int64)[:, None, None] % 256 * np.ones((1, 28, 28))
+    ).astype(np.uint8)
     return labels, probs, probs.argmax(axis=1), images
 
 
@@ -61,7 +63,9 @@ def test_confusion_heatmap_annotations_are_the_counts(case):
     for t in texts:
         x, y = t.get_position()
         assert int(t.get_text()) == counts.loc[int(y), int(x)]
-    assert display.ax_.get_xlabel() == "Predicted digit" and display.ax_.get_ylabel() == "True digit"
+    assert (
+        display.ax_.get_xlabel() == "Predicted digit" and display.ax_.get_ylabel() == "True digit"
+    )
 
 
 def test_per_class_bars_show_each_digits_accuracy(case):
@@ -75,9 +79,15 @@ def test_per_class_bars_show_each_digits_accuracy(case):
 
 
 def test_learning_curves_plot_the_logged_values_in_percent():
-    epochs = pd.DataFrame({"train_loss": [0.5, 0.3], "test_loss": [0.4, 0.35],
-                           "train_accuracy": [0.9, 0.95], "test_accuracy": [0.91, 0.93]},
-                          index=pd.Index([1, 2], name="epoch"))
+    epochs = pd.DataFrame(
+        {
+            "train_loss": [0.5, 0.3],
+            "test_loss": [0.4, 0.35],
+            "train_accuracy": [0.9, 0.95],
+            "test_accuracy": [0.91, 0.93],
+        },
+        index=pd.Index([1, 2], name="epoch"),
+    )
     display = plots.LearningCurvesDisplay(epochs).plot()
     ax_loss, ax_acc = display.axes_
     lines = {line.get_label(): line for line in ax_acc.lines}
@@ -88,7 +98,9 @@ def test_learning_curves_plot_the_logged_values_in_percent():
 
 def test_prediction_gallery_titles_are_green_when_right_and_red_when_wrong(case):
     labels, probs, y_pred, images = case
-    display = gallery.PredictionGalleryDisplay.from_predictions(images, labels, probs, np.arange(len(labels)))
+    display = gallery.PredictionGalleryDisplay.from_predictions(
+        images, labels, probs, np.arange(len(labels))
+    )
     chosen = gallery.select_prediction_examples(labels, y_pred)
     assert len(display.axes_) == 10
     for ax, pos in zip(display.axes_, chosen):
@@ -115,7 +127,8 @@ def test_confidence_chart_highlights_true_and_predicted_digits(case):
 def test_misclassification_gallery_rows_follow_the_selection(case):
     labels, probs, y_pred, images = case
     display = gallery.MisclassificationGalleryDisplay.from_predictions(
-        images, labels, probs, np.arange(len(labels)), top_pairs=3, per_row=4)
+        images, labels, probs, np.arange(len(labels)), top_pairs=3, per_row=4
+    )
     top = metrics.most_confused_pairs(labels, y_pred, top_k=3)
     assert len(display.groups) == 3
     for (t, p, shown, confidence, total), row in zip(display.groups, top.itertuples()):
@@ -123,7 +136,11 @@ def test_misclassification_gallery_rows_follow_the_selection(case):
         positions = np.flatnonzero((labels == t) & (y_pred == p))[:4]
         np.testing.assert_array_equal(shown[:, 0, 0], positions % 256)
         np.testing.assert_allclose(confidence, probs[positions, p])
-    assert display.axes_[0].get_title(loc="left").startswith(f"True {top['true'][0]} → Pred {top['pred'][0]}")
+    assert (
+        display.axes_[0]
+        .get_title(loc="left")
+        .startswith(f"True {top['true'][0]} → Pred {top['pred'][0]}")
+    )
 
 
 def test_dataset_view_counts_and_first_images(case):
@@ -148,8 +165,10 @@ def test_reliability_diagram_shows_nonempty_bins(case):
 
 def test_figures_save_as_png(tmp_path, case):
     labels, _, y_pred, _ = case
-    path = plots.save_figure(plots.ConfusionHeatmapDisplay.from_predictions(labels, y_pred).figure_,
-                             tmp_path / "sub" / "cm.png")
+    path = plots.save_figure(
+        plots.ConfusionHeatmapDisplay.from_predictions(labels, y_pred).figure_,
+        tmp_path / "sub" / "cm.png",
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

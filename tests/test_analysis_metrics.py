@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_helpers import fake_predictions
 from sklearn import metrics as skm
 
 from analysis import metrics
-from analysis_helpers import fake_predictions
 
 # Hand case: 6 images. Digit 0: 2 right. Digit 1: 1 right, 1 -> 7. Digit 7: 1 -> 1, 1 -> 1.
 HAND_TRUE = np.array([0, 0, 1, 1, 7, 7])
@@ -28,7 +28,9 @@ def test_confusion_matrix_matches_sklearn(random_case):
     expected = skm.confusion_matrix(y_true, y_pred, labels=range(10))
     np.testing.assert_array_equal(metrics.confusion_matrix(y_true, y_pred), expected)
     normalized = metrics.confusion_matrix(y_true, y_pred, normalize="true")
-    np.testing.assert_allclose(normalized, skm.confusion_matrix(y_true, y_pred, labels=range(10), normalize="true"))
+    np.testing.assert_allclose(
+        normalized, skm.confusion_matrix(y_true, y_pred, labels=range(10), normalize="true")
+    )
     np.testing.assert_allclose(normalized.sum(axis=1), 1.0)
 
 
@@ -52,7 +54,9 @@ def test_per_class_report_matches_sklearn(random_case):
     y_true, _, y_pred = random_case
     report = metrics.per_class_report(y_true, y_pred)
     assert list(report.index) == list(range(10))
-    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=range(10), zero_division=0)
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=range(10), zero_division=0
+    )
     np.testing.assert_allclose(report["precision"], p)
     np.testing.assert_allclose(report["recall"], r)
     np.testing.assert_allclose(report["f1"], f)
@@ -81,11 +85,13 @@ def test_most_confused_pairs_are_the_largest_off_diagonal_cells(random_case):
 
 
 def test_top_k_and_wrong_predictions_by_hand():
-    probs = np.array([
-        [0.7, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0],  # true 0, right
-        [0.1, 0.3, 0.0, 0, 0, 0, 0, 0.6, 0, 0],  # true 1, predicted 7
-        [0.0, 0.9, 0.0, 0, 0, 0, 0, 0.05, 0.05, 0],  # true 7, predicted 1
-    ])
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0],  # true 0, right
+            [0.1, 0.3, 0.0, 0, 0, 0, 0, 0.6, 0, 0],  # true 1, predicted 7
+            [0.0, 0.9, 0.0, 0, 0, 0, 0, 0.05, 0.05, 0],  # true 7, predicted 1
+        ]
+    )
     classes, p = metrics.top_k(probs, k=3)
     assert classes[1].tolist() == [7, 1, 0] and p[1].tolist() == [0.6, 0.3, 0.1]
     wrong = metrics.wrong_predictions([0, 1, 7], probs, index=np.array([10, 11, 12]))
@@ -143,20 +149,32 @@ def test_ece_matches_a_direct_computation(random_case):
 
 
 def _epochs(train_acc, test_acc, train_loss, test_loss):
-    return pd.DataFrame({"train_accuracy": train_acc, "test_accuracy": test_acc,
-                         "train_loss": train_loss, "test_loss": test_loss},
-                        index=pd.Index(range(1, len(train_acc) + 1), name="epoch"))
+    return pd.DataFrame(
+        {
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+        },
+        index=pd.Index(range(1, len(train_acc) + 1), name="epoch"),
+    )
 
 
 def test_overfit_gap_and_summary_when_the_gap_widens():
-    epochs = _epochs([0.90, 0.95, 0.97, 0.99], [0.89, 0.93, 0.92, 0.91],
-                     [0.30, 0.15, 0.08, 0.03], [0.32, 0.22, 0.25, 0.30])
+    epochs = _epochs(
+        [0.90, 0.95, 0.97, 0.99],
+        [0.89, 0.93, 0.92, 0.91],
+        [0.30, 0.15, 0.08, 0.03],
+        [0.32, 0.22, 0.25, 0.30],
+    )
     gaps = metrics.overfit_gap(epochs)
     np.testing.assert_allclose(gaps["accuracy_gap"], [0.01, 0.02, 0.05, 0.08])
     np.testing.assert_allclose(gaps["loss_gap"], [-0.02, -0.07, -0.17, -0.27])
     summary = metrics.overfit_summary(epochs)
     assert summary["best_epoch"] == 2 and summary["best_test_loss"] == pytest.approx(0.22)
-    assert summary["peak_accuracy_epoch"] == 2 and summary["peak_test_accuracy"] == pytest.approx(0.93)
+    assert summary["peak_accuracy_epoch"] == 2 and summary["peak_test_accuracy"] == pytest.approx(
+        0.93
+    )
     assert summary["final_accuracy_gap"] == pytest.approx(0.08)
     assert summary["gap_widening"] is True
 
@@ -164,23 +182,30 @@ def test_overfit_gap_and_summary_when_the_gap_widens():
 def test_no_widening_while_test_accuracy_still_improves_or_the_gap_shrinks():
     improving = _epochs([0.90, 0.95, 0.97], [0.89, 0.93, 0.95], [0.3, 0.2, 0.1], [0.3, 0.25, 0.2])
     assert metrics.overfit_summary(improving)["gap_widening"] is False
-    shrinking = _epochs([0.90, 0.97, 0.96, 0.95], [0.89, 0.93, 0.93, 0.93],
-                        [0.3, 0.1, 0.1, 0.1], [0.3, 0.2, 0.2, 0.2])
+    shrinking = _epochs(
+        [0.90, 0.97, 0.96, 0.95],
+        [0.89, 0.93, 0.93, 0.93],
+        [0.3, 0.1, 0.1, 0.1],
+        [0.3, 0.2, 0.2, 0.2],
+    )
     assert metrics.overfit_summary(shrinking)["gap_widening"] is False
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: metrics.confusion_matrix([0, 1], [0]), "differ in length"),
-    (lambda: metrics.confusion_matrix([0, 10], [0, 1]), "outside 0..9"),
-    (lambda: metrics.confusion_matrix([0.0, 1.0], [0, 1]), "integer"),
-    (lambda: metrics.confusion_matrix([0, 1], [0, 1], normalize="all"), "normalize"),
-    (lambda: metrics.confusion_matrix([], []), "empty"),
-    (lambda: metrics.most_confused_pairs([0], [0], top_k=0), "top_k"),
-    (lambda: metrics.reliability_bins([0], np.ones((1, 9)) / 9), r"shape \(N, 10\)"),
-    (lambda: metrics.reliability_bins([0], np.full((1, 10), 0.1), n_bins=0), "n_bins"),
-    (lambda: metrics.top_k(np.full((1, 10), 0.1), k=11), "k must be"),
-    (lambda: metrics.overfit_summary(pd.DataFrame({"train_loss": [1.0]})), "lacks column"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: metrics.confusion_matrix([0, 1], [0]), "differ in length"),
+        (lambda: metrics.confusion_matrix([0, 10], [0, 1]), "outside 0..9"),
+        (lambda: metrics.confusion_matrix([0.0, 1.0], [0, 1]), "integer"),
+        (lambda: metrics.confusion_matrix([0, 1], [0, 1], normalize="all"), "normalize"),
+        (lambda: metrics.confusion_matrix([], []), "empty"),
+        (lambda: metrics.most_confused_pairs([0], [0], top_k=0), "top_k"),
+        (lambda: metrics.reliability_bins([0], np.ones((1, 9)) / 9), r"shape \(N, 10\)"),
+        (lambda: metrics.reliability_bins([0], np.full((1, 10), 0.1), n_bins=0), "n_bins"),
+        (lambda: metrics.top_k(np.full((1, 10), 0.1), k=11), "k must be"),
+        (lambda: metrics.overfit_summary(pd.DataFrame({"train_loss": [1.0]})), "lacks column"),
+    ],
+)
 def test_bad_arguments_raise_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -13,14 +13,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_helpers import log_fake_run, log_foreign_run, unpacked_fixture
 from click.testing import CliRunner
 
 from analysis.cli import cli
-from analysis_helpers import log_fake_run, log_foreign_run, unpacked_fixture
 
 XSS_NAME = "<script>alert(1)</script>"
-FIGURES_WITH_IMAGES = {"learning_curves.png", "batch_loss.png", "confusion_matrix.png", "per_class_accuracy.png",
-                       "reliability.png", "dataset.png", "predictions.png", "confidence.png", "misclassified.png"}
+FIGURES_WITH_IMAGES = {
+    "learning_curves.png",
+    "batch_loss.png",
+    "confusion_matrix.png",
+    "per_class_accuracy.png",
+    "reliability.png",
+    "dataset.png",
+    "predictions.png",
+    "confidence.png",
+    "misclassified.png",
+}
 
 
 class _Page(HTMLParser):
@@ -50,7 +59,9 @@ def data_dir_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def xss_run(tracking_uri, data_dir_copy):
-    return log_fake_run(tracking_uri, "report-tests", run_name=XSS_NAME, data_dir=str(data_dir_copy), seed=11)
+    return log_fake_run(
+        tracking_uri, "report-tests", run_name=XSS_NAME, data_dir=str(data_dir_copy), seed=11
+    )
 
 
 def invoke(*args, cache_dir: Path):
@@ -75,7 +86,11 @@ def test_run_report_writes_every_file_and_logs_them(xss_run, xss_report, trackin
     assert "report.html" in output and "notice" not in output
 
     written = {p.name for p in out.iterdir()}
-    assert FIGURES_WITH_IMAGES | {"confusion_matrix.csv", "per_class.csv", "summary.json", "report.html"} <= written
+    assert (
+        FIGURES_WITH_IMAGES
+        | {"confusion_matrix.csv", "per_class.csv", "summary.json", "report.html"}
+        <= written
+    )
 
     # the numbers agree with the predictions that were logged
     labels, y_pred = xss_run.labels, xss_run.probs.argmax(axis=1)
@@ -83,17 +98,23 @@ def test_run_report_writes_every_file_and_logs_them(xss_run, xss_report, trackin
     assert cm.to_numpy().sum() == len(labels)
     assert np.trace(cm.to_numpy()) == (labels == y_pred).sum()
     per_class = pd.read_csv(out / "per_class.csv", index_col=0)
-    np.testing.assert_allclose(per_class["accuracy"], [np.mean(y_pred[labels == d] == d) for d in range(10)], rtol=1e-5)
+    np.testing.assert_allclose(
+        per_class["accuracy"], [np.mean(y_pred[labels == d] == d) for d in range(10)], rtol=1e-5
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == pytest.approx(np.mean(labels == y_pred))
     assert summary["overfit"]["final_accuracy_gap"] == pytest.approx(
-        xss_run.epochs["train_accuracy"][-1] - xss_run.epochs["test_accuracy"][-1])
+        xss_run.epochs["train_accuracy"][-1] - xss_run.epochs["test_accuracy"][-1]
+    )
     assert summary["overfit_gap"] == pytest.approx(summary["overfit"]["final_accuracy_gap"])
-    assert summary["overfit"]["best_epoch"] == 2  # the fake curves have their lowest test loss there
+    assert (
+        summary["overfit"]["best_epoch"] == 2
+    )  # the fake curves have their lowest test loss there
     assert 0 <= summary["ece"] <= 1
     top = summary["most_confused_pairs"][0]
-    assert top["count"] == max(np.sum((labels == t) & (y_pred == p))
-                               for t in range(10) for p in range(10) if t != p)
+    assert top["count"] == max(
+        np.sum((labels == t) & (y_pred == p)) for t in range(10) for p in range(10) if t != p
+    )
 
     logged = {f.path for f in MlflowClient(tracking_uri).list_artifacts(xss_run.run_id, "analysis")}
     assert {f"analysis/{name}" for name in written} == logged
@@ -114,17 +135,30 @@ def test_report_html_is_self_contained_and_escapes_run_text(xss_report):
 
 
 def test_killed_run_without_predictions_gets_a_partial_report(tracking_uri, tmp_path):
-    killed = log_fake_run(tracking_uri, "report-tests", run_name="killed", n_epochs=2,
-                          with_predictions=False, status="KILLED", seed=13)
+    killed = log_fake_run(
+        tracking_uri,
+        "report-tests",
+        run_name="killed",
+        n_epochs=2,
+        with_predictions=False,
+        status="KILLED",
+        seed=13,
+    )
     out = tmp_path / "r"
-    result = invoke("run", killed.run_id, "--out", str(out), "--no-log", cache_dir=tmp_path / "cache")
+    result = invoke(
+        "run", killed.run_id, "--out", str(out), "--no-log", cache_dir=tmp_path / "cache"
+    )
     assert result.exit_code == 0, result.output
     assert "notice:" in result.output and "predictions/test.npz" in result.output
     written = {p.name for p in out.iterdir()}
     assert {"learning_curves.png", "batch_loss.png", "summary.json", "report.html"} <= written
     assert "confusion_matrix.csv" not in written
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "KILLED" and summary["accuracy"] is None and summary["epochs_logged"] == 2
+    assert (
+        summary["status"] == "KILLED"
+        and summary["accuracy"] is None
+        and summary["epochs_logged"] == 2
+    )
 
 
 def test_missing_images_skip_only_the_galleries_and_no_log_logs_nothing(tracking_uri, tmp_path):
@@ -132,8 +166,16 @@ def test_missing_images_skip_only_the_galleries_and_no_log_logs_nothing(tracking
 
     fake = log_fake_run(tracking_uri, "report-tests", run_name="no-images", seed=12)
     out = tmp_path / "r"
-    result = invoke("run", fake.run_id, "--out", str(out), "--no-log",
-                    "--data-dir", str(tmp_path / "nowhere"), cache_dir=tmp_path / "cache")
+    result = invoke(
+        "run",
+        fake.run_id,
+        "--out",
+        str(out),
+        "--no-log",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        cache_dir=tmp_path / "cache",
+    )
     assert result.exit_code == 0, result.output
     assert MlflowClient(tracking_uri).list_artifacts(fake.run_id, "analysis") == []
     notices = [line for line in result.output.splitlines() if line.startswith("notice:")]
@@ -143,7 +185,9 @@ def test_missing_images_skip_only_the_galleries_and_no_log_logs_nothing(tracking
     assert not written & {"predictions.png", "confidence.png", "misclassified.png"}
 
 
-@pytest.mark.parametrize("case", ["unknown-run", "foreign-run", "missing-store", "unreachable-server"])
+@pytest.mark.parametrize(
+    "case", ["unknown-run", "foreign-run", "missing-store", "unreachable-server"]
+)
 def test_bad_input_is_one_line_and_a_nonzero_exit(case, tracking_uri, tmp_path):
     args = ["run"]
     if case == "unknown-run":
@@ -164,19 +208,29 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, tracking_uri, tmp_path):
     result = invoke(*args, "--out", str(tmp_path / "r"), cache_dir=tmp_path / "cache")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], (
+        result.output
+    )
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
 
 
 def test_python_dash_m_analysis_reports_errors_without_traceback(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'missing.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "analysis", "run", "0" * 32], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis", "run", "0" * 32],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("Error: tracking store") and "Traceback" not in proc.stderr
-    help_proc = subprocess.run([sys.executable, "-m", "analysis", "--help"], capture_output=True, text=True,
-                               timeout=120)
+    assert (
+        proc.stderr.strip().startswith("Error: tracking store") and "Traceback" not in proc.stderr
+    )
+    help_proc = subprocess.run(
+        [sys.executable, "-m", "analysis", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert help_proc.returncode == 0 and "run" in help_proc.stdout
 
 
@@ -200,17 +254,43 @@ def test_report_on_a_trained_run(trained_runs, tracking_uri, data_dir, tmp_path)
 
 def test_runs_are_found_by_name_and_a_selection_gets_one_folder_each(tracking_uri, tmp_path):
     parent = log_foreign_run(tracking_uri, "report-sweep")  # a parent run carries no metrics
-    children = [log_fake_run(tracking_uri, "report-sweep", run_name=f"lr={lr}", parent_run_id=parent,
-                             seed=20 + i, n_epochs=2).run_id for i, lr in enumerate(["0.1", "0.01"])]
+    children = [
+        log_fake_run(
+            tracking_uri,
+            "report-sweep",
+            run_name=f"lr={lr}",
+            parent_run_id=parent,
+            seed=20 + i,
+            n_epochs=2,
+        ).run_id
+        for i, lr in enumerate(["0.1", "0.01"])
+    ]
     cache = tmp_path / "cache"
 
-    by_name = invoke("run", "lr=0.01", "--out", str(tmp_path / "one"), "--no-log",
-                     "--data-dir", str(tmp_path / "nowhere"), cache_dir=cache)
+    by_name = invoke(
+        "run",
+        "lr=0.01",
+        "--out",
+        str(tmp_path / "one"),
+        "--no-log",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        cache_dir=cache,
+    )
     assert by_name.exit_code == 0, by_name.output
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["run_id"] == children[1]
 
-    sweep = invoke("run", "--experiment", "report-sweep", "--out", str(tmp_path / "all"), "--no-log",
-                   "--data-dir", str(tmp_path / "nowhere"), cache_dir=cache)
+    sweep = invoke(
+        "run",
+        "--experiment",
+        "report-sweep",
+        "--out",
+        str(tmp_path / "all"),
+        "--no-log",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        cache_dir=cache,
+    )
     assert sweep.exit_code == 0, sweep.output
     assert f"skipped run {parent}" in sweep.output  # the parent, with a reason, not a crash
     folders = sorted(p.name for p in (tmp_path / "all").iterdir())
@@ -228,17 +308,35 @@ def test_logged_model_reproduces_the_stored_predictions(trained_runs, tracking_u
     run = runs.load_run(client, trained_runs["mlp"], cache_dir=data_dir.parent / "analysis-cache")
     images, labels = runs.load_test_set(data_dir)
     n = len(run.predictions)
-    predicted = runs.predict_with_logged_model(run.run_id, images[:n], labels[:n], tracking_uri=tracking_uri)
+    predicted = runs.predict_with_logged_model(
+        run.run_id, images[:n], labels[:n], tracking_uri=tracking_uri
+    )
     np.testing.assert_array_equal(predicted.index, run.predictions.index)
     np.testing.assert_array_equal(predicted.labels, run.predictions.labels)
     np.testing.assert_allclose(predicted.probs, run.predictions.probs, atol=1e-5)
 
 
 def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_copy, tmp_path):
-    killed = log_fake_run(tracking_uri, "report-tests", run_name="killed-no-model", n_epochs=1,
-                          with_predictions=False, status="KILLED", seed=30)
-    result = invoke("run", killed.run_id, "--predict", "--out", str(tmp_path / "r"), "--no-log",
-                    "--data-dir", str(data_dir_copy), cache_dir=tmp_path / "cache")
+    killed = log_fake_run(
+        tracking_uri,
+        "report-tests",
+        run_name="killed-no-model",
+        n_epochs=1,
+        with_predictions=False,
+        status="KILLED",
+        seed=30,
+    )
+    result = invoke(
+        "run",
+        killed.run_id,
+        "--predict",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-log",
+        "--data-dir",
+        str(data_dir_copy),
+        cache_dir=tmp_path / "cache",
+    )
     assert result.exit_code == 1
     assert "Error: run" in result.output and "no loadable logged model" in result.output
     assert "Traceback" not in result.output
@@ -250,8 +348,21 @@ def test_a_file_store_path_is_read_too(tmp_path, monkeypatch):
     store = tmp_path / "mlruns"
     fake = log_fake_run(str(store), "file-store", run_name="in_a_file_store", n_epochs=2, seed=50)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
-    result = invoke("run", fake.run_id, "--tracking-uri", str(store), "--out", str(tmp_path / "r"),
-                    "--data-dir", str(tmp_path / "nowhere"), cache_dir=tmp_path / "cache")
+    result = invoke(
+        "run",
+        fake.run_id,
+        "--tracking-uri",
+        str(store),
+        "--out",
+        str(tmp_path / "r"),
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        cache_dir=tmp_path / "cache",
+    )
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["run_name"] == "in_a_file_store"
-    assert list(store.glob(f"*/{fake.run_id}/artifacts/analysis/report.html"))  # logged in the store
+    assert (
+        json.loads((tmp_path / "r" / "summary.json").read_text())["run_name"] == "in_a_file_store"
+    )
+    assert list(
+        store.glob(f"*/{fake.run_id}/artifacts/analysis/report.html")
+    )  # logged in the store

@@ -7,30 +7,53 @@ import time
 
 import numpy as np
 import pytest
+from analysis_helpers import fixture_test_labels, log_fake_run, log_foreign_run, unpacked_fixture
 
 from analysis import runs
 from analysis.runs import AnalysisError
-from analysis_helpers import fixture_test_labels, log_fake_run, log_foreign_run, unpacked_fixture
 
 
 @pytest.fixture(scope="module")
 def store(tracking_uri):
     """Hand-made runs in two experiments of the session store."""
     finished = log_fake_run(tracking_uri, "runs-a", run_name="finished", n_epochs=3, seed=1)
-    killed = log_fake_run(tracking_uri, "runs-a", run_name="runs-a-killed", n_epochs=2, seed=2,
-                          with_predictions=False, status="KILLED")
+    killed = log_fake_run(
+        tracking_uri,
+        "runs-a",
+        run_name="runs-a-killed",
+        n_epochs=2,
+        seed=2,
+        with_predictions=False,
+        status="KILLED",
+    )
     parent = log_foreign_run(tracking_uri, "runs-b")  # stands in for a sweep parent: no metrics
-    children = [log_fake_run(tracking_uri, "runs-b", run_name=f"lr={lr}", seed=i, parent_run_id=parent,
-                             extra_tags={"lr": lr}).run_id
-                for i, lr in enumerate(["0.01", "0.001"])]
-    return {"uri": tracking_uri, "finished": finished, "killed": killed, "parent": parent,
-            "children": children, "client": runs.connect(tracking_uri)}
+    children = [
+        log_fake_run(
+            tracking_uri,
+            "runs-b",
+            run_name=f"lr={lr}",
+            seed=i,
+            parent_run_id=parent,
+            extra_tags={"lr": lr},
+        ).run_id
+        for i, lr in enumerate(["0.01", "0.001"])
+    ]
+    return {
+        "uri": tracking_uri,
+        "finished": finished,
+        "killed": killed,
+        "parent": parent,
+        "children": children,
+        "client": runs.connect(tracking_uri),
+    }
 
 
 def test_load_run_returns_the_contract_data(store, tmp_path):
     fake = store["finished"]
     run = runs.load_run(store["client"], fake.run_id, cache_dir=tmp_path)
-    assert run.run_name == "finished" and run.status == "FINISHED" and run.experiment_name == "runs-a"
+    assert (
+        run.run_name == "finished" and run.status == "FINISHED" and run.experiment_name == "runs-a"
+    )
     assert run.params["epochs"] == "3"
     assert list(run.epochs.index) == [1, 2, 3]
     assert list(run.epochs.columns) == list(runs.EPOCH_METRICS)
@@ -41,8 +64,9 @@ def test_load_run_returns_the_contract_data(store, tmp_path):
     np.testing.assert_array_equal(run.predictions.index, fake.index)
     assert run.predictions.probs.dtype == np.float32
     assert run.notices == []
-    assert run.metrics["overfit_gap"] == pytest.approx(fake.epochs["train_accuracy"][-1]
-                                                       - fake.epochs["test_accuracy"][-1])
+    assert run.metrics["overfit_gap"] == pytest.approx(
+        fake.epochs["train_accuracy"][-1] - fake.epochs["test_accuracy"][-1]
+    )
 
 
 def test_predictions_are_downloaded_once_and_then_read_from_the_cache(store, tmp_path):
@@ -78,8 +102,13 @@ def test_find_runs_by_experiment_parent_filter_and_ids(store):
     by_experiment = runs.find_run_ids(client, experiments=["runs-a"])
     assert by_experiment == [store["finished"].run_id, store["killed"].run_id]
     assert runs.find_run_ids(client, parent_run_id=store["parent"]) == store["children"]
-    assert runs.find_run_ids(client, experiments=["runs-b"], filter_string="tags.lr = '0.01'") == store["children"][:1]
-    assert runs.find_run_ids(client, filter_string="attributes.run_name = 'runs-a-killed'") == [store["killed"].run_id]
+    assert (
+        runs.find_run_ids(client, experiments=["runs-b"], filter_string="tags.lr = '0.01'")
+        == store["children"][:1]
+    )
+    assert runs.find_run_ids(client, filter_string="attributes.run_name = 'runs-a-killed'") == [
+        store["killed"].run_id
+    ]
     union = runs.find_run_ids(client, experiments=["runs-a"], parent_run_id=store["parent"])
     assert union == store["children"] + by_experiment
     ids = [store["killed"].run_id, store["finished"].run_id]
@@ -88,12 +117,15 @@ def test_find_runs_by_experiment_parent_filter_and_ids(store):
     assert [r.run_name for r in loaded] == ["lr=0.01", "lr=0.001"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"experiments": ["no-such-experiment"]}, "no experiment named 'no-such-experiment'"),
-    ({"run_ids": ["0" * 32]}, "no run with id"),
-    ({"filter_string": "attributes.run_name = 'nobody'"}, "no runs matched"),
-    ({"filter_string": "this is not a filter"}, "run search failed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"experiments": ["no-such-experiment"]}, "no experiment named 'no-such-experiment'"),
+        ({"run_ids": ["0" * 32]}, "no run with id"),
+        ({"filter_string": "attributes.run_name = 'nobody'"}, "no runs matched"),
+        ({"filter_string": "this is not a filter"}, "run search failed"),
+    ],
+)
 def test_find_runs_bad_selection(store, kwargs, message):
     with pytest.raises(AnalysisError, match=message):
         runs.find_run_ids(store["client"], **kwargs)
@@ -163,7 +195,9 @@ def test_load_test_set_agrees_with_torchvision(tmp_path):
 
 
 def test_data_dir_resolution_order(store, tmp_path, monkeypatch):
-    run = runs.load_run(store["client"], store["finished"].run_id, cache_dir=tmp_path, with_predictions=False)
+    run = runs.load_run(
+        store["client"], store["finished"].run_id, cache_dir=tmp_path, with_predictions=False
+    )
     monkeypatch.setenv("MNIST_DATA_DIR", "/from/env")
     assert runs.resolve_data_dir("/from/option", run) == runs.Path("/from/option")
     assert runs.resolve_data_dir(None, run) == runs.Path("/from/env")  # the run has no data-dir tag
@@ -193,7 +227,9 @@ def test_cache_is_refreshed_when_a_finished_run_finishes_again(tracking_uri, tmp
 def test_malformed_predictions_are_a_clear_error(tracking_uri, tmp_path):
     from mlflow import MlflowClient
 
-    fake = log_fake_run(tracking_uri, "runs-malformed", run_name="malformed", seed=41, with_predictions=False)
+    fake = log_fake_run(
+        tracking_uri, "runs-malformed", run_name="malformed", seed=41, with_predictions=False
+    )
     np.savez(tmp_path / "test.npz", labels=fake.labels, probs=fake.probs[:, :9], index=fake.index)
     MlflowClient(tracking_uri).log_artifact(fake.run_id, str(tmp_path / "test.npz"), "predictions")
     with pytest.raises(AnalysisError, match=r"inconsistent shapes.*\(N, 10\)"):

@@ -29,7 +29,8 @@ def invoke(*args):
 
 def running_runs():
     return MlflowClient().search_runs(
-        [e.experiment_id for e in MlflowClient().search_experiments()], "attributes.status = 'RUNNING'"
+        [e.experiment_id for e in MlflowClient().search_experiments()],
+        "attributes.status = 'RUNNING'",
     )
 
 
@@ -85,7 +86,9 @@ def test_bad_config_is_one_line(experiment, data_dir, overrides, message):
 
 
 def test_missing_experiment_file(tmp_path, data_dir):
-    assert_one_line_error(invoke(tmp_path / "nope.yaml", "--data-dir", data_dir), "experiment file not found")
+    assert_one_line_error(
+        invoke(tmp_path / "nope.yaml", "--data-dir", data_dir), "experiment file not found"
+    )
 
 
 def _broken_data(data_dir, tmp_path, breaker):
@@ -101,8 +104,16 @@ def _broken_data(data_dir, tmp_path, breaker):
 @pytest.mark.parametrize(
     "breaker, message",
     [
-        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes()[:100]), "truncated"),
-        (lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(b"\x00" * 64), "wrong magic number"),
+        (
+            lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(
+                (raw / "train-labels-idx1-ubyte").read_bytes()[:100]
+            ),
+            "truncated",
+        ),
+        (
+            lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(b"\x00" * 64),
+            "wrong magic number",
+        ),
     ],
 )
 def test_damaged_data_is_one_line(experiment, data_dir, tmp_path, breaker, message):
@@ -121,9 +132,24 @@ def test_absent_mnist_that_cannot_be_downloaded(experiment, tmp_path, monkeypatc
 
 
 def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, data_dir):
-    command = [sys.executable, "-m", "mnist_train", "run", str(experiment), "--data-dir", str(data_dir),
-               "--set", "epochs=200", "--max-train", "3000", "--max-test", "100"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_train",
+        "run",
+        str(experiment),
+        "--data-dir",
+        str(data_dir),
+        "--set",
+        "epochs=200",
+        "--max-train",
+        "3000",
+        "--max-test",
+        "100",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
     deadline = time.time() + 120
     for line in process.stderr:  # not a terminal: one plain line per epoch
         if "epoch 1/200" in line or time.time() > deadline:
@@ -137,7 +163,9 @@ def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, dat
     run_id = message.split("--resume ")[1].strip()
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "KILLED"
-    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")][0] == "checkpoints/epoch_001.pt"
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")][
+        0
+    ] == "checkpoints/epoch_001.pt"
 
 
 def test_unreachable_tracking_server_is_one_line(experiment, data_dir, monkeypatch):
@@ -152,7 +180,16 @@ def test_unreachable_tracking_server_is_one_line(experiment, data_dir, monkeypat
 def test_a_file_store_works_too(experiment, data_dir, tmp_path, monkeypatch):
     store = tmp_path / "mlruns"
     env = {**os.environ, "MLFLOW_TRACKING_URI": str(store)}
-    command = [sys.executable, "-m", "mnist_train", "run", str(experiment), "--data-dir", str(data_dir), *QUICK]
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_train",
+        "run",
+        str(experiment),
+        "--data-dir",
+        str(data_dir),
+        *QUICK,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

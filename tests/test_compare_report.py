@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from compare_helpers import fake_predictions, fixture_test_labels, log_parent, log_run, with_flips
 
 from analysis.compare_cli import compare_command
@@ -42,23 +41,79 @@ def sweep(tracking_uri, data_dir, tmp_path_factory):
         "hostile": with_flips(labels, base_pred, fix=2, brk=30),
     }
     ids = {
-        "base": log_run(tracking_uri, "cmp-sweep", run_name="lr=0.001 seed0", pred=preds["base"],
-                        params={"lr": "0.001", "seed": "0"}, train_time_s=20.0, start_time=T0 + 1, **common),
-        "seed1": log_run(tracking_uri, "cmp-sweep", run_name="lr=0.001 seed1", pred=preds["seed1"],
-                         params={"lr": "0.001", "seed": "1"}, train_time_s=21.0, start_time=T0 + 2, **common),
-        "fast": log_run(tracking_uri, "cmp-sweep", run_name="lr=0.01", pred=preds["fast"], overfit_from=3,
-                        params={"lr": "0.01", "seed": "0"}, train_time_s=5.0, start_time=T0 + 3, **common),
-        "hostile": log_run(tracking_uri, "cmp-sweep", run_name=HOSTILE_NAME, pred=preds["hostile"],
-                           params={"lr": "0.1", "activation": HOSTILE_PARAM}, start_time=T0 + 4, **common),
-        "short": log_run(tracking_uri, "cmp-sweep", run_name="short test set", labels=labels[:300],
-                         pred=base_pred[:300], params={"lr": "0.05"}, start_time=T0 + 5, parent_run_id=parent),
-        "nopred": log_run(tracking_uri, "cmp-sweep", run_name="no predictions", pred=None,
-                          params={"lr": "0.2"}, start_time=T0 + 6, **common),
+        "base": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name="lr=0.001 seed0",
+            pred=preds["base"],
+            params={"lr": "0.001", "seed": "0"},
+            train_time_s=20.0,
+            start_time=T0 + 1,
+            **common,
+        ),
+        "seed1": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name="lr=0.001 seed1",
+            pred=preds["seed1"],
+            params={"lr": "0.001", "seed": "1"},
+            train_time_s=21.0,
+            start_time=T0 + 2,
+            **common,
+        ),
+        "fast": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name="lr=0.01",
+            pred=preds["fast"],
+            overfit_from=3,
+            params={"lr": "0.01", "seed": "0"},
+            train_time_s=5.0,
+            start_time=T0 + 3,
+            **common,
+        ),
+        "hostile": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name=HOSTILE_NAME,
+            pred=preds["hostile"],
+            params={"lr": "0.1", "activation": HOSTILE_PARAM},
+            start_time=T0 + 4,
+            **common,
+        ),
+        "short": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name="short test set",
+            labels=labels[:300],
+            pred=base_pred[:300],
+            params={"lr": "0.05"},
+            start_time=T0 + 5,
+            parent_run_id=parent,
+        ),
+        "nopred": log_run(
+            tracking_uri,
+            "cmp-sweep",
+            run_name="no predictions",
+            pred=None,
+            params={"lr": "0.2"},
+            start_time=T0 + 6,
+            **common,
+        ),
     }
     out = tmp_path_factory.mktemp("sweep-report")
-    result = CliRunner().invoke(compare_command, ["--parent", parent, "--out", str(out), "--data-dir", str(data_dir)])
+    result = CliRunner().invoke(
+        compare_command, ["--parent", parent, "--out", str(out), "--data-dir", str(data_dir)]
+    )
     assert result.exit_code == 0, result.output
-    return {"parent": parent, "ids": ids, "labels": labels, "preds": preds, "out": out, "output": result.output}
+    return {
+        "parent": parent,
+        "ids": ids,
+        "labels": labels,
+        "preds": preds,
+        "out": out,
+        "output": result.output,
+    }
 
 
 def test_significance_csv_matches_direct_mcnemar(sweep):
@@ -129,10 +184,17 @@ def test_html_parses_embeds_images_and_escapes_hostile_text(sweep):
     assert len(parser.images) >= 6 + 3 * 2  # figures, then flip tiles of the three other runs
     assert all(src.startswith("data:image/png;base64,") for src in parser.images)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing fetched from outside
-    for section in ("Findings", "Learning curves", "Per-class accuracy", "Confusion matrices",
-                    "Flips against the baseline", "Significance against the baseline",
-                    "Runs that differ only by seed", "Accuracy against training time",
-                    "Most-confused digit pairs"):
+    for section in (
+        "Findings",
+        "Learning curves",
+        "Per-class accuracy",
+        "Confusion matrices",
+        "Flips against the baseline",
+        "Significance against the baseline",
+        "Runs that differ only by seed",
+        "Accuracy against training time",
+        "Most-confused digit pairs",
+    ):
         assert section in text
 
 
@@ -157,13 +219,19 @@ def test_report_logged_to_sweep_parent(sweep, tracking_uri):
 def test_at_epoch_seed_groups_and_findings(sweep, tracking_uri, tmp_path):
     ids = sweep["ids"]
     comparison, path, logged = compare_runs(
-        out_dir=tmp_path, parent_run_id=sweep["parent"], at_epoch=2, tracking_uri=tracking_uri,
-        log_to_mlflow=False)
+        out_dir=tmp_path,
+        parent_run_id=sweep["parent"],
+        at_epoch=2,
+        tracking_uri=tracking_uri,
+        log_to_mlflow=False,
+    )
     assert logged is None
     at = comparison.at_epoch
     # compare_helpers.curves: test accuracy at epoch e is final - 0.02 * (4 - e)
     final = comparison.final["test_accuracy"]
-    np.testing.assert_allclose(at.loc[list(ids.values()), "test_accuracy"], final[list(ids.values())] - 0.04)
+    np.testing.assert_allclose(
+        at.loc[list(ids.values()), "test_accuracy"], final[list(ids.values())] - 0.04
+    )
     assert at.loc[ids["fast"], "test_loss"] == pytest.approx(0.5 / 2 + 0.1)
     assert "At epoch 2" in path.read_text(encoding="utf-8")
     groups = comparison.groups.set_index("setting")
@@ -181,7 +249,14 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
 
     ids = sweep["ids"]
     runner = CliRunner()
-    args = ["--runs", f"{ids['base']},{ids['fast']}", "--baseline", ids["fast"], "--out", str(tmp_path / "a")]
+    args = [
+        "--runs",
+        f"{ids['base']},{ids['fast']}",
+        "--baseline",
+        ids["fast"],
+        "--out",
+        str(tmp_path / "a"),
+    ]
     result = runner.invoke(compare_command, args)
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -189,12 +264,18 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
     run = client.get_run(report_id)
     assert run.data.tags[REPORT_TAG] == "comparison"
     assert run.info.run_name.startswith("compare-")
-    assert "comparison/report.html" in {f.path for f in client.list_artifacts(report_id, "comparison")}
+    assert "comparison/report.html" in {
+        f.path for f in client.list_artifacts(report_id, "comparison")
+    }
     sig = pd.read_csv(tmp_path / "a" / "significance.csv")
     assert (sig["baseline_id"] == ids["fast"]).all()
     # a later comparison of the whole experiment skips the report run and the sweep parent
-    comparison, _, _ = compare_runs(out_dir=tmp_path / "b", experiments=["cmp-sweep"],
-                                    tracking_uri=tracking_uri, log_to_mlflow=False)
+    comparison, _, _ = compare_runs(
+        out_dir=tmp_path / "b",
+        experiments=["cmp-sweep"],
+        tracking_uri=tracking_uri,
+        log_to_mlflow=False,
+    )
     assert set(comparison.run_ids) == set(ids.values())
     assert any("comparison report" in n for n in comparison.notes)
 
@@ -221,16 +302,24 @@ def test_bad_input_is_one_line_and_nonzero(sweep, tmp_path, args, message):
     assert isinstance(result.exception, SystemExit)
 
 
-def test_under_mlflow_run_the_report_goes_to_the_active_run(sweep, tracking_uri, tmp_path, monkeypatch):
+def test_under_mlflow_run_the_report_goes_to_the_active_run(
+    sweep, tracking_uri, tmp_path, monkeypatch
+):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = client.get_experiment_by_name("cmp-sweep").experiment_id
-    active = client.create_run(experiment_id, run_name="mlflow-run-report").info.run_id  # as `mlflow run` opens it
+    active = client.create_run(
+        experiment_id, run_name="mlflow-run-report"
+    ).info.run_id  # as `mlflow run` opens it
     monkeypatch.setenv("MLFLOW_RUN_ID", active)
-    comparison, _, logged = compare_runs(out_dir=tmp_path, experiments=["cmp-sweep"], tracking_uri=tracking_uri)
+    comparison, _, logged = compare_runs(
+        out_dir=tmp_path, experiments=["cmp-sweep"], tracking_uri=tracking_uri
+    )
     assert logged == active
-    assert active not in comparison.run_ids and not any(e.run_id == active for e in comparison.excluded)
+    assert active not in comparison.run_ids and not any(
+        e.run_id == active for e in comparison.excluded
+    )
     run = client.get_run(active)
     assert run.data.tags[REPORT_TAG] == "comparison"
     assert run.info.status == "RUNNING"  # closing it is mlflow run's job

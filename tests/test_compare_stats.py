@@ -74,7 +74,9 @@ def test_bootstrap_interval_is_deterministic_and_brackets_accuracy():
     correct = rng.random((3, 2000)) < np.array([[0.9], [0.95], [0.5]])
     ci = compare.bootstrap_accuracy_ci(correct, n_resamples=500, seed=3)
     assert ci.shape == (3, 2)
-    np.testing.assert_array_equal(ci, compare.bootstrap_accuracy_ci(correct, n_resamples=500, seed=3))
+    np.testing.assert_array_equal(
+        ci, compare.bootstrap_accuracy_ci(correct, n_resamples=500, seed=3)
+    )
     acc = correct.mean(axis=1)
     assert np.all(ci[:, 0] < acc) and np.all(acc < ci[:, 1])
     # Width close to the normal approximation 2 * 1.96 * sqrt(p (1 - p) / n).
@@ -155,7 +157,11 @@ def test_confused_pairs_across_runs():
     a[4, 9], a[7, 1] = 5, 3
     b[4, 9], b[7, 1], b[3, 5] = 1, 6, 2
     pairs = compare.confused_pairs_across_runs({"a": a, "b": b}, top_k=3)
-    assert list(zip(pairs["true"], pairs["pred"], pairs["total"])) == [(7, 1, 9), (4, 9, 6), (3, 5, 2)]
+    assert list(zip(pairs["true"], pairs["pred"], pairs["total"])) == [
+        (7, 1, 9),
+        (4, 9, 6),
+        (3, 5, 2),
+    ]
     assert list(pairs["top_in_runs"]) == [1, 1, 0]
     assert list(pairs["runs_with_pair"]) == [2, 2, 1]
 
@@ -211,12 +217,23 @@ def test_findings_do_not_call_a_net_loss_a_gain():
     table = compare.significance_table({"b": base, "w": worse}, "b")
     labels = {"b": "base", "w": "worse"}
     sentences = compare_findings.findings(
-        labels=labels, baseline_id="b", significance=table,
+        labels=labels,
+        baseline_id="b",
+        significance=table,
         groups=compare.seed_groups(pd.DataFrame(index=["b", "w"]), table["accuracy"]),
-        onsets={}, max_epoch=None, final_accuracy=table["accuracy"], at_epoch_accuracy=None,
-        epoch=None, overfit_gap=pd.Series(dtype=float),
-        train_time=pd.Series({"b": 1.0, "w": 2.0}), confused_pairs=None)
+        onsets={},
+        max_epoch=None,
+        final_accuracy=table["accuracy"],
+        at_epoch_accuracy=None,
+        epoch=None,
+        overfit_gap=pd.Series(dtype=float),
+        train_time=pd.Series({"b": 1.0, "w": 2.0}),
+        confused_pairs=None,
+    )
     text = " ".join(sentences)
-    assert "No run gains on the baseline in net; the closest, worse, fixed 5 test images and broke 10" in text
+    assert (
+        "No run gains on the baseline in net; the closest, worse, fixed 5 test images and broke 10"
+        in text
+    )
     assert "net gain" not in text.replace("gains on the baseline in net", "")
     assert "base is both the most accurate and the fastest run (1.0 s)" in text

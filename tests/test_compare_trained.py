@@ -17,8 +17,22 @@ def test_compare_real_runs_end_to_end(trained_runs, data_dir, tracking_uri, tmp_
     client = MlflowClient(tracking_uri=tracking_uri)
     mlp, softmax = trained_runs["mlp"], trained_runs["softmax"]
     out = tmp_path / "report"
-    result = CliRunner().invoke(cli, ["compare", "--runs", mlp, "--runs", softmax, "--baseline", softmax,
-                                      "--out", str(out), "--data-dir", str(data_dir)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            "--runs",
+            mlp,
+            "--runs",
+            softmax,
+            "--baseline",
+            softmax,
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     runs = pd.read_csv(out / "runs.csv").set_index("run_id")
@@ -41,4 +55,6 @@ def test_compare_real_runs_end_to_end(trained_runs, data_dir, tracking_uri, tmp_
 
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "fixture_mlp" in html and "fixture_softmax (baseline)" in html
-    assert html.count("data:image/png;base64,") > 6  # figures and flip tiles from the fixture images
+    assert (
+        html.count("data:image/png;base64,") > 6
+    )  # figures and flip tiles from the fixture images

@@ -1,16 +1,36 @@
 import pytest
 
-from mnist_train.config import ConfigError, RunConfig, build_config, parse_overrides, read_experiment, resolve
+from mnist_train.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    parse_overrides,
+    read_experiment,
+    resolve,
+)
 
 
 def test_defaults_are_the_seed_mlp():
     config = RunConfig()
-    assert (config.model, config.hidden_sizes, config.optimizer, config.lr) == ("mlp", (100,), "adam", 1e-3)
+    assert (config.model, config.hidden_sizes, config.optimizer, config.lr) == (
+        "mlp",
+        (100,),
+        "adam",
+        1e-3,
+    )
 
 
 def test_overrides_are_typed_like_the_fields():
-    values = parse_overrides(["lr=1e-2", "hidden_sizes=[200, 50]", "drop_last=true", "max_train=null", "epochs=5"])
-    assert values == {"lr": 0.01, "hidden_sizes": (200, 50), "drop_last": True, "max_train": None, "epochs": 5}
+    values = parse_overrides(
+        ["lr=1e-2", "hidden_sizes=[200, 50]", "drop_last=true", "max_train=null", "epochs=5"]
+    )
+    assert values == {
+        "lr": 0.01,
+        "hidden_sizes": (200, 50),
+        "drop_last": True,
+        "max_train": None,
+        "epochs": 5,
+    }
     config = build_config(values)
     assert config.hidden_sizes == (200, 50) and config.epochs == 5
 
@@ -81,8 +101,28 @@ def test_experiment_file_errors(tmp_path):
 
 def test_seed_experiment_files_reproduce_the_notebooks():
     softmax = resolve(read_experiment("experiments/seed001_softmax.yaml"), {})
-    assert (softmax.model, softmax.optimizer, softmax.lr, softmax.batch_size) == ("softmax", "sgd", 0.1, 100)
-    assert (softmax.epochs, softmax.seed, softmax.normalize, softmax.drop_last) == (15, 777, "none", True)
+    assert (softmax.model, softmax.optimizer, softmax.lr, softmax.batch_size) == (
+        "softmax",
+        "sgd",
+        0.1,
+        100,
+    )
+    assert (softmax.epochs, softmax.seed, softmax.normalize, softmax.drop_last) == (
+        15,
+        777,
+        "none",
+        True,
+    )
     mlp = resolve(read_experiment("experiments/seed000_mlp.yaml"), {})
-    assert (mlp.hidden_sizes, mlp.activation, mlp.optimizer, mlp.lr) == ((100,), "relu", "adam", 1e-3)
-    assert (mlp.batch_size, mlp.test_batch_size, mlp.epochs, mlp.normalize) == (128, 1000, 3, "estimate")
+    assert (mlp.hidden_sizes, mlp.activation, mlp.optimizer, mlp.lr) == (
+        (100,),
+        "relu",
+        "adam",
+        1e-3,
+    )
+    assert (mlp.batch_size, mlp.test_batch_size, mlp.epochs, mlp.normalize) == (
+        128,
+        1000,
+        3,
+        "estimate",
+    )

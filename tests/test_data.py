@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import FIXTURE_DATA
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FIXTURE_DATA
 from mnist_train import data
 
 
@@ -21,13 +21,24 @@ def test_fixture_loads_as_uint8_tensors(splits):
     assert set(train.labels.tolist()) == set(range(10))
 
 
-@pytest.mark.parametrize("n, batch_size, drop_last", [(1000, 128, False), (1000, 100, True), (997, 64, True)])
+@pytest.mark.parametrize(
+    "n, batch_size, drop_last", [(1000, 128, False), (1000, 100, True), (997, 64, True)]
+)
 def test_batch_order_is_the_dataloaders(n, batch_size, drop_last):
     dataset = TensorDataset(torch.arange(n))
     torch.manual_seed(123)
-    expected = [[batch[0].tolist() for batch in DataLoader(dataset, batch_size, shuffle=True, drop_last=drop_last)] for _ in range(3)]
+    expected = [
+        [
+            batch[0].tolist()
+            for batch in DataLoader(dataset, batch_size, shuffle=True, drop_last=drop_last)
+        ]
+        for _ in range(3)
+    ]
     torch.manual_seed(123)
-    ours = [[b.tolist() for b in data.batches(data.epoch_order(n), batch_size, drop_last=drop_last)] for _ in range(3)]
+    ours = [
+        [b.tolist() for b in data.batches(data.epoch_order(n), batch_size, drop_last=drop_last)]
+        for _ in range(3)
+    ]
     assert ours == expected
     # and the global generator is left where the DataLoader leaves it
     torch.manual_seed(123)
@@ -48,15 +59,21 @@ def test_inputs_match_totensor_and_normalize(splits):
     train, _ = splits
     mean, std = data.normalization(train.images, "estimate")
     pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
-    expected = torch.stack([pipeline(Image.fromarray(img.numpy(), mode="L")).view(-1) for img in train.images[:50]])
+    expected = torch.stack(
+        [pipeline(Image.fromarray(img.numpy(), mode="L")).view(-1) for img in train.images[:50]]
+    )
     assert torch.equal(data.to_inputs(train.images[:50], mean, std), expected)
-    assert torch.equal(data.to_inputs(train.images[:5], 0.0, 1.0), train.images[:5].reshape(5, -1).float() / 255)
+    assert torch.equal(
+        data.to_inputs(train.images[:5], 0.0, 1.0), train.images[:5].reshape(5, -1).float() / 255
+    )
 
 
 def test_estimated_normalisation_uses_the_first_1000_images(splits):
     train, _ = splits
     sample = train.images[:1000].float() / 255
-    assert data.normalization(train.images, "estimate") == pytest.approx((sample.mean().item(), sample.std().item()))
+    assert data.normalization(train.images, "estimate") == pytest.approx(
+        (sample.mean().item(), sample.std().item())
+    )
     assert data.normalization(train.images, "standard") == (0.1307, 0.3081)
     assert data.normalization(train.images, "none") == (0.0, 1.0)
 

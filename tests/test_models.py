@@ -18,10 +18,15 @@ def test_softmax_is_one_linear_layer():
 
 
 def test_deeper_mlp_with_dropout_and_activation():
-    model = models.build_model(RunConfig(hidden_sizes=(200, 100, 50), activation="tanh", dropout=0.2))
+    model = models.build_model(
+        RunConfig(hidden_sizes=(200, 100, 50), activation="tanh", dropout=0.2)
+    )
     kinds = [type(layer).__name__ for layer in model]
     assert kinds == ["Linear", "Tanh", "Dropout"] * 3 + ["Linear"]
-    assert models.count_parameters(model) == 784 * 200 + 200 + 200 * 100 + 100 + 100 * 50 + 50 + 50 * 10 + 10
+    assert (
+        models.count_parameters(model)
+        == 784 * 200 + 200 + 200 * 100 + 100 + 100 * 50 + 50 + 50 * 10 + 10
+    )
     assert model(torch.zeros(4, 784)).shape == (4, 10)
 
 

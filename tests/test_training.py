@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, train_run
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_config, train_run
 from mnist_train import models, tracking
 from mnist_train.tracking import TrainingStopped
 
@@ -15,13 +15,18 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "
 
 
 def history(client, run_id, key):
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+    return [
+        (m.step, m.value)
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    ]
 
 
 def download(run_id, path, tmp_path):
     import mlflow
 
-    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(tmp_path))
+    return mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, dst_path=str(tmp_path)
+    )
 
 
 def test_run_logs_the_contract(trained_runs, tmp_path):
@@ -29,9 +34,22 @@ def test_run_logs_the_contract(trained_runs, tmp_path):
     run = client.get_run(trained_runs["mlp"])
     assert run.info.status == "FINISHED" and run.info.run_name == "fixture_mlp"
     params = run.data.params
-    for key in ("model", "hidden_sizes", "activation", "dropout", "optimizer", "lr", "batch_size", "epochs", "seed", "normalize"):
+    for key in (
+        "model",
+        "hidden_sizes",
+        "activation",
+        "dropout",
+        "optimizer",
+        "lr",
+        "batch_size",
+        "epochs",
+        "seed",
+        "normalize",
+    ):
         assert key in params
-    assert params["hidden_sizes"] == "[32]" and params["num_params"] == str(784 * 32 + 32 + 32 * 10 + 10)
+    assert params["hidden_sizes"] == "[32]" and params["num_params"] == str(
+        784 * 32 + 32 + 32 * 10 + 10
+    )
     for key in EPOCH_METRICS:
         assert [step for step, _ in history(client, run.info.run_id, key)] == [1, 2]
     for key in ("train_accuracy", "test_accuracy"):
@@ -39,7 +57,9 @@ def test_run_logs_the_contract(trained_runs, tmp_path):
     steps = [step for step, _ in history(client, run.info.run_id, "batch_loss")]
     assert steps == list(range(1, 2 * 10 + 1))  # 1000 images / batch 100, 2 epochs
     metrics = run.data.metrics
-    assert metrics["overfit_gap"] == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
+    assert metrics["overfit_gap"] == pytest.approx(
+        metrics["train_accuracy"] - metrics["test_accuracy"]
+    )
     epoch_times = [v for _, v in history(client, run.info.run_id, "epoch_time_s")]
     assert metrics["train_time_s"] == pytest.approx(sum(epoch_times))
     assert "mlflow.source.git.commit" in run.data.tags and run.data.tags["mnist.data_dir"]
@@ -51,7 +71,9 @@ def test_run_logs_the_contract(trained_runs, tmp_path):
     assert stored["probs"].shape == (200, 10) and stored["probs"].dtype == np.float32
     assert np.allclose(stored["probs"].sum(1), 1, atol=1e-5)
     assert np.array_equal(stored["index"], np.arange(200))
-    assert (stored["probs"].argmax(1) == stored["labels"]).mean() == pytest.approx(metrics["test_accuracy"])
+    assert (stored["probs"].argmax(1) == stored["labels"]).mean() == pytest.approx(
+        metrics["test_accuracy"]
+    )
 
 
 def test_logged_model_loads_and_reproduces_the_stored_predictions(trained_runs, data_dir, tmp_path):
@@ -77,12 +99,16 @@ def final_state(run_id, epoch, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path):
     client = MlflowClient()
-    config = tiny_config(name="resume", hidden_sizes=[16], dropout=0.3)  # dropout: RNG must be restored too
+    config = tiny_config(
+        name="resume", hidden_sizes=[16], dropout=0.3
+    )  # dropout: RNG must be restored too
     straight = train_run(config, data_dir)
 
     calls = iter(range(10**6))  # asked after each of 10 steps, after epoch 1, then after each step
     with pytest.raises(TrainingStopped, match="--resume") as stopped:
-        train_run(config, data_dir, should_stop=lambda: next(calls) >= 13)  # after step 3 of epoch 2
+        train_run(
+            config, data_dir, should_stop=lambda: next(calls) >= 13
+        )  # after step 3 of epoch 2
     run_id = stopped.value.run_id
     assert stopped.value.exit_code == 130
     assert client.get_run(run_id).info.status == "KILLED"
@@ -128,18 +154,24 @@ def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(data_dir, monkeypat
             return out * float("nan") if self.calls >= 15 else out
 
     monkeypatch.setattr(models, "build_model", lambda config: PoisonAfter(real_build(config)))
-    with pytest.raises(TrainingStopped, match="diverged: loss became nan at epoch 2, step 15") as stopped:
+    with pytest.raises(
+        TrainingStopped, match="diverged: loss became nan at epoch 2, step 15"
+    ) as stopped:
         train_run(tiny_config(name="diverges", epochs=3), data_dir)
     run = client.get_run(stopped.value.run_id)
     assert run.info.status == "FAILED"
     assert "loss became nan" in run.data.tags["failure_reason"]
-    assert {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/epoch_001.pt"}
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/epoch_001.pt"
+    }
     assert [s for s, _ in history(client, run.info.run_id, "test_accuracy")] == [1]
 
 
 def test_background_metric_writer_records_the_same_points(trained_runs, data_dir, monkeypatch):
     client = MlflowClient()
-    monkeypatch.setattr(tracking, "BACKGROUND_WRITES_FROM", 0)  # every run: write from a helper process
+    monkeypatch.setattr(
+        tracking, "BACKGROUND_WRITES_FROM", 0
+    )  # every run: write from a helper process
     config = tiny_config(name="fixture_mlp_again", hidden_sizes=[32])
     run_id = train_run(config, data_dir)
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -153,15 +185,24 @@ def test_background_writer_works_from_an_unguarded_script(data_dir, tmp_path):
     import subprocess
     import sys
 
-    script = tmp_path / "train_here.py"  # no `if __name__ == "__main__"` guard, as in a notebook export
+    script = (
+        tmp_path / "train_here.py"
+    )  # no `if __name__ == "__main__"` guard, as in a notebook export
     script.write_text(
         "from conftest import tiny_config, train_run\n"
         "from mnist_train import tracking\n"
         "tracking.BACKGROUND_WRITES_FROM = 0\n"
         f"print(train_run(tiny_config(name='unguarded'), {str(data_dir)!r}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=180
+    )
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.strip().splitlines()[-1]
     assert len(history(MlflowClient(), run_id, "batch_loss")) == 20
