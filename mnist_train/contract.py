@@ -1,0 +1,91 @@
+"""The names training and analysis share: metrics, artifacts, tags, defaults (DESIGN.md's contract).
+
+Both sides import this module, and no other module spells these names again. It imports nothing
+heavier than the standard library, so the analysis side can use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+N_CLASSES = 10  # digits 0-9
+IMAGE_SHAPE = (28, 28)
+N_PIXELS = 784  # the model's input: float32 (N, 784) pixels
+
+# --- tracking store and data
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
+DATA_DIR_ENV = "MNIST_DATA_DIR"
+DEFAULT_DATA_DIR = "./data"  # torchvision downloads MNIST here when it is missing
+HTTP_PROBE_TIMEOUT_S = (
+    5.0  # an unreachable server should fail in seconds, not after MLflow's retries
+)
+MAX_RUNS = 5000  # most runs one search returns (sweep children, a comparison's selection)
+
+# --- metrics, per epoch (step = epoch number from 1)
+TRAIN_LOSS = "train_loss"
+TRAIN_ACCURACY = "train_accuracy"
+TEST_LOSS = "test_loss"
+TEST_ACCURACY = "test_accuracy"
+EPOCH_TIME = "epoch_time_s"
+EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, EPOCH_TIME)
+# per optimisation step (step = global step)
+BATCH_LOSS = "batch_loss"
+# once, at the end
+OVERFIT_GAP = "overfit_gap"  # last train_accuracy - last test_accuracy
+TRAIN_TIME = "train_time_s"
+TEST_ACCURACY_UNSCALED = "test_accuracy_unscaled"  # seed 001's evaluation on raw 0-255 pixels
+
+# --- parameters logged beside the config fields
+NUM_PARAMS = "num_params"
+SEED_PARAM = "seed"
+
+# --- artifacts
+PREDICTIONS_PATH = "predictions/test.npz"  # labels int (N,), probs float32 (N, 10), index int (N,)
+CHECKPOINT_DIR = "checkpoints"  # epoch_NNN.pt, epoch_NNN_partial.pt
+MODEL_NAME = "model"  # mlflow.pytorch.log_model(name=...)
+MODEL_URI = "runs:/{run_id}/" + MODEL_NAME
+ANALYSIS_DIR = "analysis"  # per-run report artifacts
+COMPARISON_DIR = "comparison"  # comparison report artifacts
+
+# --- tags
+TAG_DATA_DIR = "mnist.data_dir"
+TAG_SWEEP = "mnist.sweep"  # the sweep's name; marks a run as a sweep parent
+TAG_SWEEP_CHILDREN = "mnist.sweep.children"
+TAG_SWEEP_FAILED = "mnist.sweep.failed"
+TAG_SWEEP_SKIPPED = "mnist.sweep.skipped"
+TAG_REPORT = "mnist.report"  # value "comparison" on runs that hold a comparison report
+TAG_FAILURE_REASON = "failure_reason"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def default_data_dir() -> Path:
+    """$MNIST_DATA_DIR, else `./data`."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe_http_store(uri: str, timeout_s: float = HTTP_PROBE_TIMEOUT_S) -> str | None:
+    """One short request to an http(s) tracking server: None when it answers, else the reason.
+
+    MLflow's own client would retry an unreachable server for minutes. An HTTP error status
+    (401, 404, ...) still means the server is there; MLflow reports anything else itself.
+    """
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
