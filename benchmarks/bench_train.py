@@ -26,7 +26,7 @@ machine is shared and its absolute speed drifts:
    The one-off costs (reading MNIST, normalising it once) are printed separately, not per epoch.
 
 2. Tracking overhead. The same configuration trained untracked (iterating `train()` only) and
-   tracked (`tracking.run_training`, which logs params, datasets, per-epoch metrics, per-step
+   tracked (`runner.run_training`, which logs params, datasets, per-epoch metrics, per-step
    `batch_loss`, a checkpoint per epoch, predictions and the model) into a temporary SQLite store.
    The store, its experiment, `import mlflow` and MLflow's lazily imported submodules are set up
    before timing (their cost is printed once). Inside tracked runs the MLflow calls are wrapped
@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from mnist_train import data, models, tracking
+from mnist_train import data, models, runner
 from mnist_train.config import ConfigError, RunConfig, read_experiment, resolve
 from mnist_train.train import EpochRecord, Progress, prepare, train
 
@@ -215,9 +215,7 @@ def ours_epochs(
     started = time.perf_counter()
     tensors = prepare(train_split, test_split, config, torch.device("cpu"))
     setup = time.perf_counter() - started
-    torch.manual_seed(config.seed)
-    model = models.build_model(config)
-    optimizer = models.build_optimizer(config, model)
+    model, optimizer = runner.build_model_and_optimizer(config, torch.device("cpu"))
     seconds, last = [], time.perf_counter()
     for record in train(model, optimizer, tensors, config, Progress()):
         if isinstance(record, EpochRecord):
@@ -227,13 +225,11 @@ def ours_epochs(
     return seconds, setup
 
 
-def untracked_seconds(prepared: tracking.Prepared) -> float:
+def untracked_seconds(prepared: runner.Prepared) -> float:
     """Wall time of what `run_training` does minus MLflow: build the model, iterate `train()`."""
     config = prepared.config
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = models.build_model(config).to(prepared.device)
-    optimizer = models.build_optimizer(config, model)
+    model, optimizer = runner.build_model_and_optimizer(config, prepared.device)
     for _ in train(model, optimizer, prepared.tensors, config, Progress()):
         pass
     return time.perf_counter() - started
@@ -298,19 +294,21 @@ def timed_targets() -> list[tuple[Any, str, str, bool]]:
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
+    from mnist_train import tracking
+
     return [
         (mlflow, "set_experiment", "set_experiment", False),
-        (tracking, "_run_tags", "run tags (git rev-parse)", False),
+        (runner, "_run_tags", "run tags (git rev-parse)", False),
         (mlflow, "start_run", "start_run", False),
-        (tracking, "_log_setup", "log setup (params, texts, datasets)", False),
+        (tracking.RunLog, "log_setup", "log setup (params, texts, datasets)", False),
         (mlflow, "log_input", "mlflow.log_input (x2 datasets)", True),
-        (tracking, "_train_and_log", "training loop + per-epoch logging", False),
-        (tracking, "train", TRAIN_LABEL, True),
+        (runner, "_train_and_log", "training loop + per-epoch logging", False),
+        (runner, "train", TRAIN_LABEL, True),
         (MlflowClient, "log_batch", "MlflowClient.log_batch (all metrics, params)", True),
-        (tracking, "_save_checkpoint", "checkpoints (torch.save + log_artifact)", True),
+        (runner, "_save_checkpoint", "checkpoints (torch.save + log_artifact)", True),
         (torch, "save", "torch.save (all)", True),
-        (mlflow, "log_artifact", "mlflow.log_artifact (all)", True),
-        (tracking, "_log_results", "results (final metrics, predictions, model)", False),
+        (MlflowClient, "log_artifact", "MlflowClient.log_artifact (all)", True),
+        (runner, "_log_results", "results (final metrics, predictions, model)", False),
         (mlflow.pytorch, "log_model", "mlflow.pytorch.log_model", True),
         (mlflow, "end_run", "end_run", False),
     ]
@@ -470,17 +468,17 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
         config = replace(config, epochs=epochs)
         # first calls pay for lazy imports, JIT-ish warm-up and SQLAlchemy caches: do them untimed
         started = time.perf_counter()
-        warm = tracking.prepare_run(
+        warm = runner.prepare_run(
             replace(config, epochs=1, max_train=WARMUP_IMAGES, max_test=WARMUP_IMAGES),
             args.data_dir,
         )
         with contextlib.redirect_stdout(sys.stderr):
             untracked_seconds(warm)
-            tracking.run_training(warm)
+            runner.run_training(warm)
         print(
             f"  warm-up ({model_name}, 1 epoch on {WARMUP_IMAGES} images, tracked + untracked): {time.perf_counter() - started:.2f} s (excluded)"
         )
-        prepared = tracking.prepare_run(config, args.data_dir)
+        prepared = runner.prepare_run(config, args.data_dir)
         untracked, tracked, breakdowns = [], [], []
         for repeat in range(args.repeats):
 
@@ -494,7 +492,7 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
                     contextlib.redirect_stdout(sys.stderr),
                 ):  # end_run prints a line
                     started = time.perf_counter()
-                    tracking.run_training(prepared)
+                    runner.run_training(prepared)
                     tracked.append(time.perf_counter() - started)
                 breakdowns.append((dict(timers.seconds), dict(timers.calls)))
 

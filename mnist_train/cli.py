@@ -24,8 +24,9 @@ from .config import (
     read_experiment,
     resolve,
 )
-from .data import DataError, default_data_dir
-from .sweep import Child, expand
+from .contract import DEFAULT_TRACKING_URI, default_data_dir
+from .data import DataError
+from .sweep_plan import Child, expand
 
 
 class StopFlag:
@@ -264,7 +265,8 @@ def _run_one(
     from mlflow.exceptions import MlflowException
 
     from .progress import Reporter
-    from .tracking import TrainingStopped, prepare_run, quiet_mlflow_logs, run_training
+    from .runner import TrainingStopped, prepare_run, run_training
+    from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
     prepared = prepare_run(config, data_dir)
@@ -286,16 +288,12 @@ def _run_one(
 
 def _dry_run(config: RunConfig, data_dir: Path) -> None:
     """Everything up to the first optimisation step, without MLflow: a smoke test of a config."""
-    import torch
-
     from . import models
-    from .tracking import prepare_run
+    from .runner import build_model_and_optimizer, prepare_run
     from .train import Progress, train
 
     prepared = prepare_run(config, data_dir)
-    torch.manual_seed(config.seed)
-    model = models.build_model(config).to(prepared.device)
-    optimizer = models.build_optimizer(config, model)
+    model, optimizer = build_model_and_optimizer(config, prepared.device)
     steps = train(model, optimizer, prepared.tensors, config, Progress(), should_stop=lambda: True)
     first = next(steps)
     click.echo(models.summary_text(model))
@@ -306,7 +304,7 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
 
 
 def main() -> None:
-    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     if "://" not in uri or uri.startswith("file:"):
         # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

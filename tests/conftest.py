@@ -60,7 +60,7 @@ def tiny_config(**changes):
 
 
 def train_run(config, data_dir, **kwargs) -> str:
-    from mnist_train.tracking import prepare_run, run_training
+    from mnist_train.runner import prepare_run, run_training
 
     return run_training(prepare_run(config, data_dir), **kwargs)
 

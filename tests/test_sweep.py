@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_train.cli import cli
 from mnist_train.config import ConfigError, read_experiment
-from mnist_train.sweep import expand, run_sweep, varying_keys
+from mnist_train.sweep import run_sweep
+from mnist_train.sweep_plan import expand, varying_keys
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_time_s")

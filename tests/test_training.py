@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_config, train_run
 from mlflow.tracking import MlflowClient
 
-from mnist_train import models, tracking
-from mnist_train.tracking import TrainingStopped
+from mnist_train import models, runner, tracking
+from mnist_train.runner import TrainingStopped
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_time_s")
 
@@ -128,11 +128,11 @@ def test_finished_run_can_be_extended_by_more_epochs(data_dir, tmp_path):
     client = MlflowClient()
     straight = train_run(tiny_config(name="three", epochs=3), data_dir)
     short = train_run(tiny_config(name="three", epochs=2), data_dir)
-    with pytest.raises(tracking.ConfigError, match="already finished 2 epochs"):
+    with pytest.raises(runner.ConfigError, match="already finished 2 epochs"):
         train_run(tiny_config(name="three", epochs=2), data_dir, resume_run_id=short)
     train_run(tiny_config(name="three", epochs=3), data_dir, resume_run_id=short)
     assert history(client, short, "test_accuracy") == history(client, straight, "test_accuracy")
-    with pytest.raises(tracking.ConfigError, match="different configuration.*lr"):
+    with pytest.raises(runner.ConfigError, match="different configuration.*lr"):
         train_run(tiny_config(name="three", epochs=4, lr=0.5), data_dir, resume_run_id=short)
 
 

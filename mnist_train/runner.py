@@ -1,0 +1,325 @@
+"""One training run end to end: data, device, model and optimizer, resume, the loop, the record.
+
+`prepare_run` loads and checks everything that can fail before an MLflow run exists, so a bad
+config or missing data leaves no run behind. `run_training` then opens the run (through
+`tracking.py`, the only place that writes to MLflow), drives `train()` and hands its records over.
+Once the run is open, every way out marks it: FINISHED, FAILED (with a `failure_reason` tag) or
+KILLED (after writing a checkpoint to resume from).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, contract, data, models
+from .config import ConfigError, ExperimentFile, RunConfig
+from .progress import Reporter
+from .tracking import DatasetInput, RunLog, check_tracking_server, git_commit
+from .tracking_writer import Row
+from .train import (
+    EpochRecord,
+    NonFiniteLoss,
+    Progress,
+    StepRecord,
+    Tensors,
+    checkpoint,
+    infer,
+    pick_device,
+    prepare,
+    restore,
+    score,
+    train,
+)
+
+RESUMABLE_PARAMS_IGNORED = ("epochs", "name", "experiment")  # may change when a run is resumed
+EXIT_INTERRUPTED = 130
+
+
+class TrainingStopped(Exception):
+    """The run ended early (interrupted or failed); the message says what happened and what next."""
+
+    def __init__(self, message: str, run_id: str, exit_code: int):
+        super().__init__(message)
+        self.run_id, self.exit_code = run_id, exit_code
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built before the MLflow run opens."""
+
+    config: RunConfig
+    tensors: Tensors
+    test_index: np.ndarray  # int64 (N_test,) positions in the torchvision test set
+    train_split: data.Split
+    test_split: data.Split
+    data_dir: Path
+    device: torch.device
+
+
+def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
+    """Load MNIST and normalise it for `config`, after checking that the tracking server answers.
+
+    Raises ConfigError / DataError for the user, before any MLflow run exists.
+    """
+    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    train_split, test_split = data.load_mnist(data_dir)
+    train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
+    return Prepared(
+        config=config,
+        tensors=prepare(train_split, test_split, config, device),
+        test_index=np.arange(len(test_split), dtype=np.int64),
+        train_split=train_split,
+        test_split=test_split,
+        data_dir=Path(data_dir).resolve(),
+        device=device,
+    )
+
+
+def build_model_and_optimizer(
+    config: RunConfig, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model (initialised from `config.seed`) and its optimizer: the one place both are
+    made, for runs, `--dry-run` and the benchmarks alike."""
+    torch.manual_seed(config.seed)
+    model = models.build_model(config).to(device)
+    return model, models.build_optimizer(config, model)
+
+
+def run_training(
+    prepared: Prepared,
+    *,
+    experiment_file: ExperimentFile | None = None,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> str:
+    """Train and track one run (or continue `resume_run_id`); returns the MLflow run id."""
+    config = prepared.config
+    model, optimizer = build_model_and_optimizer(config, prepared.device)
+    progress = Progress()
+    if resume_run_id:
+        progress = restore(_resume_state(resume_run_id, config), model, optimizer)
+        if progress.epoch > config.epochs:
+            raise ConfigError(
+                f"run {resume_run_id} already finished {progress.epoch - 1} epochs; "
+                f"raise epochs (--set epochs=N) to train it further"
+            )
+        log = RunLog.reopen(resume_run_id)
+    else:
+        log = RunLog.open(
+            experiment=config.experiment,
+            run_name=config.name,
+            tags=_run_tags(prepared, experiment_file),
+            parent_run_id=parent_run_id,
+        )
+    reporter = reporter or Reporter(enabled=False)
+    try:
+        if not resume_run_id:
+            log.log_setup(
+                _params(prepared, model),
+                models.summary_text(model),
+                config.to_dict(),
+                experiment_file,
+                _datasets(prepared),
+            )
+        last = _train_and_log(log, model, optimizer, prepared, progress, reporter, should_stop)
+        if progress.epoch <= config.epochs:  # stopped early on request
+            _save_checkpoint(log, model, optimizer, progress, config)
+            log.end("KILLED")
+            raise TrainingStopped(
+                f"interrupted in epoch {progress.epoch} after step {progress.step}; checkpoint "
+                f"saved. Resume with: mnist-train run <experiment file> --resume {log.run_id}",
+                log.run_id,
+                exit_code=EXIT_INTERRUPTED,
+            )
+        if last is not None:
+            _log_results(log, model, prepared, progress, last)
+        log.end("FINISHED")
+        return log.run_id
+    except NonFiniteLoss as err:
+        log.end("FAILED", reason=str(err))
+        raise TrainingStopped(
+            f"training diverged: {err}; run {log.run_id} marked FAILED", log.run_id, 1
+        ) from None
+    except TrainingStopped:
+        raise
+    except KeyboardInterrupt:
+        log.end("KILLED")
+        raise TrainingStopped(
+            f"interrupted; run {log.run_id} marked KILLED, it resumes from its last epoch "
+            f"checkpoint with: mnist-train run <experiment file> --resume {log.run_id}",
+            log.run_id,
+            exit_code=EXIT_INTERRUPTED,
+        ) from None
+    except BaseException as err:
+        log.end("FAILED", reason=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        reporter.close()
+
+
+def _resume_state(run_id: str, config: RunConfig) -> dict[str, Any]:
+    """The checkpoint to continue `run_id` from, after checking the run may be continued."""
+    from .tracking import load_latest_checkpoint, read_run
+
+    status, logged = read_run(run_id)
+    if status == "RUNNING":
+        raise ConfigError(f"run {run_id} is still RUNNING; stop it before resuming")
+    expected = config.to_params()
+    differing = [
+        k
+        for k, v in expected.items()
+        if k not in RESUMABLE_PARAMS_IGNORED and logged.get(k, v) != v
+    ]
+    if differing:
+        changes = ", ".join(f"{k}: run has {logged[k]!r}, now {expected[k]!r}" for k in differing)
+        raise ConfigError(f"cannot resume run {run_id} with a different configuration ({changes})")
+    return load_latest_checkpoint(run_id)
+
+
+def _train_and_log(
+    log: RunLog,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    prepared: Prepared,
+    progress: Progress,
+    reporter: Reporter,
+    should_stop: Callable[[], bool],
+) -> EpochRecord | None:
+    """Drive the training loop; log each epoch's metrics, batch losses and checkpoint."""
+    config = prepared.config
+    per_epoch = data.num_batches(
+        len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
+    )
+    writer = log.metric_writer((config.epochs - progress.epoch + 1) * per_epoch)
+    pending: list[Row] = []  # batch losses not yet handed to the writer
+    last = None
+    try:
+        for record in train(model, optimizer, prepared.tensors, config, progress, should_stop):
+            now = int(time.time() * 1000)
+            if isinstance(record, StepRecord):
+                pending.append((contract.BATCH_LOSS, record.loss, now, record.step))
+                reporter.step(record)
+                continue
+            epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
+            writer.write(pending + epoch_rows)
+            pending = []
+            _save_checkpoint(log, model, optimizer, progress, config)
+            reporter.epoch(record, config.epochs)
+            last = record
+    finally:
+        writer.close()
+        if pending:  # an interrupted epoch resumes after these steps, so keep them
+            log.write_rows(pending)
+    return last
+
+
+def _save_checkpoint(
+    log: RunLog,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    config: RunConfig,
+) -> None:
+    """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one."""
+    state = checkpoint(model, optimizer, progress, config)
+    if progress.batch == 0:
+        name = f"epoch_{state['epoch']:03d}.pt"
+    else:
+        name = f"epoch_{progress.epoch:03d}_partial.pt"
+    log.log_checkpoint(state, name)
+
+
+def _params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
+    """Every config field, flat, plus what the data and the model turned out to be."""
+    tensors = prepared.tensors
+    params = prepared.config.to_params()
+    params.update(
+        normalize_mean=f"{tensors.mean:.6g}",
+        normalize_std=f"{tensors.std:.6g}",
+        num_params=str(models.count_parameters(model)),
+        train_images=str(len(prepared.train_split)),
+        test_images=str(len(prepared.test_split)),
+    )
+    return params
+
+
+def _datasets(prepared: Prepared) -> list[DatasetInput]:
+    raw = str(prepared.data_dir / "MNIST" / "raw")
+    splits = (
+        (prepared.train_split, "training", "mnist-train"),
+        (prepared.test_split, "testing", "mnist-test"),
+    )
+    return [
+        DatasetInput(
+            name=name,
+            context=context,
+            features=split.images.reshape(len(split), -1).numpy(),
+            targets=split.labels.numpy(),
+            source=raw,
+        )
+        for split, context, name in splits
+    ]
+
+
+def _run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict[str, str]:
+    tags = {
+        contract.TAG_DATA_DIR: str(prepared.data_dir),
+        "mnist.device": str(prepared.device),
+        "mnist.torch_version": torch.__version__,
+        "mnist.workbench_version": __version__,
+        "mlflow.source.type": "LOCAL",
+    }
+    if prepared.device.type == "cuda":
+        tags["mnist.gpu_name"] = torch.cuda.get_device_name(prepared.device)
+    where = Path.cwd()
+    if experiment_file is not None:
+        tags["mlflow.source.name"] = str(experiment_file.path)
+        where = experiment_file.path.resolve().parent
+    commit = git_commit(where) or git_commit(Path(__file__).resolve().parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _log_results(
+    log: RunLog,
+    model: torch.nn.Module,
+    prepared: Prepared,
+    progress: Progress,
+    last: EpochRecord,
+) -> None:
+    """Final metrics, stored test predictions and the logged model."""
+    config, tensors = prepared.config, prepared.tensors
+    final = {
+        contract.OVERFIT_GAP: last.train_accuracy - last.test_accuracy,
+        contract.TRAIN_TIME: progress.train_time_s,
+    }
+    if config.unscaled_eval:
+        # seed 001's notebook scored raw 0-255 pixels with a model trained on [0, 1] inputs
+        raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float()
+        logits = infer(model, raw.to(prepared.device), config.test_batch_size)
+        _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
+    log.log_final(final, step=last.epoch)
+    labels = prepared.test_split.labels.numpy().astype(np.int64)
+    log.log_predictions(labels, last.test_probs, prepared.test_index)
+
+    deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
+    deployable.eval()
+    example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
+    with torch.no_grad():
+        outputs = deployable(torch.from_numpy(example)).numpy()
+    log.log_model(deployable, example, outputs)
