@@ -1,9 +1,9 @@
 """`mnist-analysis` (also `python -m analysis`): reports from runs stored in MLflow.
 
-`cli` is a click group; each report is a subcommand (`run` here; more are added with
+`cli` is a click group; each report is a subcommand (`run`, `compare`; more are added with
 `@cli.command(...)` or `cli.add_command(...)`). Errors a user can cause raise AnalysisError
-anywhere in a subcommand; the group turns them into one line on stderr and exit status 1, so new
-subcommands get that for free.
+anywhere in a subcommand; AnalysisCommand turns them into one line on stderr and exit status 1,
+so new subcommands get that for free.
 Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identical.
 """
 
@@ -17,17 +17,25 @@ from pathlib import Path
 
 import click
 
-from analysis.runs import AnalysisError
+from analysis.errors import AnalysisError
+from mnist_train import contract
 
 
-class AnalysisGroup(click.Group):
-    """A click group that reports AnalysisError as a clean one-line error."""
+class AnalysisCommand(click.Command):
+    """A click command that reports AnalysisError as a clean one-line error, also when it is
+    invoked on its own rather than through the group."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except AnalysisError as err:
             raise click.ClickException(str(err)) from None
+
+
+class AnalysisGroup(click.Group):
+    """The `mnist-analysis` group: every subcommand is an AnalysisCommand."""
+
+    command_class = AnalysisCommand
 
 
 tracking_uri_option = click.option(
@@ -38,18 +46,20 @@ tracking_uri_option = click.option(
     help="MLflow tracking store (sqlite:///..., a path, http://...). "
     "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.",
 )
-cache_dir_option = click.option(
+
+
+def _folder_option(flag: str, help: str):
+    return click.option(flag, type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+cache_dir_option = _folder_option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where downloaded artifacts are cached by run id. "
+    "Where downloaded artifacts are cached by run id. "
     "Default: $MNIST_WORKBENCH_CACHE, else ~/.cache/mnist-workbench.",
 )
-data_dir_option = click.option(
+data_dir_option = _folder_option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="MNIST folder (holding MNIST/raw/) for the image galleries. Default: the run's "
+    "MNIST folder (holding MNIST/raw/) for the image galleries. Default: the run's "
     "mnist.data_dir tag, else $MNIST_DATA_DIR, else ./data.",
 )
 
@@ -122,7 +132,7 @@ def run_command(
 
     RUN is a run id or a run name (e.g. seed000_mlp; the latest run of that name).
     """
-    from analysis import report, runs
+    from analysis import runs
 
     if not (refs or experiments or parent_run_id or filter_string):
         raise click.UsageError(
@@ -156,7 +166,8 @@ def run_command(
         html = _report_one(client, run_ids[0], out_dir or Path("reports") / run_ids[0], **options)
         written = [html]
     else:
-        # a selection holds sweep parents and perhaps broken runs: report the rest, say what was skipped
+        # a selection holds sweep parents and perhaps broken runs: report the rest, say what was
+        # skipped
         written = []
         for run_id in run_ids:
             try:
@@ -167,7 +178,7 @@ def run_command(
                 notice(f"skipped run {run_id}: {err}")
         if not written:
             raise AnalysisError(f"none of the {len(run_ids)} selected runs could be reported")
-    where = f"; logged to each run under {report.ARTIFACT_DIR}/" if log else ""
+    where = f"; logged to each run under {contract.ANALYSIS_DIR}/" if log else ""
     for html in written:
         click.echo(f"report written to {html}")
     click.echo(f"{len(written)} report(s){where} ({time.perf_counter() - started:.1f} s)")
@@ -185,37 +196,43 @@ def _report_one(
     tracking_uri: str,
 ) -> Path:
     """Load one run, write its report into `out`, log it unless told not to; the HTML's path."""
+    from analysis import images as mnist_images
     from analysis import report, runs
+    from analysis.publish import log_run_report
 
     run = runs.load_run(client, run_id, cache_dir=cache_dir)
-    images, extra = _test_images(run, data_dir)
+    images, extra = mnist_images.test_images_for(run, data_dir)
     if run.predictions is None and predict:
         if images is None:
             raise AnalysisError("--predict needs the MNIST test images; pass --data-dir")
-        run.predictions = runs.predict_with_logged_model(
-            run.run_id, *images, tracking_uri=tracking_uri
-        )
-        run.notices = [n for n in run.notices if runs.PREDICTIONS_PATH not in n]
+        from analysis.inference import predict_with_logged_model
+
+        run.predictions = predict_with_logged_model(run.run_id, *images, tracking_uri=tracking_uri)
+        run.notices = [n for n in run.notices if contract.PREDICTIONS_PATH not in n]
         extra.append(
             f"predictions computed now from the logged model "
-            f"({runs.MODEL_URI.format(run_id=run.run_id)}), not stored ones"
+            f"({contract.MODEL_URI.format(run_id=run.run_id)}), not stored ones"
         )
 
     pixels = None
     if images is not None and run.predictions is not None:
-        pixels, mismatch = _matching_images(run.predictions, *images)
+        pixels, mismatch = mnist_images.matching_images(run.predictions, *images)
         if mismatch:
             extra.append(mismatch)
     elif run.predictions is None:
         extra = []  # without predictions there are no image galleries: missing images are no news
 
     written = report.build_run_report(
-        run, out, images=pixels, train_labels=_train_labels(run, data_dir), notices=extra
+        run,
+        out,
+        images=pixels,
+        train_labels=mnist_images.train_labels_for(run, data_dir),
+        notices=extra,
     )
     for line in written.notices:
         notice(line)
     if log:
-        report.log_report(client, run.run_id, written)
+        log_run_report(client, run.run_id, written.files)
     return written.html
 
 
@@ -224,46 +241,115 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._") or "run"
 
 
-def _test_images(run, data_dir: Path | None):
-    """((images, labels) or None, notices) for the run's test set."""
-    from analysis import runs
+@cli.command("compare")
+@click.option(
+    "--experiment",
+    "experiments",
+    multiple=True,
+    metavar="NAME",
+    help="Compare every run of this experiment (repeatable).",
+)
+@click.option(
+    "--runs",
+    "run_ids",
+    multiple=True,
+    metavar="ID",
+    help="Compare these run ids (repeatable; also accepts several ids separated by commas).",
+)
+@click.option(
+    "--parent",
+    "parent_run_id",
+    metavar="SWEEP_RUN_ID",
+    help="Compare the child runs of a sweep; the report is logged to the sweep's parent run.",
+)
+@click.option(
+    "--filter",
+    "filter_string",
+    metavar="EXPR",
+    help="MLflow search filter, e.g. \"params.lr = '0.01'\" "
+    "(within --experiment, else all experiments).",
+)
+@click.option(
+    "--baseline",
+    metavar="RUN_ID",
+    help="Run the others are tested against (default: the sweep's first child / the oldest run).",
+)
+@click.option(
+    "--at-epoch",
+    type=int,
+    metavar="N",
+    help="Also compare the runs at this epoch (default: the last epoch all runs reached).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for report.html, runs.csv, significance.csv and figures/*.png.",
+)
+@tracking_uri_option
+@data_dir_option
+@cache_dir_option
+@click.option(
+    "--log/--no-log",
+    default=True,
+    show_default=True,
+    help="Log the report to MLflow (the sweep's parent run, else a new report run).",
+)
+def compare_command(
+    experiments,
+    run_ids,
+    parent_run_id,
+    filter_string,
+    baseline,
+    at_epoch,
+    out_dir,
+    tracking_uri,
+    data_dir,
+    cache_dir,
+    log,
+):
+    """Compare 2 to 100 runs: one offline report.html plus runs.csv and significance.csv.
 
-    folder = runs.resolve_data_dir(data_dir, run)
-    try:
-        return runs.load_test_set(folder), []
-    except AnalysisError as err:
-        return None, [f"test images unavailable, image galleries skipped: {err}"]
+    The report holds the runs table, overlaid learning curves and the comparison at --at-epoch,
+    per-class accuracy, confusion matrices and their differences from the baseline, the test
+    images each run fixed and broke, McNemar's test and bootstrap intervals, seed groups,
+    accuracy against training time, the most-confused digit pairs and findings. It is logged to
+    MLflow: to the sweep's parent run with --parent, to the open run under `mlflow run`, else to
+    a new run tagged mnist.report=comparison.
 
+    \b
+    Examples:
+      mnist-analysis compare --parent SWEEP_RUN_ID --out reports/try_lr
+      mnist-analysis compare --experiment seed-reproductions --out reports/seeds
+      mnist-analysis compare --experiment try-lr --filter "params.seed = '0'" \\
+        --at-epoch 2 --out reports/lr
+    """
+    from analysis.compare_report import compare_runs
 
-def _train_labels(run, data_dir: Path | None):
-    """Training labels for the dataset view, or None: a nicety, so its absence is not reported."""
-    from analysis import runs
-
-    try:
-        return runs.load_train_labels(runs.resolve_data_dir(data_dir, run))
-    except AnalysisError:
-        return None
-
-
-def _matching_images(predictions, images, labels):
-    """The test images if they are the ones the predictions were made on, else (None, why)."""
-    index = predictions.index
-    if index.max(initial=-1) >= len(images) or index.min(initial=0) < 0:
-        return None, (
-            f"predictions refer to test image {index.max()} but the data dir holds "
-            f"{len(images)}; image galleries skipped (wrong --data-dir?)"
-        )
-    if not (labels[index] == predictions.labels).all():
-        return None, (
-            "the labels of the test images in the data dir differ from the stored "
-            "predictions' labels; image galleries skipped (wrong --data-dir?)"
-        )
-    return images, None
-
-
-from analysis.compare_cli import compare_command  # noqa: E402  (issue 5: comparison reports)
-
-cli.add_command(compare_command)
+    ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    comparison, path, logged = compare_runs(
+        out_dir=out_dir,
+        experiments=experiments,
+        run_ids=ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+        baseline=baseline,
+        at_epoch=at_epoch,
+        tracking_uri=tracking_uri,
+        data_dir=data_dir,
+        log_to_mlflow=log,
+        cache_dir=cache_dir,
+    )
+    left_out = len(comparison.excluded) + len(comparison.partial)
+    baseline = comparison.labels[comparison.baseline_id]
+    click.echo(
+        f"compared {len(comparison.runs)} runs (baseline {baseline})"
+        + (f", {left_out} left out of some parts" if left_out else "")
+    )
+    click.echo(f"report: {path}")
+    if logged:
+        click.echo(f"logged to MLflow run {logged} ({contract.COMPARISON_DIR}/report.html)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
-"""The comparison report as HTML: figures, table rows, flip gallery, and the Jinja2 template.
+"""The comparison report as HTML: table rows, the flip gallery, and the page itself.
 
-`analysis.compare_report` computes a `Comparison`; this module turns it into strings. Every value
+`analysis.comparison` computes a `Comparison`; this module turns it into strings. Every value
 shown reaches the page through the template with autoescape on, so run names and params supplied
 by users are text, never markup. Images are embedded as base64 PNG: the file opens offline.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-import jinja2
 import numpy as np
 import pandas as pd
 
-from analysis import compare_plots as cp
-from analysis.compare_report import ALPHA, EPOCH_TABLE_KEYS, FINAL_COLUMNS, Comparison
+from analysis.comparison import ALPHA, EPOCH_TABLE_KEYS, FINAL_COLUMNS, Comparison
+from analysis.figures.common import image_to_base64
+from analysis.html import render
+from mnist_train import contract
 
-CURVE_KEYS = ("test_accuracy", "train_loss", "test_loss")
 GALLERY_PER_KIND = 6  # fixed / broke images shown per run
 
 
@@ -36,13 +36,13 @@ def _fmt(value, kind: str = "float") -> str:
 
 
 _FINAL_KINDS = {
-    "test_accuracy": "pct",
-    "train_accuracy": "pct",
-    "overfit_gap": "pct",
-    "test_loss": "float",
-    "train_loss": "float",
-    "train_time_s": "s",
-    "num_params": "int",
+    contract.TEST_ACCURACY: "pct",
+    contract.TRAIN_ACCURACY: "pct",
+    contract.OVERFIT_GAP: "pct",
+    contract.TEST_LOSS: "float",
+    contract.TRAIN_LOSS: "float",
+    contract.TRAIN_TIME: "s",
+    contract.NUM_PARAMS: "int",
 }
 
 
@@ -90,7 +90,7 @@ def _at_epoch_rows(c: Comparison) -> list[dict]:
                     _fmt(at[k], "pct" if "accuracy" in k else "float") if at is not None else "–"
                     for k in EPOCH_TABLE_KEYS
                 ],
-                "final": _fmt(c.final.at[rid, "test_accuracy"], "pct"),
+                "final": _fmt(c.final.at[rid, contract.TEST_ACCURACY], "pct"),
             }
         )
     return rows
@@ -170,11 +170,14 @@ def gallery(c: Comparison, test_images: np.ndarray | None) -> list[dict]:
                 tiles.append(
                     {
                         "image": (
-                            cp.image_to_base64(test_images[test_idx])
+                            image_to_base64(test_images[test_idx])
                             if test_images is not None and test_idx < len(test_images)
                             else None
                         ),
-                        "caption": f"#{test_idx}: {c.test_labels[pos]}, base {base_pred[pos]} → {run_pred[pos]}",
+                        "caption": (
+                            f"#{test_idx}: {c.test_labels[pos]}, "
+                            f"base {base_pred[pos]} → {run_pred[pos]}"
+                        ),
                     }
                 )
             kinds.append({"kind": kind, "count": len(positions), "tiles": tiles})
@@ -182,62 +185,12 @@ def gallery(c: Comparison, test_images: np.ndarray | None) -> list[dict]:
     return sections
 
 
-def figures(c: Comparison) -> dict[str, str]:
-    """Every figure of the report as base64 PNG, by name (figures whose data is missing are absent)."""
-    labels, settings = c.labels.to_dict(), c.settings.to_dict()
-    out = {}
-    if not c.history.empty:
-        out["curves"] = cp.figure_to_base64(
-            cp.LearningCurvesDisplay(c.history, labels, settings)
-            .plot(CURVE_KEYS, at_epoch=c.epoch)
-            .figure_
-        )
-    at, final = c.at_epoch["test_accuracy"], c.final["test_accuracy"].reindex(c.at_epoch.index)
-    if c.epoch and at.notna().any() and not np.allclose(at, final, equal_nan=True):
-        out["at_epoch"] = cp.figure_to_base64(
-            cp.EpochComparisonDisplay(
-                c.at_epoch["test_accuracy"], c.final["test_accuracy"], labels, c.epoch
-            )
-            .plot()
-            .figure_
-        )
-    if c.per_class is not None and len(c.per_class):
-        heat = c.per_class.rename(index=labels)
-        out["per_class"] = cp.figure_to_base64(cp.PerClassHeatmapDisplay(heat).plot().figure_)
-    if c.confusions:
-        out["confusion"] = cp.figure_to_base64(
-            cp.ConfusionGridDisplay({labels[r]: m for r, m in c.confusions.items()}).plot().figure_,
-            tight=False,
-        )
-        base = c.confusions[c.baseline_id]
-        diffs = {labels[r]: m - base for r, m in c.confusions.items() if r != c.baseline_id}
-        if diffs:
-            out["confusion_diff"] = cp.figure_to_base64(
-                cp.ConfusionGridDisplay(diffs, kind="difference").plot().figure_, tight=False
-            )
-    cost = c.final[["train_time_s"]].copy()
-    cost["accuracy"] = c.final["test_accuracy"]
-    if c.significance is not None:
-        # the interval is of the accuracy on the stored predictions, so plot that accuracy with it
-        cost = cost.join(c.significance[["accuracy", "ci_low", "ci_high"]], rsuffix="_predictions")
-        cost["accuracy"] = cost["accuracy_predictions"].fillna(cost["accuracy"])
-    if cost[["train_time_s", "accuracy"]].notna().all(axis=1).sum() >= 2:
-        out["cost"] = cp.figure_to_base64(
-            cp.AccuracyCostDisplay(cost, labels, settings).plot().figure_
-        )
-    return out
-
-
 def render_html(c: Comparison, images: dict[str, str], gallery: list[dict], *, title: str) -> str:
     """The report as one HTML string; every value goes through Jinja2's autoescape."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("analysis", "templates"),
-        autoescape=True,  # run names and params come from users: never trust them as markup
-        undefined=jinja2.StrictUndefined,
-    )
     header, rows = _runs_rows(c)
     baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
-    return env.get_template("compare.html").render(
+    return render(
+        "compare.html",
         title=title,
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         n_runs=len(c.runs),

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from mnist_train import contract
+
 N_CLASSES = 10
 DEFAULT_BINS = (
     15  # reliability bins; 15 equal-width bins is the common choice in the ECE literature
@@ -84,7 +86,8 @@ def confusion_matrix(
 
 
 def per_class_accuracy(y_true, y_pred, *, n_classes: int = N_CLASSES) -> np.ndarray:
-    """float (n_classes,): fraction of each true digit predicted correctly; NaN for absent digits."""
+    """float (n_classes,): fraction of each true digit predicted correctly; NaN for absent
+    digits."""
     counts = confusion_matrix(y_true, y_pred, n_classes=n_classes)
     support = counts.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -146,7 +149,8 @@ def most_confused_pairs(
 
 
 def top_k(probs, *, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(classes int64 (N, k), probabilities float (N, k)), most probable first; ties keep class order."""
+    """(classes int64 (N, k), probabilities float (N, k)), most probable first; ties keep class
+    order."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
         raise ValueError(f"probs must be 2-D (N, n_classes), got shape {probs.shape}")
@@ -262,10 +266,10 @@ def overfit_gap(epochs: pd.DataFrame) -> pd.DataFrame:
     loss gap). Columns whose inputs were not logged are left out; indexed like `epochs`.
     """
     gaps = pd.DataFrame(index=epochs.index)
-    if {"train_accuracy", "test_accuracy"} <= set(epochs.columns):
-        gaps["accuracy_gap"] = epochs["train_accuracy"] - epochs["test_accuracy"]
-    if {"train_loss", "test_loss"} <= set(epochs.columns):
-        gaps["loss_gap"] = epochs["train_loss"] - epochs["test_loss"]
+    if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(epochs.columns):
+        gaps["accuracy_gap"] = epochs[contract.TRAIN_ACCURACY] - epochs[contract.TEST_ACCURACY]
+    if {contract.TRAIN_LOSS, contract.TEST_LOSS} <= set(epochs.columns):
+        gaps["loss_gap"] = epochs[contract.TRAIN_LOSS] - epochs[contract.TEST_LOSS]
     if gaps.columns.empty:
         raise ValueError(
             f"epoch history has neither accuracy nor loss pairs; has {list(epochs.columns)}"
@@ -284,12 +288,12 @@ def overfit_summary(epochs: pd.DataFrame) -> dict:
       grows at every epoch after it (and ends larger): the model keeps fitting the training set
       while test accuracy no longer gains. False otherwise (also while test accuracy still rises).
     """
-    _check_epochs(epochs, ("train_accuracy", "test_accuracy"))
+    _check_epochs(epochs, (contract.TRAIN_ACCURACY, contract.TEST_ACCURACY))
     if epochs.empty:
         raise ValueError("epoch history is empty")
     gaps = overfit_gap(epochs)
     acc_gap = gaps["accuracy_gap"]
-    peak_epoch = int(epochs["test_accuracy"].idxmax())
+    peak_epoch = int(epochs[contract.TEST_ACCURACY].idxmax())
     after_peak = acc_gap.loc[peak_epoch:]
     widening = bool(len(after_peak) > 1 and (np.diff(after_peak.to_numpy()) > 0).all())
     summary = {
@@ -299,10 +303,10 @@ def overfit_summary(epochs: pd.DataFrame) -> dict:
         "best_epoch": None,
         "best_test_loss": None,
         "peak_accuracy_epoch": peak_epoch,
-        "peak_test_accuracy": float(epochs["test_accuracy"].max()),
+        "peak_test_accuracy": float(epochs[contract.TEST_ACCURACY].max()),
         "gap_widening": widening,
     }
-    if "test_loss" in epochs.columns:
-        summary["best_epoch"] = int(epochs["test_loss"].idxmin())
-        summary["best_test_loss"] = float(epochs["test_loss"].min())
+    if contract.TEST_LOSS in epochs.columns:
+        summary["best_epoch"] = int(epochs[contract.TEST_LOSS].idxmin())
+        summary["best_test_loss"] = float(epochs[contract.TEST_LOSS].min())
     return summary

@@ -2,7 +2,7 @@
 lot logged back to the run under `analysis/`.
 
 `build_run_report` only reads a `RunData` (and optionally the test images) and writes files;
-`log_report` is the one place that writes to MLflow.
+`publish.log_run_report` logs them to the run.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import metrics
-from analysis.runs import AnalysisError, RunData
+from analysis.errors import AnalysisError
+from analysis.runs import RunData
+from mnist_train import contract
 
-ARTIFACT_DIR = "analysis"  # where the report goes among the run's artifacts
 TOP_PAIRS = 5  # most-confused pairs listed in the summary and drawn in the gallery
 WRONG_ROWS = 15  # wrong predictions (with their top-3) listed in the HTML page
 HIDDEN_TAGS = ("mlflow.log-model.history",)  # long JSON blobs that would swamp the tag table
@@ -62,7 +63,9 @@ def build_run_report(
     dataset view, or None. `notices`: extra lines to show in the report, e.g. why
     images are missing. Raises AnalysisError when the run has nothing to report on.
     """
-    from analysis import gallery, plots
+    from analysis.figures import gallery
+    from analysis.figures import run as plots
+    from analysis.figures.common import save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,12 +74,12 @@ def build_run_report(
     title = f"{run.label} ({run.run_id[:8]})"
 
     def add(display, name: str, heading: str, caption: str) -> None:
-        report.files.append(plots.save_figure(display.figure_, out / name))
+        report.files.append(save_figure(display.figure_, out / name))
         figures.append(_Figure(name, heading, caption))
 
     epochs = run.epochs
     overfit = None
-    if {"train_accuracy", "test_accuracy"} <= set(epochs.columns) and len(epochs):
+    if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(epochs.columns) and len(epochs):
         overfit = metrics.overfit_summary(epochs)
         gaps = metrics.overfit_gap(epochs)
         report.files.append(_write_csv(epochs.join(gaps), out / "epochs.csv"))
@@ -99,9 +102,10 @@ def build_run_report(
     pred = run.predictions
     summary = _run_header(run)
     summary["overfit"] = overfit
-    # the contract's end-of-run metric (last train minus last test accuracy), recomputed when possible
+    # the contract's end-of-run metric (last train minus last test accuracy), recomputed when
+    # possible
     summary["overfit_gap"] = (
-        overfit["final_accuracy_gap"] if overfit else run.metrics.get("overfit_gap")
+        overfit["final_accuracy_gap"] if overfit else run.metrics.get(contract.OVERFIT_GAP)
     )
     summary["final_epoch_metrics"] = (
         {k: _clean(v) for k, v in epochs.iloc[-1].items()} if len(epochs) else None
@@ -145,7 +149,8 @@ def build_run_report(
             plots.ConfusionHeatmapDisplay(counts).plot(),
             "confusion_matrix.png",
             "Confusion matrix",
-            "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction of "
+            "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction "
+            "of "
             "the true digit.",
         )
         add(
@@ -171,7 +176,8 @@ def build_run_report(
                 "dataset.png",
                 "Data set",
                 "Images per digit (as a share of the training and test sets "
-                "when the training labels are at hand) and the first test image of each digit (seed 000, 3.3).",
+                "when the training labels are at hand) and the first test image of each digit "
+                "(seed 000, 3.3).",
             )
             add(
                 gallery.PredictionGalleryDisplay.from_predictions(
@@ -202,7 +208,8 @@ def build_run_report(
                     ),
                     "misclassified.png",
                     "Misclassifications by digit pair",
-                    "Wrong predictions of the most frequent (true, predicted) pairs, with the model's "
+                    "Wrong predictions of the most frequent (true, predicted) pairs, with the "
+                    "model's "
                     "confidence in its wrong answer.",
                 )
         else:
@@ -226,17 +233,6 @@ def build_run_report(
     return report
 
 
-def log_report(client, run_id: str, report: RunReport) -> None:
-    """Log every file of `report` to run `run_id` under `analysis/` (shown in the MLflow UI)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        for path in report.files:
-            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
-    except (MlflowException, OSError) as err:
-        raise AnalysisError(f"report written but not logged to run {run_id}: {err}") from None
-
-
 # --------------------------------------------------------------------------- HTML
 
 
@@ -245,16 +241,8 @@ def render_html(
 ) -> str:
     """The report page: one file, figures inlined as base64 PNG data URIs, every run-provided
     string (names, params, tags) escaped by Jinja2's autoescaping."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from analysis.html import render
 
-    env = Environment(
-        loader=PackageLoader("analysis", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-    )
-    env.filters["pct"] = lambda x, digits=2: (
-        "n/a" if x is None or _is_nan(x) else f"{100 * x:.{digits}f}%"
-    )
-    env.filters["num"] = lambda x, digits=4: "n/a" if x is None or _is_nan(x) else f"{x:.{digits}f}"
     embedded = [
         {
             "title": f.title,
@@ -266,7 +254,8 @@ def render_html(
         for f in figures
     ]
     tags = {k: v for k, v in sorted(run.tags.items()) if k not in HIDDEN_TAGS}
-    return env.get_template("report.html").render(
+    return render(
+        "report.html",
         run=run,
         summary=summary,
         figures=embedded,
@@ -289,7 +278,7 @@ def _run_header(run: RunData) -> dict:
         "start_time": _iso(run.start_time),
         "end_time": _iso(run.end_time),
         "epochs_logged": int(len(run.epochs)),
-        "train_time_s": run.metrics.get("train_time_s"),
+        contract.TRAIN_TIME: run.metrics.get(contract.TRAIN_TIME),
         "params": dict(run.params),
         "n_test": None,
         "n_wrong": None,
@@ -310,10 +299,6 @@ def _iso(ms: int | None) -> str | None:
 def _write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:
     frame.to_csv(path, index=index, float_format="%.6g")
     return path
-
-
-def _is_nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
 
 
 def _clean(value):

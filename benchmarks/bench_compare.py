@@ -127,7 +127,8 @@ def main() -> None:
         started = time.perf_counter()
         ids = log_runs(uri, max(args.sizes), args.epochs, labels, tmp)
         print(
-            f"logged {len(ids)} synthetic runs ({args.epochs} epochs, {N_TEST} test predictions each) "
+            f"logged {len(ids)} synthetic runs ({args.epochs} epochs, {N_TEST} test predictions "
+            "each) "
             f"in {time.perf_counter() - started:.1f} s"
         )
 
@@ -144,7 +145,8 @@ def main() -> None:
             )  # cold cache each time
             seconds = time.perf_counter() - started
             print(
-                f"compare {size:3d} runs: {seconds:6.1f} s  ({path.stat().st_size / 1e6:.1f} MB report, "
+                f"compare {size:3d} runs: {seconds:6.1f} s  ({path.stat().st_size / 1e6:.1f} MB "
+                "report, "
                 f"{len(comparison.findings)} findings)",
                 flush=True,
             )

@@ -1,7 +1,9 @@
 """How long does one per-run report take? (issue 4 budget: at most 5 s for a finished MLP run)
 
-    .venv/bin/python benchmarks/bench_report.py                    # a contract-shaped run, made here
-    .venv/bin/python benchmarks/bench_report.py --run-id ID        # an existing run ($MLFLOW_TRACKING_URI)
+    .venv/bin/python benchmarks/bench_report.py                    # a contract-shaped run, made
+    here
+    .venv/bin/python benchmarks/bench_report.py --run-id ID        # an existing run
+    ($MLFLOW_TRACKING_URI)
 
 Without --run-id, a finished run shaped like seed 000's MLP is logged to a temporary SQLite store:
 3 epochs, 1407 batch_loss steps (60000 / 128 per epoch), 10000 test predictions, and a 10000-image
@@ -154,11 +156,10 @@ def main() -> None:
             run_id = log_mlp_like_run(uri, labels)
         if data_dir is None:
             from analysis import runs
+            from analysis.images import resolve_data_dir
 
             client = runs.connect(uri)
-            data_dir = runs.resolve_data_dir(
-                None, runs.load_run(client, run_id, with_predictions=False)
-            )
+            data_dir = resolve_data_dir(None, runs.load_run(client, run_id, with_predictions=False))
 
         cache = tmp / "cache"
         times = [

@@ -85,7 +85,8 @@ PIPELINE_TARGET, OVERHEAD_TARGET = 15.0, 0.25  # speedup (x) and tracking overhe
 def seed001_epochs(
     config: RunConfig, data_dir: Path, epochs: int, max_train: int | None
 ) -> list[float]:
-    """Seconds per epoch of seed 001's loop: ToTensor per image, shuffled DataLoader, view(-1, 784)."""
+    """Seconds per epoch of seed 001's loop: ToTensor per image, shuffled DataLoader, view(-1,
+    784)."""
     mnist_train = datasets.MNIST(
         root=str(data_dir), train=True, transform=transforms.ToTensor(), download=False
     )
@@ -145,7 +146,8 @@ class BatchTransformed(Dataset):
 def seed000_epochs(
     config: RunConfig, data_dir: Path, epochs: int, max_train: int | None, max_test: int | None
 ) -> list[float]:
-    """Seconds per epoch (training pass plus test pass) of seed 000's loop on the emulated pipeline."""
+    """Seconds per epoch (training pass plus test pass) of seed 000's loop on the emulated
+    pipeline."""
     train_images = datasets.MNIST(root=str(data_dir), train=True, download=False)
     test_images = datasets.MNIST(root=str(data_dir), train=False, download=False)
     if max_train is not None:
@@ -211,7 +213,8 @@ def seed000_epochs(
 def ours_epochs(
     config: RunConfig, train_split: data.Split, test_split: data.Split
 ) -> tuple[list[float], float]:
-    """(seconds per epoch of `train()` incl. its per-epoch test evaluation, one-off `prepare` seconds)."""
+    """(seconds per epoch of `train()` incl. its per-epoch test evaluation, one-off `prepare`
+    seconds)."""
     started = time.perf_counter()
     tensors = prepare(train_split, test_split, config, torch.device("cpu"))
     setup = time.perf_counter() - started
@@ -371,7 +374,8 @@ def run_pipelines(
     """Seed pipeline as the notebook runs it (torch's default threads) and at our thread count,
     against `train()` at our thread count, interleaved repeat by repeat."""
     print(
-        f"\n== 1. Input pipeline: seed notebook vs train(), s/epoch, median [min-max], {args.repeats} repeat(s) x {args.epochs} epoch(s)"
+        "\n== 1. Input pipeline: seed notebook vs train(), s/epoch, median [min-max], "
+        f"{args.repeats} repeat(s) x {args.epochs} epoch(s)"
     )
     default_threads = os.cpu_count() or 1
     sides = {"seed": {}, "seed_same": {}, "ours": {}}
@@ -433,32 +437,39 @@ def run_pipelines(
         met = speedup >= PIPELINE_TARGET
         ok &= met
         print(
-            f"{model_name:<8} {spread(seed):>34} {spread(seed_same):>34} {spread(ours):>34} {speedup:>7.1f}x "
+            f"{model_name:<8} {spread(seed):>34} {spread(seed_same):>34} {spread(ours):>34} "
+            f"{speedup:>7.1f}x "
             f"{same:>12.1f}x  >= {PIPELINE_TARGET:.0f}x {'met' if met else 'MISSED'}"
         )
         print(
-            f"{'':<8} per repeat: {', '.join(f'{a / b:.1f}x' for a, b in zip(seed, ours))} (same threads: "
+            f"{'':<8} per repeat: {', '.join(f'{a / b:.1f}x' for a, b in zip(seed, ours))} (same "
+            "threads: "
             f"{', '.join(f'{a / b:.1f}x' for a, b in zip(seed_same, ours))})"
         )
     print(
-        f"  speedup = median seed (torch's default {default_threads} threads, as the notebook runs) / median ours "
-        f"({torch.get_num_threads()} thread(s), the project's default); same-threads = both at {torch.get_num_threads()} thread(s)"
+        f"  speedup = median seed (torch's default {default_threads} threads, as the notebook "
+        "runs) / median ours "
+        f"({torch.get_num_threads()} thread(s), the project's default); same-threads = both at "
+        f"{torch.get_num_threads()} thread(s)"
     )
     for model_name in configs:
         print(
-            f"  ours one-off prepare() ({model_name}): {statistics.median(setup_s[model_name]):.3f} s per run, not per epoch"
+            f"  ours one-off prepare() ({model_name}): "
+            f"{statistics.median(setup_s[model_name]):.3f} s per run, not per epoch"
         )
     return ok
 
 
 def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
     print(
-        f"\n== 2. Tracking overhead: untracked train() vs tracking.run_training, {args.repeats} repeat(s), alternating order"
+        f"\n== 2. Tracking overhead: untracked train() vs runner.run_training, {args.repeats} "
+        "repeat(s), alternating order"
     )
     store = Path(tempfile.mkdtemp(prefix="bench_mlflow_"))
     opened = open_store(store, {config.experiment for config in configs.values()})
     print(
-        f"  store {store}/mlflow.db, created with import of mlflow and its submodules in {opened:.2f} s (excluded)"
+        f"  store {store}/mlflow.db, created with import of mlflow and its submodules in "
+        f"{opened:.2f} s (excluded)"
     )
     timers = CallTimers()
     targets = timed_targets()
@@ -476,7 +487,8 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
             untracked_seconds(warm)
             runner.run_training(warm)
         print(
-            f"  warm-up ({model_name}, 1 epoch on {WARMUP_IMAGES} images, tracked + untracked): {time.perf_counter() - started:.2f} s (excluded)"
+            f"  warm-up ({model_name}, 1 epoch on {WARMUP_IMAGES} images, tracked + untracked): "
+            f"{time.perf_counter() - started:.2f} s (excluded)"
         )
         prepared = runner.prepare_run(config, args.data_dir)
         untracked, tracked, breakdowns = [], [], []
@@ -501,7 +513,8 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
             ):
                 run()
             print(
-                f"  repeat {repeat + 1}: {model_name} {epochs} epochs untracked {untracked[-1]:.2f} s, tracked {tracked[-1]:.2f} s",
+                f"  repeat {repeat + 1}: {model_name} {epochs} epochs untracked "
+                f"{untracked[-1]:.2f} s, tracked {tracked[-1]:.2f} s",
                 flush=True,
             )
         results[model_name] = (epochs, untracked, tracked, breakdowns)
@@ -509,7 +522,10 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
     # Two readings of the overhead. Side by side: tracked / untracked wall time, which on a shared
     # machine drifts by tens of percent between consecutive runs. Within the run: the tracked
     # run's time outside train() over its time inside train(), which drift hits alike.
-    header = f"{'model':<8} {'epochs':>6} {'untracked s':>28} {'tracked s':>28} {'overhead':>9} {'paired':>7} {'in-run':>7}  target (on in-run)"
+    header = (
+        f"{'model':<8} {'epochs':>6} {'untracked s':>28} {'tracked s':>28} "
+        f"{'overhead':>9} {'paired':>7} {'in-run':>7}  target (on in-run)"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     ok = True
     for model_name, (epochs, untracked, tracked, breakdowns) in results.items():
@@ -519,15 +535,20 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
         met = statistics.median(in_run) <= OVERHEAD_TARGET
         ok &= met
         print(
-            f"{model_name:<8} {epochs:>6} {spread(untracked):>28} {spread(tracked):>28} {overhead:>8.1%} {statistics.median(paired):>6.1%} "
-            f"{statistics.median(in_run):>6.1%}  <= {OVERHEAD_TARGET:.0%} {'met' if met else 'MISSED'}"
+            f"{model_name:<8} {epochs:>6} {spread(untracked):>28} {spread(tracked):>28} "
+            f"{overhead:>8.1%} {statistics.median(paired):>6.1%} "
+            f"{statistics.median(in_run):>6.1%}  <= {OVERHEAD_TARGET:.0%} "
+            + ("met" if met else "MISSED")
         )
         print(
-            f"{'':<8} per repeat: paired {', '.join(f'{p:.1%}' for p in paired)}; in-run {', '.join(f'{p:.1%}' for p in in_run)}"
+            f"{'':<8} per repeat: paired {', '.join(f'{p:.1%}' for p in paired)}; "
+            f"in-run {', '.join(f'{p:.1%}' for p in in_run)}"
         )
     print(
-        "  overhead = median tracked / median untracked - 1; paired = median of per-repeat tracked/untracked - 1;\n"
-        "  in-run = median of (tracked run time / its time inside train()) - 1, the MLflow share measured inside one run"
+        "  overhead = median tracked / median untracked - 1; paired = median of per-repeat "
+        "tracked/untracked - 1;\n"
+        "  in-run = median of (tracked run time / its time inside train()) - 1, the MLflow share "
+        "measured inside one run"
     )
 
     for model_name, (epochs, untracked, tracked, breakdowns) in results.items():
@@ -541,14 +562,16 @@ def run_tracking(args, configs: dict[str, RunConfig]) -> bool:
             value = statistics.median(values)
             indent = "      " if nested else "    "
             print(
-                f"{indent}{label:<46}{'' if nested else '  '} {value:8.3f} s  {calls:4d} calls  {value / median_tracked:6.1%}"
+                f"{indent}{label:<46}{'' if nested else '  '} {value:8.3f} s  {calls:4d} calls  "
+                f"{value / median_tracked:6.1%}"
             )
         loop = statistics.median(
             [seconds.get("training loop + per-epoch logging", 0.0) for seconds, _ in breakdowns]
         )
         outside = median_tracked - loop
         print(
-            f"    {'everything outside the training loop':<46}   {outside:8.3f} s             {outside / median_tracked:6.1%}"
+            f"    {'everything outside the training loop':<46}   {outside:8.3f} s             "
+            f"{outside / median_tracked:6.1%}"
         )
         print(f"    {'untracked run, for comparison':<46}   {statistics.median(untracked):8.3f} s")
     return ok
@@ -583,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: {QUICK_MAX_TRAIN} train / {QUICK_MAX_TEST} test images, 2 tracking epochs, 1 repeat",
+        help=f"smoke run: {QUICK_MAX_TRAIN} train / {QUICK_MAX_TEST} test images, "
+        "2 tracking epochs, 1 repeat",
     )
     parser.add_argument(
         "--threads",

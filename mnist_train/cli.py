@@ -164,7 +164,8 @@ def run(
         )  # empty from the MLproject too
         if resume_run_id and (experiment.sweep or adopt_run_id):
             raise ConfigError(
-                "--resume is for single runs; a sweep resumes its interrupted children when run again"
+                "--resume is for single runs; a sweep resumes its interrupted children when run "
+                "again"
             )
         if experiment.sweep:
             children = expand(experiment, values)

@@ -76,12 +76,13 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def probe_http_store(uri: str, timeout_s: float = HTTP_PROBE_TIMEOUT_S) -> str | None:
+def probe_http_store(uri: str, timeout_s: float | None = None) -> str | None:
     """One short request to an http(s) tracking server: None when it answers, else the reason.
 
     MLflow's own client would retry an unreachable server for minutes. An HTTP error status
     (401, 404, ...) still means the server is there; MLflow reports anything else itself.
     """
+    timeout_s = HTTP_PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             return None

@@ -25,7 +25,8 @@ class IdxError(ValueError):
 
 
 def check(path: Path, magic: int, header: bytes, size: int) -> int:
-    """Validate an IDX header against MNIST's layout and the file's byte size; returns its length."""
+    """Validate an IDX header against MNIST's layout and the file's byte size; returns its
+    length."""
     item_shape = ITEM_SHAPES[magic]
     header_len = 4 * (2 + len(item_shape))
     if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:

@@ -34,7 +34,8 @@ SUMMARY_METRICS = (
 
 @dataclass(frozen=True)
 class Child:
-    """One configuration of a sweep. `settings` holds what the sweep set for it, e.g. {"lr": 0.01}."""
+    """One configuration of a sweep. `settings` holds what the sweep set for it, e.g. {"lr":
+    0.01}."""
 
     name: str
     config: RunConfig

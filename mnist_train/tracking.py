@@ -163,7 +163,8 @@ class RunLog:
         mlflow.log_metrics(metrics, step=step)
 
     def log_predictions(self, labels: np.ndarray, probs: np.ndarray, index: np.ndarray) -> None:
-        """The contract's `predictions/test.npz`: labels int64 (N,), probs float32 (N, 10), index."""
+        """The contract's `predictions/test.npz`: labels int64 (N,), probs float32 (N, 10),
+        index."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, labels=labels, probs=probs, index=index)
         path = Path(contract.PREDICTIONS_PATH)

@@ -61,7 +61,8 @@ class InlineWriter:
 
 
 class ProcessWriter:
-    """Writes batches of rows, in order, from a helper process (`python -m mnist_train.tracking_writer`).
+    """Writes batches of rows, in order, from a helper process (`python -m
+    mnist_train.tracking_writer`).
 
     A plain subprocess rather than multiprocessing: spawn would import the caller's main module
     again, which runs an unguarded script's training a second time. Batches are pickled down the

@@ -1,4 +1,4 @@
-"""Hand-made runs logged to MLflow exactly as the training/analysis contract (DESIGN.md) says.
+"""Hand-made runs logged to MLflow exactly as the contract (mnist_train/contract.py) says.
 
 They let the analysis be tested without training anything: per-epoch metrics with step = epoch,
 `batch_loss` per global step, `predictions/test.npz`, run name and tags.
@@ -60,6 +60,55 @@ def fake_predictions(labels: np.ndarray, *, accuracy: float, seed: int) -> np.nd
     return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def log_contract_run(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    run_name: str,
+    params: dict,
+    epochs: dict,
+    n_steps: int,
+    final: dict,
+    probs: np.ndarray | None,
+    labels: np.ndarray,
+    index: np.ndarray,
+    tags: dict | None = None,
+    status: str = "FINISHED",
+    start_time: int | None = None,
+    end_time: int | None = None,
+) -> str:
+    """The one way tests fake a run: the contract's metrics, params, tags and, unless `probs` is
+    None, `predictions/test.npz`. `epochs`: metric -> per-epoch values (step = epoch from 1);
+    `final`: end-of-run metrics; `batch_loss` gets `n_steps` points. Returns the run id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    tags = tags or {}
+    run = client.create_run(experiment_id, run_name=run_name, start_time=start_time, tags=tags)
+    run_id = run.info.run_id
+    ts = start_time or 1_700_000_000_000  # metric timestamps; the run starts now unless told
+    metrics = [Metric(k, v, ts + e, e + 1) for k, vs in epochs.items() for e, v in enumerate(vs)]
+    metrics += [Metric("batch_loss", 2.3 * 0.9**s, ts + s, s) for s in range(1, n_steps + 1)]
+    metrics += [Metric(k, v, ts, step) for k, (v, step) in final.items()]
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    if probs is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "test.npz"
+            np.savez(path, labels=np.asarray(labels, np.int64), probs=probs, index=index)
+            client.log_artifact(run_id, str(path), "predictions")
+    if status != "RUNNING":
+        client.set_terminated(run_id, status=status, end_time=end_time)
+    return run_id
+
+
 def log_fake_run(
     tracking_uri: str,
     experiment: str,
@@ -75,23 +124,13 @@ def log_fake_run(
     parent_run_id: str | None = None,
     extra_tags: dict | None = None,
 ) -> FakeRun:
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_obj = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        experiment_obj.experiment_id if experiment_obj else client.create_experiment(experiment)
-    )
+    """A run whose test accuracy peaks at epoch 2 while train accuracy keeps rising, with
+    predictions right for about `accuracy` of the images."""
     tags = {"mlflow.runName": run_name, **(extra_tags or {})}
     if data_dir is not None:
         tags["mnist.data_dir"] = data_dir
     if parent_run_id is not None:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-
-    # a run whose test accuracy peaks at epoch 2 while train accuracy keeps rising
     epochs = {
         "train_loss": [0.5 / e for e in range(1, n_epochs + 1)],
         "test_loss": [0.40, 0.30, 0.32, 0.36, 0.40, 0.45][:n_epochs],
@@ -99,12 +138,6 @@ def log_fake_run(
         "test_accuracy": [0.86, 0.90, 0.89, 0.885, 0.88, 0.875][:n_epochs],
         "epoch_time_s": [1.5 + 0.1 * e for e in range(1, n_epochs + 1)],
     }
-    ts = 1_700_000_000_000
-    metrics = [Metric(k, v, ts + e, e + 1) for k, vs in epochs.items() for e, v in enumerate(vs)]
-    metrics += [
-        Metric("batch_loss", 2.3 * 0.9**s, ts + s, s)
-        for s in range(1, n_epochs * STEPS_PER_EPOCH + 1)
-    ]
     params = {
         "model": "mlp",
         "hidden_sizes": "100",
@@ -114,30 +147,27 @@ def log_fake_run(
         "epochs": str(n_epochs),
         "seed": str(seed),
     }
+    final = {}
     if n_epochs:
-        metrics += [
-            Metric(
-                "overfit_gap", epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1], ts, 0
-            ),
-            Metric("train_time_s", sum(epochs["epoch_time_s"]), ts, 0),
-        ]
-    client.log_batch(
-        run_id,
-        metrics=metrics,
-        params=[Param(k, v) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
-
+        gap = epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1]
+        final = {"overfit_gap": (gap, 0), "train_time_s": (sum(epochs["epoch_time_s"]), 0)}
     labels = fixture_test_labels() if labels is None else np.asarray(labels, dtype=np.int64)
     probs = fake_predictions(labels, accuracy=accuracy, seed=seed)
     index = np.arange(len(labels))
-    if with_predictions:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "test.npz"
-            np.savez(path, labels=labels, probs=probs, index=index)
-            client.log_artifact(run_id, str(path), "predictions")
-    if status != "RUNNING":
-        client.set_terminated(run_id, status=status)
+    run_id = log_contract_run(
+        tracking_uri,
+        experiment,
+        run_name=run_name,
+        params=params,
+        epochs=epochs,
+        n_steps=n_epochs * STEPS_PER_EPOCH,
+        final=final,
+        probs=probs if with_predictions else None,
+        labels=labels,
+        index=index,
+        tags=tags,
+        status=status,
+    )
     return FakeRun(run_id, labels, probs, index, epochs)
 
 

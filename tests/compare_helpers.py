@@ -1,4 +1,4 @@
-"""Hand-made runs for the comparison tests, logged to MLflow as the contract (DESIGN.md) says.
+"""Hand-made runs for the comparison tests, logged to MLflow as the contract says.
 
 Unlike `analysis_helpers.log_fake_run` these take the params, curves and exact predictions of
 each run, so a test knows which images a run fixed or broke and which settings differ.
@@ -6,11 +6,8 @@ each run, so a test knows which images a run fixed or broke and which settings d
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
-from analysis_helpers import fake_predictions, fixture_test_labels
+from analysis_helpers import fake_predictions, fixture_test_labels, log_contract_run
 
 __all__ = [
     "fake_predictions",
@@ -46,7 +43,8 @@ def probs_for(pred: np.ndarray, *, seed: int = 0) -> np.ndarray:
 
 
 def with_flips(labels: np.ndarray, base_pred: np.ndarray, *, fix: int, brk: int) -> np.ndarray:
-    """A copy of `base_pred` that fixes the first `fix` wrong images and breaks the first `brk` right."""
+    """A copy of `base_pred` that fixes the first `fix` wrong images and breaks the first `brk`
+    right."""
     pred = base_pred.copy()
     wrong = np.flatnonzero(base_pred != labels)
     right = np.flatnonzero(base_pred == labels)
@@ -111,45 +109,24 @@ def log_run(
     start_time: int = 1_700_000_000_000,
 ) -> str:
     """Log one finished run; `pred=None` stores no predictions. Returns the run id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-    run = client.create_run(exp_id, run_name=run_name, start_time=start_time, tags=tags)
-    run_id = run.info.run_id
     all_params = {**BASE_PARAMS, "name": run_name, "epochs": str(n_epochs), **(params or {})}
     if final_acc is None:
         final_acc = float(np.mean(pred == labels)) if pred is not None else 0.9
     epochs = curves(n_epochs, final_acc=final_acc, overfit_from=overfit_from)
-    metrics = [
-        Metric(k, v, start_time + e, e + 1) for k, vs in epochs.items() for e, v in enumerate(vs)
-    ]
-    metrics += [
-        Metric("batch_loss", 2.3 * 0.9**s, start_time + s, s) for s in range(1, 3 * n_epochs + 1)
-    ]
-    metrics += [
-        Metric(
-            "overfit_gap",
-            epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1],
-            start_time,
-            n_epochs,
-        ),
-        Metric("train_time_s", train_time_s, start_time, n_epochs),
-    ]
-    client.log_batch(
-        run_id,
-        metrics=metrics,
-        params=[Param(k, str(v)) for k, v in all_params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
+    gap = epochs["train_accuracy"][-1] - epochs["test_accuracy"][-1]
+    return log_contract_run(
+        tracking_uri,
+        experiment,
+        run_name=run_name,
+        params=all_params,
+        epochs=epochs,
+        n_steps=3 * n_epochs,
+        final={"overfit_gap": (gap, n_epochs), "train_time_s": (train_time_s, n_epochs)},
+        probs=probs_for(pred) if pred is not None else None,
+        labels=labels,
+        index=np.arange(len(labels)) if index is None else index,
+        tags=tags,
+        start_time=start_time,
+        end_time=start_time + 60_000,
     )
-    if pred is not None:
-        index = np.arange(len(labels)) if index is None else index
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "test.npz"
-            np.savez(path, labels=np.asarray(labels, np.int64), probs=probs_for(pred), index=index)
-            client.log_artifact(run_id, str(path), "predictions")
-    client.set_terminated(run_id, end_time=start_time + 60_000)
-    return run_id

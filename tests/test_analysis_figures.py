@@ -8,7 +8,9 @@ import pytest
 from analysis_helpers import fake_predictions, fixture_test_labels
 from matplotlib.colors import to_hex
 
-from analysis import gallery, metrics, plots
+from analysis import metrics
+from analysis.figures import common, gallery
+from analysis.figures import run as plots
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_per_class_bars_show_each_digits_accuracy(case):
     expected = [100 * np.mean(y_pred[labels == d] == d) for d in range(10)]
     np.testing.assert_allclose(heights, expected)
     worst = int(np.argmin(expected))
-    assert to_hex(display.ax_.patches[worst].get_facecolor()) == plots.COLORS["wrong"]
+    assert to_hex(display.ax_.patches[worst].get_facecolor()) == common.COLORS["wrong"]
 
 
 def test_learning_curves_plot_the_logged_values_in_percent():
@@ -92,7 +94,7 @@ def test_learning_curves_plot_the_logged_values_in_percent():
     ax_loss, ax_acc = display.axes_
     lines = {line.get_label(): line for line in ax_acc.lines}
     np.testing.assert_allclose(lines["Test accuracy"].get_ydata(), [91, 93])
-    assert to_hex(lines["Train accuracy"].get_color()) == plots.COLORS["train"]
+    assert to_hex(lines["Train accuracy"].get_color()) == common.COLORS["train"]
     assert any("epoch 2" in line.get_label() for line in ax_loss.lines)  # lowest test loss marked
 
 
@@ -105,7 +107,7 @@ def test_prediction_gallery_titles_are_green_when_right_and_red_when_wrong(case)
     assert len(display.axes_) == 10
     for ax, pos in zip(display.axes_, chosen):
         assert ax.get_title() == f"True: {labels[pos]}, Pred: {y_pred[pos]}"
-        expected = plots.COLORS["correct" if labels[pos] == y_pred[pos] else "wrong"]
+        expected = common.COLORS["correct" if labels[pos] == y_pred[pos] else "wrong"]
         assert _color(ax.title) == expected
         shown = ax.images[0].get_array()
         assert shown.dtype == np.uint8 and shown[0, 0] == pos % 256  # raw pixels of the right image
@@ -117,8 +119,8 @@ def test_confidence_chart_highlights_true_and_predicted_digits(case):
     display = gallery.ConfidenceDisplay(images[pos], probs[pos], labels[pos], y_pred[pos]).plot()
     bars = display.axes_[1].patches
     np.testing.assert_allclose([b.get_height() for b in bars], probs[pos], rtol=1e-6)
-    assert to_hex(bars[labels[pos]].get_facecolor()) == plots.COLORS["correct"]
-    assert to_hex(bars[y_pred[pos]].get_facecolor()) == plots.COLORS["wrong"]
+    assert to_hex(bars[labels[pos]].get_facecolor()) == common.COLORS["correct"]
+    assert to_hex(bars[y_pred[pos]].get_facecolor()) == common.COLORS["wrong"]
     top3 = np.argsort(-probs[pos])[:3]
     assert [c for c, _ in display.top3()] == top3.tolist()
     assert f"digit {top3[0]}:" in display.axes_[1].texts[0].get_text()
@@ -165,7 +167,7 @@ def test_reliability_diagram_shows_nonempty_bins(case):
 
 def test_figures_save_as_png(tmp_path, case):
     labels, _, y_pred, _ = case
-    path = plots.save_figure(
+    path = common.save_figure(
         plots.ConfusionHeatmapDisplay.from_predictions(labels, y_pred).figure_,
         tmp_path / "sub" / "cm.png",
     )

@@ -301,14 +301,17 @@ def test_runs_are_found_by_name_and_a_selection_gets_one_folder_each(tracking_ur
 
 
 def test_logged_model_reproduces_the_stored_predictions(trained_runs, tracking_uri, data_dir):
-    """--predict's fallback: the run's logged model, fed raw pixels, gives the stored probabilities."""
+    """--predict's fallback: the run's logged model, fed raw pixels, gives the stored
+    probabilities."""
     from analysis import runs
+    from analysis.images import load_test_set
+    from analysis.inference import predict_with_logged_model
 
     client = runs.connect(tracking_uri)
     run = runs.load_run(client, trained_runs["mlp"], cache_dir=data_dir.parent / "analysis-cache")
-    images, labels = runs.load_test_set(data_dir)
+    images, labels = load_test_set(data_dir)
     n = len(run.predictions)
-    predicted = runs.predict_with_logged_model(
+    predicted = predict_with_logged_model(
         run.run_id, images[:n], labels[:n], tracking_uri=tracking_uri
     )
     np.testing.assert_array_equal(predicted.index, run.predictions.index)

@@ -1,16 +1,20 @@
-"""analysis.runs: selecting and loading runs from a tracking store, the artifact cache, bad stores."""
+"""analysis.runs: selecting and loading runs from a tracking store, the artifact cache, bad
+stores."""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from analysis_helpers import fixture_test_labels, log_fake_run, log_foreign_run, unpacked_fixture
 
 from analysis import runs
+from analysis.images import load_test_set, resolve_data_dir
 from analysis.runs import AnalysisError
+from mnist_train import contract
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def test_load_run_returns_the_contract_data(store, tmp_path):
     )
     assert run.params["epochs"] == "3"
     assert list(run.epochs.index) == [1, 2, 3]
-    assert list(run.epochs.columns) == list(runs.EPOCH_METRICS)
+    assert list(run.epochs.columns) == list(contract.EPOCH_METRICS)
     np.testing.assert_allclose(run.epochs["test_accuracy"], fake.epochs["test_accuracy"])
     assert list(run.batch_loss.index) == list(range(1, 3 * 4 + 1))
     np.testing.assert_array_equal(run.predictions.labels, fake.labels)
@@ -73,7 +77,7 @@ def test_predictions_are_downloaded_once_and_then_read_from_the_cache(store, tmp
     client = store["client"]
     run_id = store["finished"].run_id
     runs.load_run(client, run_id, cache_dir=tmp_path)
-    cached = tmp_path / run_id / runs.PREDICTIONS_PATH
+    cached = tmp_path / run_id / contract.PREDICTIONS_PATH
     assert cached.is_file()
 
     calls = []
@@ -113,7 +117,10 @@ def test_find_runs_by_experiment_parent_filter_and_ids(store):
     assert union == store["children"] + by_experiment
     ids = [store["killed"].run_id, store["finished"].run_id]
     assert runs.find_run_ids(client, run_ids=ids) == ids
-    loaded = runs.load_runs(store["uri"], parent_run_id=store["parent"], with_predictions=False)
+    loaded = [
+        runs.load_run(client, i, with_predictions=False)
+        for i in runs.find_run_ids(client, parent_run_id=store["parent"])
+    ]
     assert [r.run_name for r in loaded] == ["lr=0.01", "lr=0.001"]
 
 
@@ -155,11 +162,11 @@ def test_an_unreachable_server_fails_within_seconds():
     started = time.monotonic()
     with pytest.raises(AnalysisError, match="unreachable"):
         runs.connect(f"http://127.0.0.1:{port}")
-    assert time.monotonic() - started < runs.PROBE_TIMEOUT_S + 2
+    assert time.monotonic() - started < contract.HTTP_PROBE_TIMEOUT_S + 2
 
 
 def test_a_silent_server_fails_after_the_probe_timeout(monkeypatch):
-    monkeypatch.setattr(runs, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(contract, "HTTP_PROBE_TIMEOUT_S", 0.5)
     with socket.socket() as server:  # accepts connections, never answers
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -172,16 +179,16 @@ def test_a_silent_server_fails_after_the_probe_timeout(monkeypatch):
 def test_load_test_set_reads_gzipped_and_plain_fixture_files(tmp_path):
     from analysis_helpers import FIXTURE_MNIST
 
-    images, labels = runs.load_test_set(FIXTURE_MNIST)  # .gz only
+    images, labels = load_test_set(FIXTURE_MNIST)  # .gz only
     assert images.shape == (500, 28, 28) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, fixture_test_labels())
     plain = unpacked_fixture(tmp_path / "mnist")
     for packed in (plain / "MNIST" / "raw").glob("*.gz"):
         packed.unlink()
-    plain_images, _ = runs.load_test_set(plain)
+    plain_images, _ = load_test_set(plain)
     np.testing.assert_array_equal(plain_images, images)
     with pytest.raises(AnalysisError, match="not found"):
-        runs.load_test_set(tmp_path / "empty")
+        load_test_set(tmp_path / "empty")
 
 
 def test_load_test_set_agrees_with_torchvision(tmp_path):
@@ -189,7 +196,7 @@ def test_load_test_set_agrees_with_torchvision(tmp_path):
 
     plain = unpacked_fixture(tmp_path / "mnist")
     reference = MNIST(root=str(plain), train=False, download=False)
-    images, labels = runs.load_test_set(plain)
+    images, labels = load_test_set(plain)
     np.testing.assert_array_equal(images, reference.data.numpy())
     np.testing.assert_array_equal(labels, reference.targets.numpy())
 
@@ -199,12 +206,12 @@ def test_data_dir_resolution_order(store, tmp_path, monkeypatch):
         store["client"], store["finished"].run_id, cache_dir=tmp_path, with_predictions=False
     )
     monkeypatch.setenv("MNIST_DATA_DIR", "/from/env")
-    assert runs.resolve_data_dir("/from/option", run) == runs.Path("/from/option")
-    assert runs.resolve_data_dir(None, run) == runs.Path("/from/env")  # the run has no data-dir tag
+    assert resolve_data_dir("/from/option", run) == Path("/from/option")
+    assert resolve_data_dir(None, run) == Path("/from/env")  # the run has no data-dir tag
     run.tags["mnist.data_dir"] = "/from/tag"
-    assert runs.resolve_data_dir(None, run) == runs.Path("/from/tag")
+    assert resolve_data_dir(None, run) == Path("/from/tag")
     monkeypatch.delenv("MNIST_DATA_DIR")
-    assert runs.resolve_data_dir(None, None) == runs.Path("data")
+    assert resolve_data_dir(None, None) == Path("data")
 
 
 def test_cache_is_refreshed_when_a_finished_run_finishes_again(tracking_uri, tmp_path):

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from compare_helpers import fake_predictions, fixture_test_labels, log_parent, log_run, with_flips
 
-from analysis.compare_cli import compare_command
-from analysis.compare_report import REPORT_TAG, compare_runs
+from analysis.cli import compare_command
+from analysis.compare_report import compare_runs
+from mnist_train.contract import TAG_REPORT as REPORT_TAG
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_PARAM = "<img src=x onerror=alert(2)>"

@@ -1,4 +1,4 @@
-"""Pure comparison statistics (analysis.compare) against independent hand computations."""
+"""Pure comparison statistics (analysis.stats) against independent hand computations."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import compare, compare_findings
+from analysis import findings as compare_findings
+from analysis import stats as compare
 
 
 def exact_two_sided_binomial(b: int, c: int) -> float:

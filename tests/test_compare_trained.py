@@ -1,4 +1,5 @@
-"""`mnist-analysis compare` on two runs really trained on the fixture slice (conftest.trained_runs)."""
+"""`mnist-analysis compare` on two runs really trained on the fixture slice
+(conftest.trained_runs)."""
 
 from __future__ import annotations
 

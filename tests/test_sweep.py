@@ -82,7 +82,8 @@ def test_grid_times_seeds_gives_every_combination_named_by_what_varies(tmp_path)
 def test_variants_combine_with_grid_and_keep_the_base(tmp_path):
     experiment = sweep_file(
         tmp_path,
-        "name: depth\nepochs: 5\nvariants:\n  - name: layers=2\n  - name: layers=3\n    hidden_sizes: [100, 100]\n"
+        "name: depth\nepochs: 5\nvariants:\n  - name: layers=2\n  - name: layers=3\n    "
+        "hidden_sizes: [100, 100]\n"
         "grid:\n  activation: [relu, tanh]\n",
     )
     children = expand(experiment, {"max_train": 500})
@@ -234,7 +235,8 @@ def test_sweep_records_parent_children_and_summary_reruns_idempotently_and_force
 def test_two_workers_finish_every_child_with_complete_histories(tmp_path, data_dir):
     path = tmp_path / "try_activation.yaml"
     path.write_text(
-        f"name: parallel\nexperiment: sweep-parallel\n{TINY_YAML}grid:\n  activation: [relu, tanh]\n"
+        f"name: parallel\nexperiment: sweep-parallel\n{TINY_YAML}grid:\n  activation: [relu, "
+        "tanh]\n"
     )
     result = invoke(path, "--data-dir", data_dir, "--workers", "2", "--quiet")
     assert result.exit_code == 0, result.output
@@ -257,7 +259,8 @@ def test_two_workers_finish_every_child_with_complete_histories(tmp_path, data_d
 def test_a_failed_child_does_not_stop_its_siblings(tmp_path, data_dir):
     path = tmp_path / "try_sgd.yaml"
     path.write_text(
-        f"name: diverging\nexperiment: sweep-failures\noptimizer: sgd\n{TINY_YAML}grid:\n  lr: [1000000.0, 0.1]\n"
+        f"name: diverging\nexperiment: sweep-failures\noptimizer: sgd\n{TINY_YAML}grid:\n  lr: "
+        "[1000000.0, 0.1]\n"
     )
     result = invoke(path, "--data-dir", data_dir, "--quiet")
     assert result.exit_code == 1
@@ -274,7 +277,8 @@ def test_an_interrupted_child_resumes_on_the_next_run_and_ends_as_if_never_stopp
 ):
     path = tmp_path / "try_dropout.yaml"
     path.write_text(
-        f"name: resumable\nexperiment: sweep-resume\nhidden_sizes: [16]\n{TINY_YAML}grid:\n  dropout: [0.2, 0.0]\n"
+        f"name: resumable\nexperiment: sweep-resume\nhidden_sizes: [16]\n{TINY_YAML}grid:\n  "
+        "dropout: [0.2, 0.0]\n"
     )
     experiment = read_experiment(path)
     children = expand(experiment)

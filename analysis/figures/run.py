@@ -1,79 +1,15 @@
 """Figures of one run's numbers: learning curves, batch loss, confusion matrix, per-class accuracy,
-reliability diagram.
-
-Each figure is a Display object in the manner of scikit-learn's `ConfusionMatrixDisplay`: the
-constructor stores computed data, `plot(ax=None)` draws into the given axes (or a new figure) and
-returns self, `from_*` class methods compute then plot. Figures are built on
-`matplotlib.figure.Figure` directly, not through pyplot, so nothing depends on a GUI backend or on
-pyplot's global figure list (reports run headless, in tests and on servers); matplotlib and seaborn
-are imported inside the plotting methods only.
-"""
+reliability diagram (Display objects, see `figures/common.py`; matplotlib and seaborn are imported
+inside the plotting methods only)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis import metrics
-
-# One meaning, one colour, in every figure and in the HTML report.
-COLORS = {
-    "train": "#1f77b4",  # blue
-    "test": "#ff7f0e",  # orange
-    "correct": "#2ca02c",  # green: right predictions, the true class
-    "wrong": "#d62728",  # red: wrong predictions, the predicted class
-    "neutral": "#9ecae1",  # light blue: everything else
-    "reference": "#7f7f7f",  # grey: ideal lines, averages
-}
-DPI = 100
-
-
-def new_figure(
-    width: float,
-    height: float,
-    *,
-    left: float = 0.75,
-    right: float = 0.25,
-    top: float = 0.45,
-    bottom: float = 0.6,
-    wspace: float = 0.25,
-    hspace: float = 0.3,
-):
-    """A pyplot-free Figure of `width` x `height` inches with fixed margins (in inches).
-
-    Margins are set by hand rather than by matplotlib's constrained or tight layout: those measure
-    every text on every draw and took half the drawing time of a report (its budget is 5 s).
-    `wspace`/`hspace` are fractions of the mean axes width/height, as in `subplots_adjust`.
-    """
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    figure.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        top=1 - top / height,
-        bottom=bottom / height,
-        wspace=wspace,
-        hspace=hspace,
-    )
-    return figure
-
-
-def save_figure(figure, path: str | Path) -> Path:
-    """Write `figure` as PNG to `path` (parent folders created) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)
-    return path
-
-
-def _axes(ax, width: float, height: float, **margins):
-    if ax is None:
-        ax = new_figure(width, height, **margins).subplots()
-    return ax, ax.figure
-
+from analysis.figures.common import COLORS, axes_or_new, new_figure
+from mnist_train import contract
 
 # --------------------------------------------------------------------------- learning curves
 
@@ -117,8 +53,8 @@ class LearningCurvesDisplay:
                     color=COLORS[split],
                     label=f"{split.capitalize()} accuracy",
                 )
-        if "test_loss" in epochs and epochs["test_loss"].notna().any():
-            best = int(epochs["test_loss"].idxmin())
+        if contract.TEST_LOSS in epochs and epochs[contract.TEST_LOSS].notna().any():
+            best = int(epochs[contract.TEST_LOSS].idxmin())
             for ax in axes:
                 ax.axvline(
                     best,
@@ -151,7 +87,7 @@ class BatchLossDisplay:
         self.title = title
 
     def plot(self, ax=None) -> BatchLossDisplay:
-        ax, self.figure_ = _axes(ax, 8, 3.5)
+        ax, self.figure_ = axes_or_new(ax, 8, 3.5)
         self.ax_ = ax
         steps, loss = self.batch_loss.index.to_numpy(), self.batch_loss.to_numpy()
         window = len(loss) // 50  # ~50 independent points along the smoothed curve
@@ -200,7 +136,7 @@ class ConfusionHeatmapDisplay:
     def plot(self, ax=None) -> ConfusionHeatmapDisplay:
         import seaborn as sns
 
-        ax, self.figure_ = _axes(ax, 7, 6, left=0.6, right=0.1)
+        ax, self.figure_ = axes_or_new(ax, 7, 6, left=0.6, right=0.1)
         self.ax_ = ax
         counts = self.counts
         support = counts.sum(axis=1, keepdims=True)
@@ -258,7 +194,7 @@ class PerClassAccuracyDisplay:
         ).plot(ax=ax)
 
     def plot(self, ax=None) -> PerClassAccuracyDisplay:
-        ax, self.figure_ = _axes(ax, 7, 4)
+        ax, self.figure_ = axes_or_new(ax, 7, 4)
         self.ax_ = ax
         acc = 100 * self.accuracy
         colors = [COLORS["neutral"]] * len(acc)
@@ -312,7 +248,7 @@ class ReliabilityDisplay:
         ).plot(ax=ax)
 
     def plot(self, ax=None) -> ReliabilityDisplay:
-        ax, self.figure_ = _axes(ax, 5.5, 5)
+        ax, self.figure_ = axes_or_new(ax, 5.5, 5)
         self.ax_ = ax
         bins = self.bins[self.bins["count"] > 0]
         width = (self.bins["upper"] - self.bins["lower"]).iloc[0]

@@ -1,7 +1,7 @@
 """Statistics for comparing runs on a shared test set.
 
 Pure functions: NumPy arrays and pandas objects in, arrays / DataFrames / plain values out. Nothing
-here imports MLflow or matplotlib; `analysis.compare_report` fetches the runs and draws the figures.
+here imports MLflow or matplotlib; `analysis.comparison` builds a comparison from them.
 
 Conventions: `correct` arrays are boolean, one entry per test image, aligned on the same test set
 (the same `index` array); a "run" is identified by its MLflow run id (a string); accuracies are
@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-NUM_CLASSES = 10
-SEED_PARAM = "seed"
-
+from mnist_train import contract
+from mnist_train.contract import SEED_PARAM
 
 # --------------------------------------------------------------------------------------------- #
 # Paired tests on one test set
@@ -55,7 +54,8 @@ def _check_correct_pair(baseline_correct, run_correct) -> tuple[np.ndarray, np.n
 
 
 def mcnemar_exact(baseline_correct, run_correct) -> McNemarResult:
-    """McNemar's exact test from two boolean arrays of shape (N,) (True = image classified right)."""
+    """McNemar's exact test from two boolean arrays of shape (N,) (True = image classified
+    right)."""
     a, r = _check_correct_pair(baseline_correct, run_correct)
     b = int(np.count_nonzero(a & ~r))
     c = int(np.count_nonzero(~a & r))
@@ -64,7 +64,8 @@ def mcnemar_exact(baseline_correct, run_correct) -> McNemarResult:
 
 
 def holm_adjust(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (same order as the input), for testing many runs at once."""
+    """Holm-Bonferroni adjusted p-values (same order as the input), for testing many runs at
+    once."""
     p = np.asarray(pvalues, dtype=float)
     if p.ndim != 1:
         raise ValueError(f"pvalues must be 1-D, got shape {p.shape}")
@@ -236,7 +237,7 @@ def metrics_at_epoch(history: pd.DataFrame, epoch: int, keys: Sequence[str]) -> 
     return table.reindex(index=runs, columns=list(keys)).rename_axis(index="run_id", columns=None)
 
 
-def last_common_epoch(history: pd.DataFrame, key: str = "test_accuracy") -> int | None:
+def last_common_epoch(history: pd.DataFrame, key: str = contract.TEST_ACCURACY) -> int | None:
     """The latest epoch that every run in `history` logged `key` at (None if there is none)."""
     rows = history[history["key"] == key]
     if rows.empty:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from analysis.compare import OverfitOnset
+from analysis.stats import OverfitOnset
 
 
 def _pct(x: float) -> str:
@@ -213,7 +213,8 @@ def _confusion_finding(pairs: pd.DataFrame, n_runs: int) -> list[str]:
     top = pairs.iloc[0]
     return [
         f"Across {n_runs} runs the most frequent mistake is a true {int(top.true)} read as "
-        f"{int(top.pred)}: {int(top.total)} times in all, {top.mean_per_run:.1f} per run; it is the "
+        f"{int(top.pred)}: {int(top.total)} times in all, {top.mean_per_run:.1f} per run; it is "
+        "the "
         f"single most frequent mistake of {int(top.top_in_runs)} of the {n_runs} runs."
     ]
 
@@ -238,7 +239,8 @@ def findings(
     """Plain-language findings, each sentence computed from the tables passed in.
 
     significance: output of `compare.significance_table` (None when no predictions are comparable);
-    groups: output of `compare.seed_groups`; onsets: setting -> `compare.overfit_onset` result; the Series are
+    groups: output of `compare.seed_groups`; onsets: setting -> `compare.overfit_onset` result; the
+    Series are
     indexed by run id. Parts whose inputs are missing are skipped.
     """
     if not 0 < alpha < 1:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from analysis import metrics
-from analysis.plots import COLORS, new_figure
-
-N_CLASSES = 10
+from analysis.figures.common import COLORS, new_figure
+from mnist_train.contract import N_CLASSES
 
 
 def _show(ax, image: np.ndarray) -> None:

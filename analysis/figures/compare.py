@@ -1,55 +1,23 @@
-"""Figures of the comparison report: learning curves, heatmaps, confusion grids, cost, flip tiles.
+"""Figures of the comparison report: overlaid curves, accuracy at an epoch, per-class heatmap,
+confusion grids, accuracy against cost (Display objects, see `figures/common.py`).
 
-Display-style: each class holds the numbers it draws, `plot(...)` draws them and returns self with
-the figure in `figure_`. Only this module (and the other plotting modules) imports matplotlib. The
-figures are sized by the number of runs so a 100-run report stays legible, and they avoid per-cell
-text beyond a few runs, which is what makes large grids slow to draw.
+The figures are sized by the number of runs so a 100-run report stays legible, and they avoid
+per-cell text beyond a few runs, which is what makes large grids slow to draw.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # reports are written headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
+from analysis.figures.common import axes_or_new, new_figure, setting_colors
+from mnist_train import contract
 
 ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the cells
 LEGEND_TEXT_CHARS = 40  # a longer setting is shown by its run's label instead
 LEGEND_UP_TO = 12  # settings; above this, the legend moves outside the axes in small type
-
-
-def figure_to_base64(figure, *, dpi: int = 90, tight: bool = True) -> str:
-    """PNG of `figure` as a base64 string (for `<img src="data:image/png;base64,...">`); closes it.
-
-    `tight=False` skips the extra draw that trimming the margins costs, for figures laid out by hand.
-    """
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def image_to_base64(pixels: np.ndarray, *, scale: int = 2) -> str:
-    """PNG of one uint8 grey image (H, W), enlarged `scale` times without smoothing, as base64."""
-    big = np.kron(np.asarray(pixels, dtype=np.uint8), np.ones((scale, scale), dtype=np.uint8))
-    buffer = io.BytesIO()
-    plt.imsave(buffer, big, cmap="gray_r", vmin=0, vmax=255, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def setting_colors(settings: Sequence[str]) -> dict[str, tuple]:
-    """One colour per distinct setting (runs that differ only by seed share a colour)."""
-    unique = list(dict.fromkeys(settings))
-    cmap = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20" if len(unique) <= 20 else "turbo")
-    n = max(len(unique) - 1, 1)
-    return {s: cmap(i) if len(unique) <= 20 else cmap(i / n) for i, s in enumerate(unique)}
 
 
 def _legend(ax, n_entries: int) -> None:
@@ -64,7 +32,7 @@ def _legend(ax, n_entries: int) -> None:
         )
 
 
-class LearningCurvesDisplay:
+class CurveOverlayDisplay:
     """Per-epoch curves of many runs overlaid, one panel per metric.
 
     history: long table (`run_id`, `key`, `step`, `value`); labels / settings: run id -> text.
@@ -87,11 +55,14 @@ class LearningCurvesDisplay:
 
     def plot(
         self,
-        keys: Sequence[str] = ("test_accuracy", "train_loss", "test_loss"),
+        keys: Sequence[str] = (contract.TEST_ACCURACY, contract.TRAIN_LOSS, contract.TEST_LOSS),
         *,
         at_epoch: int | None = None,
-    ) -> LearningCurvesDisplay:
-        fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+        figure=None,
+    ) -> CurveOverlayDisplay:
+        own = figure is None  # lay out only a figure of our own
+        fig = figure or new_figure(5.2 * len(keys), 3.8)
+        axes = fig.subplots(1, len(keys), squeeze=False)
         colors = setting_colors([self.settings[r] for r in self.labels])
         by_key = {k: g for k, g in self.history.groupby("key")}
         shown: set[str] = set()
@@ -126,8 +97,9 @@ class LearningCurvesDisplay:
             ax.xaxis.get_major_locator().set_params(integer=True)
         if shown:
             _legend(axes[0][0], len(shown))
-        fig.tight_layout()
-        self.figure_ = fig
+        if own:
+            fig.tight_layout()
+        self.figure_, self.axes_ = fig, axes[0]
         return self
 
 
@@ -139,10 +111,11 @@ class EpochComparisonDisplay:
     ):
         self.at_epoch, self.final, self.labels, self.epoch = at_epoch, final, labels, epoch
 
-    def plot(self) -> EpochComparisonDisplay:
+    def plot(self, ax=None) -> EpochComparisonDisplay:
         order = list(self.final.sort_values().index)
         y = np.arange(len(order))
-        fig, ax = plt.subplots(figsize=(7, 0.9 + 0.28 * len(order)))
+        own = ax is None  # lay out only a figure of our own
+        ax, fig = axes_or_new(ax, 7, 0.9 + 0.28 * len(order))
         ax.scatter(
             self.at_epoch.reindex(order),
             y,
@@ -155,8 +128,9 @@ class EpochComparisonDisplay:
         ax.set_xlabel("test accuracy")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
-        fig.tight_layout()
-        self.figure_ = fig
+        if own:
+            fig.tight_layout()
+        self.figure_, self.ax_ = fig, ax
         return self
 
 
@@ -166,11 +140,12 @@ class PerClassHeatmapDisplay:
     def __init__(self, per_class: pd.DataFrame):
         self.per_class = per_class
 
-    def plot(self) -> PerClassHeatmapDisplay:
+    def plot(self, ax=None) -> PerClassHeatmapDisplay:
         import seaborn as sns
 
         n = len(self.per_class)
-        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * n))
+        own = ax is None  # lay out only a figure of our own
+        ax, fig = axes_or_new(ax, 8, 1.2 + 0.32 * n)
         sns.heatmap(
             self.per_class,
             ax=ax,
@@ -183,8 +158,9 @@ class PerClassHeatmapDisplay:
         ax.set_xlabel("true digit")
         ax.set_ylabel("")
         ax.tick_params(axis="y", labelsize="small")
-        fig.tight_layout()
-        self.figure_ = fig
+        if own:
+            fig.tight_layout()
+        self.figure_, self.ax_ = fig, ax
         return self
 
 
@@ -201,20 +177,16 @@ class ConfusionGridDisplay:
             raise ValueError(f"kind must be 'counts' or 'difference', got {kind!r}")
         self.matrices, self.kind = matrices, kind
 
-    def plot(self, *, columns: int = 5) -> ConfusionGridDisplay:
+    def plot(self, *, columns: int = 5, figure=None) -> ConfusionGridDisplay:
+        from matplotlib.colors import PowerNorm, TwoSlopeNorm
+
         n = len(self.matrices)
         cols = min(columns, n)
         rows = -(-n // cols)
         # Shared axes with tick labels on the outer panels only, and no layout engine: with dozens
         # of panels, per-panel tick text and constrained layout are what make this figure slow.
-        fig, axes = plt.subplots(
-            rows,
-            cols,
-            figsize=(2.3 * cols + 1.2, 2.4 * rows + 0.5),
-            squeeze=False,
-            sharex=True,
-            sharey=True,
-        )
+        fig = figure or new_figure(2.3 * cols + 1.2, 2.4 * rows + 0.5)
+        axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
         fig.subplots_adjust(
             left=0.8 / (2.3 * cols + 1.2),
             right=1 - 1.1 / (2.3 * cols + 1.2),
@@ -264,7 +236,7 @@ class ConfusionGridDisplay:
         fig.colorbar(
             image, cax=cax, label="count" if self.kind == "counts" else "red: worse, blue: better"
         )
-        self.figure_ = fig
+        self.figure_, self.axes_ = fig, axes
         return self
 
 
@@ -275,9 +247,10 @@ class AccuracyCostDisplay:
         # table: index run id, columns `accuracy`, `train_time_s`, optional `ci_low`, `ci_high`
         self.table, self.labels, self.settings = table, labels, settings
 
-    def plot(self) -> AccuracyCostDisplay:
-        table = self.table.dropna(subset=["accuracy", "train_time_s"])
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    def plot(self, ax=None) -> AccuracyCostDisplay:
+        table = self.table.dropna(subset=["accuracy", contract.TRAIN_TIME])
+        own = ax is None  # lay out only a figure of our own
+        ax, fig = axes_or_new(ax, 7, 4.5)
         colors = setting_colors([self.settings[r] for r in self.labels])
         for run_id, row in table.iterrows():
             color = colors[self.settings[run_id]]
@@ -307,10 +280,10 @@ class AccuracyCostDisplay:
                     textcoords="offset points",
                 )
         # Runs nothing else beats on both axes: the ones worth their cost.
-        ordered = table.sort_values(["train_time_s", "accuracy"], ascending=[True, False])
+        ordered = table.sort_values([contract.TRAIN_TIME, "accuracy"], ascending=[True, False])
         front = ordered[ordered["accuracy"] >= ordered["accuracy"].cummax()]
         ax.step(
-            front["train_time_s"],
+            front[contract.TRAIN_TIME],
             front["accuracy"],
             where="post",
             color="grey",
@@ -322,6 +295,7 @@ class AccuracyCostDisplay:
         ax.set_ylabel("final test accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
-        fig.tight_layout()
-        self.figure_ = fig
+        if own:
+            fig.tight_layout()
+        self.figure_, self.ax_ = fig, ax
         return self

@@ -1,0 +1,446 @@
+"""A comparison of runs: one frozen `Comparison`, computed once by `build_comparison` (pure).
+
+Runs are selected and loaded through `runs.py` (`load_comparison_runs`); everything after that
+is arrays and frames: the statistics come from `stats.py`, the findings from `findings.py`, and
+`compare_report.py` draws and writes the report from the finished `Comparison`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import metrics, stats
+from analysis.errors import AnalysisError
+from analysis.findings import findings
+from analysis.runs import RunData
+from mnist_train import contract
+
+MAX_COMPARED_RUNS = 100  # most runs one report compares (a readable page), not a search limit
+EPOCH_TABLE_KEYS = (
+    contract.TEST_ACCURACY,
+    contract.TRAIN_ACCURACY,
+    contract.TEST_LOSS,
+    contract.TRAIN_LOSS,
+)
+LABEL_PARAMS = ("name",)  # the run name is shown as the label, it is not a setting
+ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 1000
+# Final metrics of the runs table: column -> True when larger is better.
+FINAL_COLUMNS = {
+    contract.TEST_ACCURACY: True,
+    contract.TEST_LOSS: False,
+    contract.TRAIN_ACCURACY: True,
+    contract.TRAIN_LOSS: False,
+    contract.OVERFIT_GAP: False,
+    contract.TRAIN_TIME: False,
+    contract.NUM_PARAMS: False,
+}
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A run left out of (part of) the comparison, and why."""
+
+    run_id: str
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PredictionParts:
+    """What the stored test predictions add: only runs that share the baseline's test set."""
+
+    comparable: list[str] = field(default_factory=list)  # run ids
+    partial: list[Excluded] = field(default_factory=list)  # left out of the prediction parts
+    notes: list[str] = field(default_factory=list)
+    significance: pd.DataFrame | None = None
+    confusions: dict = field(default_factory=dict)  # run id -> (10, 10) counts
+    per_class: pd.DataFrame | None = None  # run id x digit
+    flips: dict = field(default_factory=dict)  # run id -> stats.Flips
+    confused_pairs: pd.DataFrame | None = None
+    test_index: np.ndarray | None = None  # the shared `index` array
+    test_labels: np.ndarray | None = None
+    predicted: dict = field(default_factory=dict)  # run id -> predicted digits (N,)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything the report shows, computed once; figures and files are drawn from it."""
+
+    runs: list[RunData]
+    baseline_id: str
+    labels: pd.Series  # run id -> display label
+    settings: pd.Series  # run id -> varying params except the seed ("all runs" when none)
+    params: pd.DataFrame  # runs x params (strings), label params dropped
+    varying: list[str]
+    history: pd.DataFrame  # long: run_id, key, step, value
+    epoch: int | None  # the --at-epoch epoch
+    at_epoch: pd.DataFrame  # run id x EPOCH_TABLE_KEYS at `epoch`
+    final: pd.DataFrame  # run id x FINAL_COLUMNS
+    groups: pd.DataFrame  # seed groups (stats.seed_groups)
+    onsets: dict  # setting -> stats.OverfitOnset | None
+    predictions: PredictionParts
+    findings: list[str]
+    excluded: list[Excluded] = field(default_factory=list)  # left out entirely
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.runs]
+
+    # the prediction parts, by their short names
+    comparable = property(lambda self: self.predictions.comparable)
+    partial = property(lambda self: self.predictions.partial)
+    significance = property(lambda self: self.predictions.significance)
+    confusions = property(lambda self: self.predictions.confusions)
+    per_class = property(lambda self: self.predictions.per_class)
+    flips = property(lambda self: self.predictions.flips)
+    confused_pairs = property(lambda self: self.predictions.confused_pairs)
+    test_index = property(lambda self: self.predictions.test_index)
+    test_labels = property(lambda self: self.predictions.test_labels)
+    predicted = property(lambda self: self.predictions.predicted)
+
+
+# --------------------------------------------------------------------------- selecting runs
+
+
+def load_comparison_runs(
+    client,
+    *,
+    experiments: Sequence[str] = (),
+    run_ids: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    filter_string: str | None = None,
+    cache_dir=None,
+    skip: Sequence[str] = (),
+) -> tuple[list[RunData], list[Excluded], list[str]]:
+    """Load the selected runs; returns (runs, runs that could not be loaded, notes).
+
+    Sweep parents and earlier comparison reports are skipped with a note: they are not training
+    runs; ids in `skip` are dropped silently. Runs come back oldest first.
+    """
+    from analysis.runs import find_run_ids, get_run, load_run
+
+    ids = find_run_ids(
+        client,
+        experiments=experiments,
+        run_ids=run_ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+    )
+    ids = [i for i in ids if i not in skip]
+    if (
+        len(ids) > 2 * MAX_COMPARED_RUNS
+    ):  # fail before loading them all; parents and reports may still drop out
+        raise AnalysisError(
+            f"{len(ids)} runs selected; compare at most {MAX_COMPARED_RUNS} (narrow it with "
+            "--filter)"
+        )
+    runs, excluded, notes = [], [], []
+    skipped_reports = skipped_parents = 0
+    for run_id in ids:
+        try:
+            runs.append(load_run(client, run_id, cache_dir=cache_dir, with_steps=False))
+        except AnalysisError as err:
+            run = get_run(client, run_id)
+            if run.data.tags.get(contract.TAG_REPORT):
+                skipped_reports += 1
+            elif "sweep parent" in str(err) and run_id not in run_ids:
+                skipped_parents += 1
+            else:
+                excluded.append(Excluded(run_id, run.info.run_name or run_id[:8], str(err)))
+    if skipped_reports:
+        notes.append(f"skipped {skipped_reports} earlier comparison report run(s)")
+    if skipped_parents:
+        notes.append(f"skipped {skipped_parents} sweep parent run(s) (their children are compared)")
+    runs.sort(key=lambda r: (r.start_time or 0, r.run_id))
+    return runs, excluded, notes
+
+
+def choose_baseline(runs: Sequence[RunData], requested: str | None) -> str:
+    """The requested baseline (must be among the runs), else the earliest-started run with
+    predictions.
+
+    For a sweep the runs are its children, so this is the sweep's first child.
+    """
+    ids = [r.run_id for r in runs]
+    if requested is not None:
+        matches = [
+            i for i in ids if i == requested or (len(requested) >= 6 and i.startswith(requested))
+        ]
+        if len(matches) != 1:
+            raise AnalysisError(f"baseline {requested} is not among the {len(ids)} compared runs")
+        return matches[0]
+    ordered = sorted(runs, key=lambda r: (r.start_time or 0, r.run_id))
+    with_predictions = [r for r in ordered if r.predictions is not None]
+    return (with_predictions or ordered)[0].run_id
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def _history_frame(runs: Sequence[RunData]) -> pd.DataFrame:
+    parts = []
+    for run in runs:
+        if run.epochs.empty:
+            continue
+        long = (
+            run.epochs.rename_axis("step")
+            .reset_index()
+            .melt(id_vars="step", var_name="key", value_name="value")
+            .dropna()
+        )
+        long.insert(0, "run_id", run.run_id)
+        parts.append(long)
+    if not parts:
+        return pd.DataFrame(columns=["run_id", "key", "step", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _final_frame(runs: Sequence[RunData]) -> pd.DataFrame:
+    rows = {}
+    for run in runs:
+        row = {}
+        for key in FINAL_COLUMNS:
+            if key == contract.NUM_PARAMS:
+                value = run.params.get(contract.NUM_PARAMS)
+                row[key] = float(value) if value not in (None, "") else np.nan
+            elif key in run.epochs.columns and run.epochs[key].notna().any():
+                row[key] = float(run.epochs[key].dropna().iloc[-1])
+            else:
+                row[key] = float(run.metrics.get(key, np.nan))
+        row["epochs"] = int(run.epochs.index.max()) if not run.epochs.empty else 0
+        rows[run.run_id] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run_id")
+
+
+def _mean_curves(history: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.Series:
+    rows = history[(history["key"] == key) & history["run_id"].isin(run_ids)]
+    return rows.groupby("step")["value"].mean()
+
+
+def build_comparison(
+    runs: Sequence[RunData],
+    *,
+    baseline_id: str,
+    at_epoch: int | None = None,
+    excluded: Sequence[Excluded] = (),
+    notes: Sequence[str] = (),
+) -> Comparison:
+    """Compute every table of the report from loaded runs (no MLflow, no figures)."""
+    if len(runs) < 2:
+        raise AnalysisError(f"need at least 2 runs to compare, found {len(runs)}")
+    if len(runs) > MAX_COMPARED_RUNS:
+        raise AnalysisError(
+            f"{len(runs)} runs selected; compare at most {MAX_COMPARED_RUNS} (narrow it with "
+            "--filter)"
+        )
+    runs = list(runs)
+    ids = [r.run_id for r in runs]
+    if baseline_id not in ids:
+        raise AnalysisError(f"baseline {baseline_id} is not among the compared runs")
+
+    params = pd.DataFrame([r.params for r in runs], index=pd.Index(ids, name="run_id"))
+    params = params.drop(columns=[c for c in LABEL_PARAMS if c in params.columns])
+    params = params.reindex(columns=sorted(params.columns))
+    varying = stats.varying_params(params)
+    labels = stats.run_labels(params, {r.run_id: r.label for r in runs})
+    groups_input = stats.seed_groups(params, pd.Series(0.0, index=ids))
+    settings = pd.Series(
+        {rid: row.setting for _, row in groups_input.iterrows() for rid in row.run_ids}
+    )
+
+    history = _history_frame(runs)
+    final = _final_frame(runs)
+    last_common = stats.last_common_epoch(history)
+    epoch = at_epoch if at_epoch is not None else last_common
+    max_epoch = int(history["step"].max()) if not history.empty else None
+    all_notes = list(notes)
+    if at_epoch is not None and max_epoch is not None and at_epoch > max_epoch:
+        raise AnalysisError(f"--at-epoch {at_epoch} is beyond the last logged epoch ({max_epoch})")
+    at_table = (
+        stats.metrics_at_epoch(history, epoch, EPOCH_TABLE_KEYS)
+        if epoch
+        else pd.DataFrame(index=ids, columns=list(EPOCH_TABLE_KEYS), dtype=float)
+    )
+    short = at_table[contract.TEST_ACCURACY].isna()
+    if epoch and short.any():
+        all_notes.append(
+            f"{int(short.sum())} run(s) logged no test accuracy at epoch {epoch}: "
+            + ", ".join(labels[r] for r in at_table.index[short])
+        )
+
+    groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
+    onsets = {}
+    for _, group in groups.iterrows():
+        members = list(group.run_ids)
+        train = _mean_curves(history, members, contract.TRAIN_LOSS)
+        test = _mean_curves(history, members, contract.TEST_LOSS)
+        both = pd.concat({"train": train, "test": test}, axis=1).dropna()
+        if len(both) >= 3:
+            onsets[group.setting] = stats.overfit_onset(
+                both.index.to_numpy(), both["train"], both["test"]
+            )
+
+    parts = _prediction_parts(runs, baseline_id, labels)
+    return Comparison(
+        runs=runs,
+        baseline_id=baseline_id,
+        labels=labels,
+        settings=settings,
+        params=params,
+        varying=varying,
+        history=history,
+        epoch=epoch,
+        at_epoch=at_table,
+        final=final,
+        groups=groups,
+        onsets=onsets,
+        predictions=parts,
+        findings=findings(
+            labels=labels,
+            baseline_id=baseline_id,
+            significance=parts.significance,
+            groups=groups,
+            onsets=onsets,
+            max_epoch=max_epoch,
+            final_accuracy=final[contract.TEST_ACCURACY],
+            at_epoch_accuracy=(
+                at_table[contract.TEST_ACCURACY] if epoch and epoch != max_epoch else None
+            ),
+            epoch=epoch,
+            overfit_gap=final[contract.OVERFIT_GAP],
+            train_time=final[contract.TRAIN_TIME],
+            confused_pairs=parts.confused_pairs,
+            alpha=ALPHA,
+        ),
+        excluded=list(excluded),
+        notes=all_notes + parts.notes,
+    )
+
+
+def _prediction_parts(
+    runs: Sequence[RunData], baseline_id: str, labels: pd.Series
+) -> PredictionParts:
+    """The prediction-based parts, for the runs that share the baseline's test set."""
+    by_id = {r.run_id: r for r in runs}
+    baseline = by_id[baseline_id]
+    if baseline.predictions is None:
+        why = "baseline has no stored predictions"
+        return PredictionParts(partial=[Excluded(r, labels[r], why) for r in by_id])
+    reference = baseline.predictions
+    partial, correct, per_class, comparable = [], {}, {}, []
+    predicted, confusions, flips = {}, {}, {}
+    for run_id, run in by_id.items():
+        p = run.predictions
+        if p is None:
+            why = f"no stored predictions ({contract.PREDICTIONS_PATH})"
+            partial.append(Excluded(run_id, labels[run_id], why))
+            continue
+        if len(p) != len(reference) or not np.array_equal(p.index, reference.index):
+            why = (
+                f"different test set: {len(p)} images, not the baseline's {len(reference)} "
+                f"(index arrays differ)"
+            )
+            partial.append(Excluded(run_id, labels[run_id], why))
+            continue
+        if not np.array_equal(p.labels, reference.labels):
+            why = "test labels differ from the baseline's"
+            partial.append(Excluded(run_id, labels[run_id], why))
+            continue
+        comparable.append(run_id)
+        y_pred = p.y_pred
+        predicted[run_id] = y_pred
+        correct[run_id] = y_pred == reference.labels
+        confusions[run_id] = metrics.confusion_matrix(reference.labels, y_pred)
+        per_class[run_id] = metrics.per_class_accuracy(reference.labels, y_pred)
+        flips[run_id] = stats.flips_against_baseline(reference.labels, reference.y_pred, y_pred)
+    notes = []
+    if len(comparable) < 2:
+        notes.append("fewer than two runs share the baseline's test set: no significance tests")
+    return PredictionParts(
+        comparable=comparable,
+        partial=partial,
+        notes=notes,
+        significance=stats.significance_table(
+            correct, baseline_id, n_resamples=BOOTSTRAP_RESAMPLES
+        ),
+        confusions=confusions,
+        per_class=pd.DataFrame.from_dict(
+            per_class, orient="index", columns=range(contract.N_CLASSES)
+        ),
+        flips=flips,
+        confused_pairs=stats.confused_pairs_across_runs(confusions, top_k=10),
+        test_index=reference.index,
+        test_labels=reference.labels,
+        predicted=predicted,
+    )
+
+
+# --------------------------------------------------------------------------- tables for the files
+
+
+def runs_table(c: Comparison) -> pd.DataFrame:
+    """runs.csv: one row per run: id, name, varying params, final metrics, epochs, status,
+    baseline."""
+    table = pd.DataFrame(
+        {
+            "run_id": c.run_ids,
+            "run_name": [r.run_name for r in c.runs],
+            "label": [c.labels[r] for r in c.run_ids],
+            "baseline": [r == c.baseline_id for r in c.run_ids],
+        }
+    )
+    for param in c.varying:
+        table[param] = c.params[param].reindex(c.run_ids).to_numpy()
+    finals = c.final.reindex(c.run_ids)
+    for column in [*FINAL_COLUMNS, "epochs"]:
+        table[column] = finals[column].to_numpy()
+    table[contract.NUM_PARAMS] = table[contract.NUM_PARAMS].astype("Int64")
+    table["status"] = [r.status for r in c.runs]
+    return table
+
+
+def significance_frame(c: Comparison) -> pd.DataFrame:
+    """significance.csv: each comparable run against the baseline."""
+    columns = [
+        "run_id",
+        "run_name",
+        "label",
+        "baseline_id",
+        "n_test",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "b_broke",
+        "c_fixed",
+        "pvalue",
+        "p_holm",
+        "significant",
+    ]
+    if c.significance is None:
+        return pd.DataFrame(columns=columns)
+    s = c.significance
+    names = {r.run_id: r.run_name for r in c.runs}
+    frame = pd.DataFrame(
+        {
+            "run_id": s.index,
+            "run_name": [names[r] for r in s.index],
+            "label": [c.labels[r] for r in s.index],
+            "baseline_id": c.baseline_id,
+            "n_test": len(c.test_labels),
+            "accuracy": s["accuracy"].to_numpy(),
+            "ci_low": s["ci_low"].to_numpy(float),
+            "ci_high": s["ci_high"].to_numpy(float),
+            "b_broke": s["broke"].array,
+            "c_fixed": s["fixed"].array,
+            "pvalue": s["pvalue"].to_numpy(),
+            "p_holm": s["p_holm"].to_numpy(),
+        }
+    )
+    frame["significant"] = (frame["p_holm"] < ALPHA).where(frame["p_holm"].notna())
+    return frame[columns]

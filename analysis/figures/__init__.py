@@ -1,0 +1,1 @@
+"""The figures of both reports, one Display convention (see `common.py`)."""

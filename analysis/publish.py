@@ -1,0 +1,90 @@
+"""Reports written back to MLflow: the one analysis module that writes to the tracking store.
+
+A per-run report goes to its run under `analysis/`. A comparison goes to the sweep's parent run,
+to the run `mlflow run` opened, or to a run of its own tagged `mnist.report=comparison`, so that
+later comparisons skip it and the MLflow UI can filter for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from analysis.errors import AnalysisError, first_line
+from mnist_train import contract
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from analysis.comparison import Comparison
+
+REPORT_HTML = "report.html"
+
+
+def log_run_report(client: MlflowClient, run_id: str, files: Sequence[Path]) -> None:
+    """Log every file of a per-run report to run `run_id` under `analysis/`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        for path in files:
+            client.log_artifact(run_id, str(path), contract.ANALYSIS_DIR)
+    except (MlflowException, OSError) as err:
+        raise AnalysisError(
+            f"report written but not logged to run {run_id}: {first_line(err)}"
+        ) from None
+
+
+def log_comparison_report(
+    client: MlflowClient,
+    c: Comparison,
+    out_dir: str | Path,
+    *,
+    parent_run_id: str | None = None,
+    active_run_id: str | None = None,
+) -> str:
+    """Log the report's files to MLflow; returns the id of the run that holds them.
+
+    A sweep's report goes to its parent run, next to the children it compares. Under `mlflow run`
+    (`active_run_id`, from MLFLOW_RUN_ID) it goes to the run MLflow opened, which MLflow closes.
+    Any other comparison gets a run of its own in the baseline's experiment.
+    """
+    if parent_run_id is not None:
+        client.log_artifacts(parent_run_id, str(out_dir), contract.COMPARISON_DIR)
+        client.set_tag(
+            parent_run_id, "mnist.comparison_report", f"{contract.COMPARISON_DIR}/{REPORT_HTML}"
+        )
+        return parent_run_id
+    if active_run_id is not None:
+        _describe_report_run(client, active_run_id, c)
+        client.log_artifacts(active_run_id, str(out_dir), contract.COMPARISON_DIR)
+        return active_run_id
+    baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(baseline.experiment_id, run_name=f"compare-{len(c.runs)}-runs-{stamp}")
+    run_id = run.info.run_id
+    try:
+        _describe_report_run(client, run_id, c)
+        client.log_artifacts(run_id, str(out_dir), contract.COMPARISON_DIR)
+        client.set_terminated(run_id)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return run_id
+
+
+def _describe_report_run(client: MlflowClient, run_id: str, c: Comparison) -> None:
+    tags = {
+        contract.TAG_REPORT: "comparison",
+        "mnist.baseline_run_id": c.baseline_id,
+        "mnist.compared_run_ids": ",".join(c.run_ids)[:4900],  # MLflow caps tag values at 5000
+        # the run's description in the MLflow UI: the findings, as a list
+        contract.TAG_NOTE: "\n".join(f"- {s}" for s in c.findings)[:4900],
+    }
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.log_param(run_id, "n_runs", str(len(c.runs)))
+    client.log_param(run_id, "baseline", c.baseline_id)
+    if c.epoch:
+        client.log_param(run_id, "at_epoch", str(c.epoch))
