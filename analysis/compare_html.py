@@ -35,7 +35,10 @@ def _fmt(value, kind: str = "float") -> str:
     return f"{value:.4f}"
 
 
+VALIDATION_COLUMNS = (contract.VAL_ACCURACY, contract.VAL_LOSS)
 _FINAL_KINDS = {
+    contract.VAL_ACCURACY: "pct",
+    contract.VAL_LOSS: "float",
     contract.TEST_ACCURACY: "pct",
     contract.TRAIN_ACCURACY: "pct",
     contract.OVERFIT_GAP: "pct",
@@ -52,21 +55,28 @@ def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
 
 def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
     """Header and rows of the runs table; each cell {text, best, title}."""
-    header = ["run", *c.varying, *FINAL_COLUMNS, "epochs", "status"]
+    columns = [k for k in FINAL_COLUMNS if k not in VALIDATION_COLUMNS or c.selection is not None]
+    header = ["run", *c.varying, *columns, "epochs", "status"]
+    # With a validation split, "best" is chosen on validation only: marking the best test score
+    # too would invite choosing on the test set.
+    marked = VALIDATION_COLUMNS if c.selection is not None else tuple(FINAL_COLUMNS)
     best = {}
-    for column, larger in FINAL_COLUMNS.items():
+    for column in marked:
+        larger = FINAL_COLUMNS[column]
         values = c.final[column].dropna()
         if len(values) > 1 and values.nunique() > 1:
             best[column] = values.max() if larger else values.min()
     rows = []
     for run in c.runs:
         rid = run.run_id
-        cells = [_cell(c.labels[rid] + (" (baseline)" if rid == c.baseline_id else ""), title=rid)]
+        chosen = c.selection is not None and rid == c.selection.idxmax()
+        name = c.labels[rid] + (" (baseline)" if rid == c.baseline_id else "")
+        cells = [_cell(name + (" (best on validation)" if chosen else ""), best=chosen, title=rid)]
         cells += [
             _cell(str(c.params.at[rid, p]) if pd.notna(c.params.at[rid, p]) else "–")
             for p in c.varying
         ]
-        for column in FINAL_COLUMNS:
+        for column in columns:
             value = c.final.at[rid, column]
             cells.append(
                 _cell(

@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from analysis.comparison import (
+    ALPHA,
+    FINAL_COLUMNS,
     Comparison,
     build_comparison,
     choose_baseline,
     load_comparison_runs,
-    runs_table,
-    significance_frame,
 )
 from analysis.errors import AnalysisError
 from mnist_train import contract
@@ -56,6 +57,68 @@ def write_report(
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def runs_table(c: Comparison) -> pd.DataFrame:
+    """runs.csv: one row per run: id, name, varying params, final metrics, epochs, status,
+    baseline."""
+    table = pd.DataFrame(
+        {
+            "run_id": c.run_ids,
+            "run_name": [r.run_name for r in c.runs],
+            "label": [c.labels[r] for r in c.run_ids],
+            "baseline": [r == c.baseline_id for r in c.run_ids],
+        }
+    )
+    for param in c.varying:
+        table[param] = c.params[param].reindex(c.run_ids).to_numpy()
+    finals = c.final.reindex(c.run_ids)
+    for column in [*FINAL_COLUMNS, "epochs"]:
+        table[column] = finals[column].to_numpy()
+    table[contract.NUM_PARAMS] = table[contract.NUM_PARAMS].astype("Int64")
+    table["status"] = [r.status for r in c.runs]
+    return table
+
+
+def significance_frame(c: Comparison) -> pd.DataFrame:
+    """significance.csv: each comparable run against the baseline."""
+    columns = [
+        "run_id",
+        "run_name",
+        "label",
+        "baseline_id",
+        "n_test",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "b_broke",
+        "c_fixed",
+        "pvalue",
+        "p_holm",
+        "significant",
+    ]
+    if c.significance is None:
+        return pd.DataFrame(columns=columns)
+    s = c.significance
+    names = {r.run_id: r.run_name for r in c.runs}
+    frame = pd.DataFrame(
+        {
+            "run_id": s.index,
+            "run_name": [names[r] for r in s.index],
+            "label": [c.labels[r] for r in s.index],
+            "baseline_id": c.baseline_id,
+            "n_test": len(c.test_labels),
+            "accuracy": s["accuracy"].to_numpy(),
+            "ci_low": s["ci_low"].to_numpy(float),
+            "ci_high": s["ci_high"].to_numpy(float),
+            "b_broke": s["broke"].array,
+            "c_fixed": s["fixed"].array,
+            "pvalue": s["pvalue"].to_numpy(),
+            "p_holm": s["p_holm"].to_numpy(),
+        }
+    )
+    frame["significant"] = (frame["p_holm"] < ALPHA).where(frame["p_holm"].notna())
+    return frame[columns]
 
 
 def figures(c: Comparison) -> dict[str, str]:

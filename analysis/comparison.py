@@ -31,6 +31,8 @@ ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 1000
 # Final metrics of the runs table: column -> True when larger is better.
 FINAL_COLUMNS = {
+    contract.VAL_ACCURACY: True,
+    contract.VAL_LOSS: False,
     contract.TEST_ACCURACY: True,
     contract.TEST_LOSS: False,
     contract.TRAIN_ACCURACY: True,
@@ -81,6 +83,8 @@ class Comparison:
     epoch: int | None  # the --at-epoch epoch
     at_epoch: pd.DataFrame  # run id x EPOCH_TABLE_KEYS at `epoch`
     final: pd.DataFrame  # run id x FINAL_COLUMNS
+    selection: pd.Series | None  # run id -> validation accuracy of the model of record; None
+    #                              when not every run has a validation split
     groups: pd.DataFrame  # seed groups (stats.seed_groups)
     onsets: dict  # setting -> stats.OverfitOnset | None
     predictions: PredictionParts
@@ -218,6 +222,24 @@ def _final_frame(runs: Sequence[RunData]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run_id")
 
 
+def _selection_scores(runs: Sequence[RunData]) -> pd.Series | None:
+    """Validation accuracy of each run's model of record (its best epoch under early stopping,
+    else its last), or None unless every run has a validation split: a ranking that mixed
+    validation and test scores would compare different things."""
+    scores = {}
+    for run in runs:
+        if contract.VAL_ACCURACY not in run.epochs.columns:
+            return None
+        curve = run.epochs[contract.VAL_ACCURACY].dropna()
+        if curve.empty:
+            return None
+        epoch = run.metrics.get(contract.PREDICTIONS_EPOCH)
+        scores[run.run_id] = float(
+            curve.get(int(epoch), curve.iloc[-1]) if epoch else curve.iloc[-1]
+        )
+    return pd.Series(scores, name=contract.VAL_ACCURACY)
+
+
 def _mean_curves(history: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.Series:
     rows = history[(history["key"] == key) & history["run_id"].isin(run_ids)]
     return rows.groupby("step")["value"].mean()
@@ -274,12 +296,23 @@ def build_comparison(
             + ", ".join(labels[r] for r in at_table.index[short])
         )
 
+    selection = _selection_scores(runs)
+    for run in runs:
+        used = run.metrics.get(contract.PREDICTIONS_EPOCH)
+        if used is not None and not run.epochs.empty and int(used) < run.epochs.index.max():
+            all_notes.append(
+                f"{labels[run.run_id]}: predictions and model are those of epoch {int(used)}, its "
+                f"best on validation (early stopping), not of its last epoch "
+                f"{run.epochs.index.max()}"
+            )
     groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
+    # overfitting is read on the held-out curve selection uses: validation when every run has it
+    held_out = contract.VAL_LOSS if selection is not None else contract.TEST_LOSS
     onsets = {}
     for _, group in groups.iterrows():
         members = list(group.run_ids)
         train = _mean_curves(history, members, contract.TRAIN_LOSS)
-        test = _mean_curves(history, members, contract.TEST_LOSS)
+        test = _mean_curves(history, members, held_out)
         both = pd.concat({"train": train, "test": test}, axis=1).dropna()
         if len(both) >= 3:
             onsets[group.setting] = stats.overfit_onset(
@@ -298,6 +331,7 @@ def build_comparison(
         epoch=epoch,
         at_epoch=at_table,
         final=final,
+        selection=selection,
         groups=groups,
         onsets=onsets,
         predictions=parts,
@@ -317,6 +351,7 @@ def build_comparison(
             train_time=final[contract.TRAIN_TIME],
             confused_pairs=parts.confused_pairs,
             alpha=ALPHA,
+            selection=selection,
         ),
         excluded=list(excluded),
         notes=all_notes + parts.notes,
@@ -379,68 +414,3 @@ def _prediction_parts(
         test_labels=reference.labels,
         predicted=predicted,
     )
-
-
-# --------------------------------------------------------------------------- tables for the files
-
-
-def runs_table(c: Comparison) -> pd.DataFrame:
-    """runs.csv: one row per run: id, name, varying params, final metrics, epochs, status,
-    baseline."""
-    table = pd.DataFrame(
-        {
-            "run_id": c.run_ids,
-            "run_name": [r.run_name for r in c.runs],
-            "label": [c.labels[r] for r in c.run_ids],
-            "baseline": [r == c.baseline_id for r in c.run_ids],
-        }
-    )
-    for param in c.varying:
-        table[param] = c.params[param].reindex(c.run_ids).to_numpy()
-    finals = c.final.reindex(c.run_ids)
-    for column in [*FINAL_COLUMNS, "epochs"]:
-        table[column] = finals[column].to_numpy()
-    table[contract.NUM_PARAMS] = table[contract.NUM_PARAMS].astype("Int64")
-    table["status"] = [r.status for r in c.runs]
-    return table
-
-
-def significance_frame(c: Comparison) -> pd.DataFrame:
-    """significance.csv: each comparable run against the baseline."""
-    columns = [
-        "run_id",
-        "run_name",
-        "label",
-        "baseline_id",
-        "n_test",
-        "accuracy",
-        "ci_low",
-        "ci_high",
-        "b_broke",
-        "c_fixed",
-        "pvalue",
-        "p_holm",
-        "significant",
-    ]
-    if c.significance is None:
-        return pd.DataFrame(columns=columns)
-    s = c.significance
-    names = {r.run_id: r.run_name for r in c.runs}
-    frame = pd.DataFrame(
-        {
-            "run_id": s.index,
-            "run_name": [names[r] for r in s.index],
-            "label": [c.labels[r] for r in s.index],
-            "baseline_id": c.baseline_id,
-            "n_test": len(c.test_labels),
-            "accuracy": s["accuracy"].to_numpy(),
-            "ci_low": s["ci_low"].to_numpy(float),
-            "ci_high": s["ci_high"].to_numpy(float),
-            "b_broke": s["broke"].array,
-            "c_fixed": s["fixed"].array,
-            "pvalue": s["pvalue"].to_numpy(),
-            "p_holm": s["p_holm"].to_numpy(),
-        }
-    )
-    frame["significant"] = (frame["p_holm"] < ALPHA).where(frame["p_holm"].notna())
-    return frame[columns]

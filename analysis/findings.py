@@ -30,6 +30,27 @@ def _name_list(items: Sequence[str], limit: int = 5) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+TEST_SET_RANKING = (
+    "These runs hold out no validation images, so this ranking is on the test set: choosing the "
+    "best run on the data that scores it overstates that run's accuracy (set validation: 5000)."
+)
+
+
+def _selected_run_finding(selection: pd.Series, significance, labels) -> str:
+    best = selection.idxmax()
+    text = (
+        f"{labels[best]} is the best run on validation accuracy ({_pct(selection[best])} on the "
+        f"held-out validation images); every best mark and ranking here is chosen on validation."
+    )
+    if significance is not None and best in significance.index:
+        row = significance.loc[best]
+        text += (
+            f" Its test accuracy is {_pct(row.accuracy)} (95% bootstrap interval "
+            f"{_pct(row.ci_low)} to {_pct(row.ci_high)})."
+        )
+    return text
+
+
 def _best_run_finding(significance, labels, baseline_id) -> str:
     best = significance["accuracy"].idxmax()
     row = significance.loc[best]
@@ -129,21 +150,23 @@ def _seed_findings(groups: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _overfit_findings(onsets: Mapping[str, OverfitOnset | None], max_epoch: int | None) -> list:
+def _overfit_findings(
+    onsets: Mapping[str, OverfitOnset | None], max_epoch: int | None, curve: str = "test"
+) -> list:
     found = {k: v for k, v in onsets.items() if v is not None}
     if not onsets:
         return []
     if not found:
         tail = f" within {max_epoch} epochs" if max_epoch else ""
         return [
-            f"No setting overfits{tail}: in none does the test loss climb back above its minimum "
-            f"while the train loss keeps falling."
+            f"No setting overfits{tail}: in none does the {curve} loss climb back above its "
+            f"minimum while the train loss keeps falling."
         ]
     ordered = sorted(found.items(), key=lambda kv: (kv[1].onset, kv[0]))
     sentences = []
     for setting, o in ordered[:4]:
         sentences.append(
-            f"{setting} overfits from epoch {o.onset}: its test loss is lowest at epoch "
+            f"{setting} overfits from epoch {o.onset}: its {curve} loss is lowest at epoch "
             f"{o.best_epoch} ({o.best_test_loss:.4f}) and rises to {o.last_test_loss:.4f} by epoch "
             f"{o.last_epoch}, while its train loss falls a further {o.train_drop:.4f}."
         )
@@ -235,6 +258,7 @@ def findings(
     confused_pairs: pd.DataFrame | None,
     alpha: float = 0.05,
     cost_tolerance: float = 0.005,
+    selection: pd.Series | None = None,
 ) -> list[str]:
     """Plain-language findings, each sentence computed from the tables passed in.
 
@@ -246,12 +270,21 @@ def findings(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     sentences: list[str] = []
+    if selection is not None:
+        sentences.append(_selected_run_finding(selection, significance, labels))
+    elif significance is not None and baseline_id in significance.index:
+        sentences.append(
+            _best_run_finding(significance, labels, baseline_id) + " " + TEST_SET_RANKING
+        )
+    else:
+        sentences.append(TEST_SET_RANKING)
     if significance is not None and baseline_id in significance.index:
-        sentences.append(_best_run_finding(significance, labels, baseline_id))
         sentences += _significance_findings(significance, labels, baseline_id, alpha)
         sentences += _flip_findings(significance, labels, baseline_id)
     sentences += _seed_findings(groups)
-    sentences += _overfit_findings(onsets, max_epoch)
+    sentences += _overfit_findings(
+        onsets, max_epoch, "validation" if selection is not None else "test"
+    )
     sentences += _gap_finding(overfit_gap, labels)
     if at_epoch_accuracy is not None and epoch is not None:
         sentences += _epoch_finding(at_epoch_accuracy, final_accuracy, epoch, labels)

@@ -281,6 +281,15 @@ def _run_header(run: RunData) -> dict:
         contract.TRAIN_TIME: run.metrics.get(contract.TRAIN_TIME),
         "params": dict(run.params),
         "n_test": None,
+        # the epoch whose model made the stored predictions (the best one under early stopping)
+        "predictions_epoch": _int_or_none(run.metrics.get(contract.PREDICTIONS_EPOCH)),
+        "best_epoch": _int_or_none(run.metrics.get(contract.BEST_EPOCH)),
+        "val_accuracy": (
+            float(run.epochs[contract.VAL_ACCURACY].dropna().iloc[-1])
+            if contract.VAL_ACCURACY in run.epochs
+            and run.epochs[contract.VAL_ACCURACY].notna().any()
+            else None
+        ),
         "n_wrong": None,
         "accuracy": None,
         "ece": None,
@@ -299,6 +308,10 @@ def _iso(ms: int | None) -> str | None:
 def _write_csv(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:
     frame.to_csv(path, index=index, float_format="%.6g")
     return path
+
+
+def _int_or_none(value) -> int | None:
+    return None if value is None else int(value)
 
 
 def _clean(value):

@@ -29,6 +29,7 @@ from mnist_train.contract import (
     EPOCH_METRICS,
     MAX_RUNS,
     N_CLASSES,
+    OPTIONAL_EPOCH_METRICS,
     PREDICTIONS_PATH,
     TAG_PARENT,
     default_tracking_uri,
@@ -280,7 +281,8 @@ def load_run(
     run = get_run(client, run_id)
     info, data = run.info, run.data
     present = set(data.metrics)
-    epochs = _epoch_frame(client, run_id, [k for k in EPOCH_METRICS if k in present])
+    keys = [k for k in (*EPOCH_METRICS, *OPTIONAL_EPOCH_METRICS) if k in present]
+    epochs = _epoch_frame(client, run_id, keys)
     if with_steps and BATCH_LOSS in present:
         batch_loss = _step_series(client, run_id, BATCH_LOSS)
     else:

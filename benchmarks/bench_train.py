@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from mnist_train import data, models, runner
+from mnist_train import contract, data, models, runner
 from mnist_train.config import ConfigError, RunConfig, read_experiment, resolve
 from mnist_train.train import EpochRecord, Progress, prepare, train
 
@@ -218,9 +218,9 @@ def ours_epochs(
     started = time.perf_counter()
     tensors = prepare(train_split, test_split, config, torch.device("cpu"))
     setup = time.perf_counter() - started
-    model, optimizer = runner.build_model_and_optimizer(config, torch.device("cpu"))
+    parts = runner.build_trainable(config, torch.device("cpu"), len(tensors.train_y))
     seconds, last = [], time.perf_counter()
-    for record in train(model, optimizer, tensors, config, Progress()):
+    for record in train(parts.model, parts.optimizer, tensors, config, Progress()):
         if isinstance(record, EpochRecord):
             now = time.perf_counter()
             seconds.append(now - last)
@@ -232,8 +232,8 @@ def untracked_seconds(prepared: runner.Prepared) -> float:
     """Wall time of what `run_training` does minus MLflow: build the model, iterate `train()`."""
     config = prepared.config
     started = time.perf_counter()
-    model, optimizer = runner.build_model_and_optimizer(config, prepared.device)
-    for _ in train(model, optimizer, prepared.tensors, config, Progress()):
+    parts = runner.build_trainable(config, prepared.device, len(prepared.tensors.train_y))
+    for _ in train(parts.model, parts.optimizer, prepared.tensors, config, Progress()):
         pass
     return time.perf_counter() - started
 
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=data.default_data_dir(),
+        default=contract.default_data_dir(),
         help="folder holding MNIST/raw/ (default: $MNIST_DATA_DIR or ./data)",
     )
     parser.add_argument(

@@ -290,12 +290,15 @@ def _run_one(
 def _dry_run(config: RunConfig, data_dir: Path) -> None:
     """Everything up to the first optimisation step, without MLflow: a smoke test of a config."""
     from . import models
-    from .runner import build_model_and_optimizer, prepare_run
+    from .runner import build_trainable, prepare_run
     from .train import Progress, train
 
     prepared = prepare_run(config, data_dir)
-    model, optimizer = build_model_and_optimizer(config, prepared.device)
-    steps = train(model, optimizer, prepared.tensors, config, Progress(), should_stop=lambda: True)
+    parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
+    model = parts.model
+    steps = train(
+        model, parts.optimizer, prepared.tensors, config, Progress(), lambda: True, parts.scheduler
+    )
     first = next(steps)
     click.echo(models.summary_text(model))
     click.echo(

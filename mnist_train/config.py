@@ -21,9 +21,11 @@ class ConfigError(ValueError):
     """A configuration the user wrote is wrong; the message is shown as is."""
 
 
-MODELS = ("softmax", "mlp")
+MODELS = ("softmax", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+STOPPING_METRICS = ("val_loss", "val_accuracy")
 NORMALIZATIONS = ("none", "estimate", "standard")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -34,19 +36,29 @@ class RunConfig:
     name: str = "mnist"  # MLflow run name; say what the run is, e.g. "seed000_mlp" or "lr=0.01"
     experiment: str = "mnist"  # MLflow experiment the run is recorded in
     # model
-    model: str = "mlp"  # softmax (one Linear 784->10) | mlp
+    model: str = "mlp"  # softmax (one Linear 784->10) | mlp | cnn
     hidden_sizes: tuple[int, ...] = (100,)  # mlp hidden widths; (100,) is the seed's 784-100-10
-    activation: str = "relu"  # relu | tanh | sigmoid (mlp only)
+    activation: str = "relu"  # relu | tanh | sigmoid (mlp and cnn)
     dropout: float = 0.0  # dropout probability after each hidden activation, in [0, 1)
+    conv_channels: tuple[int, ...] = (32, 64)  # cnn: one 3x3 conv + 2x2 max-pool per entry
     # optimisation
-    optimizer: str = "adam"  # sgd | adam
-    lr: float = 1e-3  # learning rate
+    optimizer: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3  # learning rate (onecycle: its peak)
     momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # L2 penalty (sgd, adam) or decoupled decay (adamw), >= 0
+    scheduler: str = "none"  # none | step | cosine (over all epochs) | onecycle (per step)
+    step_size: int | None = None  # step: epochs between decays (required for step)
+    gamma: float = 0.1  # step: factor per decay, in (0, 1]
+    min_lr: float = 0.0  # cosine: the final learning rate
     batch_size: int = 128  # training images per step
     test_batch_size: int = 1000  # images per evaluation chunk (affects speed only, not results)
     drop_last: bool = False  # drop the last, smaller training batch of each epoch
     epochs: int = 3
     seed: int = 0  # torch seed: initial weights, shuffling order and dropout masks
+    # validation and early stopping: every "best" is chosen on validation, never on test
+    validation: int = 0  # hold out the last N training images (the classic split: 5000)
+    early_stopping_patience: int | None = None  # stop after N epochs without improvement
+    early_stopping_metric: str = "val_loss"  # val_loss (lower is better) | val_accuracy
     # data
     normalize: str = (
         "estimate"  # none (pixels/255) | estimate (mean/std of 1000 train images) | standard
@@ -58,6 +70,7 @@ class RunConfig:
         False  # also score the model on raw 0-255 pixels, as seed 001's notebook did
     )
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
+    system_metrics: bool = True  # MLflow's CPU / memory (/ GPU) sampling, the run's System tab
     threads: int = 1  # torch CPU threads (0: torch's default, one per core); more gain ~20% on an
     #                   idle machine but collapse when another process holds a core
 
@@ -67,6 +80,8 @@ class RunConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("normalize", self.normalize, NORMALIZATIONS)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("early_stopping_metric", self.early_stopping_metric, STOPPING_METRICS)
         if not self.name.strip():
             raise ConfigError("name must not be empty")
         if not self.experiment.strip():
@@ -90,6 +105,39 @@ class RunConfig:
             raise ConfigError("hidden_sizes must list at least one width for model mlp")
         if any(width < 1 for width in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive, got {list(self.hidden_sizes)}")
+        self._check_training_extras()
+
+    def _check_training_extras(self) -> None:
+        if self.model == "cnn" and not self.conv_channels:
+            raise ConfigError("conv_channels must list at least one channel count for model cnn")
+        if any(channels < 1 for channels in self.conv_channels):
+            raise ConfigError(f"conv_channels must be positive, got {list(self.conv_channels)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.scheduler == "step" and self.step_size is None:
+            raise ConfigError("scheduler step needs step_size (epochs between decays)")
+        if self.step_size is not None and self.step_size < 1:
+            raise ConfigError(f"step_size must be >= 1, got {self.step_size}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not (math.isfinite(self.min_lr) and 0 <= self.min_lr < self.lr):
+            raise ConfigError(f"min_lr must be in [0, lr), got {self.min_lr}")
+        if self.validation < 0:
+            raise ConfigError(f"validation must be >= 0 images, got {self.validation}")
+        if self.max_train is not None and self.validation >= self.max_train:
+            raise ConfigError(
+                f"validation ({self.validation}) must be less than the training images "
+                f"(max_train {self.max_train})"
+            )
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ConfigError(
+                    f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}"
+                )
+            if self.validation == 0:
+                raise ConfigError(
+                    "early_stopping_patience needs a validation split (set validation, e.g. 5000)"
+                )
 
     def to_params(self) -> dict[str, str]:
         """The flat parameter dict logged to MLflow; lists are written as `[100, 50]`."""
@@ -104,6 +152,7 @@ class RunConfig:
         """Plain values (lists, not tuples) for YAML and checkpoints."""
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["conv_channels"] = list(self.conv_channels)
         return out
 
 

@@ -30,16 +30,24 @@ TRAIN_ACCURACY = "train_accuracy"
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"
 EPOCH_TIME = "epoch_time_s"
+VAL_LOSS = "val_loss"  # with a validation split: what every "best" is chosen on
+VAL_ACCURACY = "val_accuracy"
+LR = "lr"  # with a learning-rate schedule: the rate of the epoch's last step
 EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, EPOCH_TIME)
+OPTIONAL_EPOCH_METRICS = (VAL_LOSS, VAL_ACCURACY, LR)
 # per optimisation step (step = global step)
 BATCH_LOSS = "batch_loss"
 # once, at the end
 OVERFIT_GAP = "overfit_gap"  # last train_accuracy - last test_accuracy
 TRAIN_TIME = "train_time_s"
 TEST_ACCURACY_UNSCALED = "test_accuracy_unscaled"  # seed 001's evaluation on raw 0-255 pixels
+BEST_EPOCH = "best_epoch"  # with early stopping: the epoch the model and predictions come from
+STOPPED_EPOCH = "stopped_epoch"  # with early stopping: the last epoch trained
+PREDICTIONS_EPOCH = "predictions_epoch"  # the epoch whose model made predictions/test.npz
 
 # --- parameters logged beside the config fields
 NUM_PARAMS = "num_params"
+VAL_IMAGES = "val_images"  # images held out of the training set for validation
 SEED_PARAM = "seed"
 
 # --- artifacts

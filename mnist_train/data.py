@@ -43,10 +43,6 @@ class Split:
         return self if n is None else Split(self.images[:n], self.labels[:n])
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("MNIST_DATA_DIR") or "./data")
-
-
 def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> Split:
     """Read one split through `torchvision.datasets.MNIST` from `<data_dir>/MNIST/raw/`.
 
@@ -101,6 +97,15 @@ def _unpack_gzipped(raw: Path, names: list[str]) -> None:
                 os.unlink(partial)
                 raise DataError(f"{packed}: cannot unpack ({err})") from None
             os.replace(partial, raw / name)
+
+
+def hold_out(split: Split, n: int) -> tuple[Split, Split]:
+    """(the first len - n images, the last n): the classic validation split holds out the last
+    5,000 training images, a fixed choice that every run and seed shares."""
+    cut = len(split) - n
+    return Split(split.images[:cut], split.labels[:cut]), Split(
+        split.images[cut:], split.labels[cut:]
+    )
 
 
 def normalization(train_images: torch.Tensor, method: str) -> tuple[float, float]:

@@ -23,7 +23,7 @@ import torch
 from . import __version__, contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
-from .tracking import DatasetInput, RunLog, check_tracking_server, git_commit
+from .tracking import DatasetInput, RunLog, check_tracking_server, git_commit, load_checkpoint
 from .tracking_writer import Row
 from .train import (
     EpochRecord,
@@ -59,10 +59,11 @@ class Prepared:
     config: RunConfig
     tensors: Tensors
     test_index: np.ndarray  # int64 (N_test,) positions in the torchvision test set
-    train_split: data.Split
+    train_split: data.Split  # the images trained on (validation images excluded)
     test_split: data.Split
     data_dir: Path
     device: torch.device
+    val_split: data.Split | None = None  # the last `validation` training images, held out
 
 
 def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
@@ -76,25 +77,43 @@ def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
     device = pick_device(config.device)
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
+    val_split = None
+    if config.validation:
+        if config.validation >= len(train_split):
+            raise ConfigError(
+                f"validation ({config.validation}) must be less than the "
+                f"{len(train_split)} training images"
+            )
+        train_split, val_split = data.hold_out(train_split, config.validation)
     return Prepared(
         config=config,
-        tensors=prepare(train_split, test_split, config, device),
+        tensors=prepare(train_split, test_split, config, device, validation=val_split),
         test_index=np.arange(len(test_split), dtype=np.int64),
         train_split=train_split,
         test_split=test_split,
         data_dir=Path(data_dir).resolve(),
         device=device,
+        val_split=val_split,
     )
 
 
-def build_model_and_optimizer(
-    config: RunConfig, device: torch.device
-) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model (initialised from `config.seed`) and its optimizer: the one place both are
-    made, for runs, `--dry-run` and the benchmarks alike."""
+@dataclass
+class Trainable:
+    """A model (initialised from `config.seed`), its optimizer and learning-rate schedule."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+
+
+def build_trainable(config: RunConfig, device: torch.device, train_images: int) -> Trainable:
+    """The one place model, optimizer and schedule are made: for runs, `--dry-run` and the
+    benchmarks alike. `train_images` sets a per-step schedule's length."""
     torch.manual_seed(config.seed)
     model = models.build_model(config).to(device)
-    return model, models.build_optimizer(config, model)
+    optimizer = models.build_optimizer(config, model)
+    steps = data.num_batches(train_images, config.batch_size, drop_last=config.drop_last)
+    return Trainable(model, optimizer, models.build_scheduler(config, optimizer, steps))
 
 
 def run_training(
@@ -108,22 +127,30 @@ def run_training(
 ) -> str:
     """Train and track one run (or continue `resume_run_id`); returns the MLflow run id."""
     config = prepared.config
-    model, optimizer = build_model_and_optimizer(config, prepared.device)
+    parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
+    model = parts.model
     progress = Progress()
     if resume_run_id:
-        progress = restore(_resume_state(resume_run_id, config), model, optimizer)
+        state = _resume_state(resume_run_id, config)
+        progress = restore(state, model, parts.optimizer, parts.scheduler)
+        if progress.stopped_early:
+            raise ConfigError(
+                f"run {resume_run_id} stopped early at epoch {progress.epoch - 1} "
+                f"(no improvement in {config.early_stopping_patience} epochs); nothing to resume"
+            )
         if progress.epoch > config.epochs:
             raise ConfigError(
                 f"run {resume_run_id} already finished {progress.epoch - 1} epochs; "
                 f"raise epochs (--set epochs=N) to train it further"
             )
-        log = RunLog.reopen(resume_run_id)
+        log = RunLog.reopen(resume_run_id, system_metrics=config.system_metrics)
     else:
         log = RunLog.open(
             experiment=config.experiment,
             run_name=config.name,
             tags=_run_tags(prepared, experiment_file),
             parent_run_id=parent_run_id,
+            system_metrics=config.system_metrics,
         )
     reporter = reporter or Reporter(enabled=False)
     try:
@@ -135,9 +162,9 @@ def run_training(
                 experiment_file,
                 _datasets(prepared),
             )
-        last = _train_and_log(log, model, optimizer, prepared, progress, reporter, should_stop)
-        if progress.epoch <= config.epochs:  # stopped early on request
-            _save_checkpoint(log, model, optimizer, progress, config)
+        last = _train_and_log(log, parts, prepared, progress, reporter, should_stop)
+        if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
+            _save_checkpoint(log, parts, progress, config)
             log.end("KILLED")
             raise TrainingStopped(
                 f"interrupted in epoch {progress.epoch} after step {progress.step}; checkpoint "
@@ -192,8 +219,7 @@ def _resume_state(run_id: str, config: RunConfig) -> dict[str, Any]:
 
 def _train_and_log(
     log: RunLog,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    parts: Trainable,
     prepared: Prepared,
     progress: Progress,
     reporter: Reporter,
@@ -208,7 +234,16 @@ def _train_and_log(
     pending: list[Row] = []  # batch losses not yet handed to the writer
     last = None
     try:
-        for record in train(model, optimizer, prepared.tensors, config, progress, should_stop):
+        steps = train(
+            parts.model,
+            parts.optimizer,
+            prepared.tensors,
+            config,
+            progress,
+            should_stop,
+            scheduler=parts.scheduler,
+        )
+        for record in steps:
             now = int(time.time() * 1000)
             if isinstance(record, StepRecord):
                 pending.append((contract.BATCH_LOSS, record.loss, now, record.step))
@@ -217,7 +252,7 @@ def _train_and_log(
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             writer.write(pending + epoch_rows)
             pending = []
-            _save_checkpoint(log, model, optimizer, progress, config)
+            _save_checkpoint(log, parts, progress, config)
             reporter.epoch(record, config.epochs)
             last = record
     finally:
@@ -227,17 +262,11 @@ def _train_and_log(
     return last
 
 
-def _save_checkpoint(
-    log: RunLog,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    progress: Progress,
-    config: RunConfig,
-) -> None:
+def _save_checkpoint(log: RunLog, parts: Trainable, progress: Progress, config: RunConfig) -> None:
     """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one."""
-    state = checkpoint(model, optimizer, progress, config)
+    state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
     if progress.batch == 0:
-        name = f"epoch_{state['epoch']:03d}.pt"
+        name = checkpoint_name(state["epoch"])
     else:
         name = f"epoch_{progress.epoch:03d}_partial.pt"
     log.log_checkpoint(state, name)
@@ -254,15 +283,22 @@ def _params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
         train_images=str(len(prepared.train_split)),
         test_images=str(len(prepared.test_split)),
     )
+    params[contract.VAL_IMAGES] = str(len(prepared.val_split) if prepared.val_split else 0)
     return params
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
 
 
 def _datasets(prepared: Prepared) -> list[DatasetInput]:
     raw = str(prepared.data_dir / "MNIST" / "raw")
-    splits = (
+    splits = [
         (prepared.train_split, "training", "mnist-train"),
         (prepared.test_split, "testing", "mnist-test"),
-    )
+    ]
+    if prepared.val_split is not None:
+        splits.append((prepared.val_split, "validation", "mnist-validation"))
     return [
         DatasetInput(
             name=name,
@@ -313,9 +349,19 @@ def _log_results(
         raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float()
         logits = infer(model, raw.to(prepared.device), config.test_batch_size)
         _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
+    probs, final[contract.PREDICTIONS_EPOCH] = last.test_probs, last.epoch
+    if config.early_stopping_patience is not None:
+        final[contract.BEST_EPOCH], final[contract.STOPPED_EPOCH] = progress.best_epoch, last.epoch
+        if progress.best_epoch != last.epoch:
+            # the model and predictions of record are the best epoch's: its checkpoint's weights
+            best = load_checkpoint(log.run_id, checkpoint_name(progress.best_epoch))
+            model.load_state_dict(best["model"])
+            logits = infer(model, tensors.test_x, config.test_batch_size)
+            probs = torch.softmax(logits, 1).cpu().numpy().astype(np.float32)
+            final[contract.PREDICTIONS_EPOCH] = progress.best_epoch
     log.log_final(final, step=last.epoch)
     labels = prepared.test_split.labels.numpy().astype(np.int64)
-    log.log_predictions(labels, last.test_probs, prepared.test_index)
+    log.log_predictions(labels, probs, prepared.test_index)
 
     deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
     deployable.eval()

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import contract
 from .config import ConfigError, ExperimentFile
-from .sweep_plan import Child, summary_rows, to_csv, to_markdown
+from .sweep_plan import Child, best_child, summary_rows, to_csv, to_markdown
 from .sweep_tracking import EarlierRun, SweepStore
 
 
@@ -176,7 +176,7 @@ def _close_parent(
     store.close_parent(
         parent_id,
         summary_csv=to_csv(rows),
-        description=to_markdown(rows, headline=_headline(result)),
+        description=to_markdown(rows, headline=f"{_headline(result)} {best_child(rows)}".strip()),
         counts={
             contract.TAG_SWEEP_CHILDREN: len(result.outcomes),
             contract.TAG_SWEEP_FAILED: failed,

@@ -25,11 +25,14 @@ from .csv_safe import rows_to_csv
 
 FIXED_KEYS = ("name", "experiment")  # one per sweep: the parent's name, and where all runs live
 SUMMARY_METRICS = (
+    contract.VAL_ACCURACY,  # left out when no child has a validation split
     contract.TRAIN_ACCURACY,
     contract.TEST_ACCURACY,
     contract.OVERFIT_GAP,
+    contract.BEST_EPOCH,  # left out without early stopping
     contract.TRAIN_TIME,
 )
+OPTIONAL_SUMMARY = (contract.VAL_ACCURACY, contract.BEST_EPOCH)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,28 @@ def summary_rows(
         found = metrics.get(run_id or "", {})
         row.update({k: found.get(k) for k in SUMMARY_METRICS})
         rows.append(row)
+    for key in OPTIONAL_SUMMARY:
+        if all(row[key] is None for row in rows):
+            for row in rows:
+                del row[key]
     return rows
+
+
+def best_child(rows: list[dict[str, Any]]) -> str:
+    """One sentence naming the best child, chosen on validation when every finished child has
+    it, else on test accuracy with a warning that such a ranking overstates."""
+    done = [r for r in rows if r["status"] == "FINISHED"]
+    on_val = bool(done) and all(r.get(contract.VAL_ACCURACY) is not None for r in done)
+    key = contract.VAL_ACCURACY if on_val else contract.TEST_ACCURACY
+    scored = [r for r in done if r.get(key) is not None]
+    if not scored:
+        return ""
+    best = max(scored, key=lambda r: r[key])
+    test = best[contract.TEST_ACCURACY]
+    text = f"Best on {key}: {best['name']} ({best[key]:.4f}; test accuracy {test:.4f})."
+    if not on_val:
+        text += " No validation split, so this ranking is on the test set and overstates."
+    return text
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

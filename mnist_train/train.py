@@ -32,20 +32,34 @@ class Tensors:
     test_y: torch.Tensor
     mean: float  # normalisation applied to [0, 1] pixels
     std: float
+    val_x: torch.Tensor | None = None  # held out from the training set; None without validation
+    val_y: torch.Tensor | None = None
 
 
 def prepare(
-    train: data.Split, test: data.Split, config: RunConfig, device: torch.device
+    train: data.Split,
+    test: data.Split,
+    config: RunConfig,
+    device: torch.device,
+    validation: data.Split | None = None,
 ) -> Tensors:
-    """Normalise both splits once, with statistics taken from the training images."""
+    """Normalise every split once, with statistics taken from the training images (the
+    validation images are held out of those statistics too)."""
     mean, std = data.normalization(train.images, config.normalize)
+
+    def inputs(split: data.Split) -> torch.Tensor:
+        return data.to_inputs(split.images, mean, std).to(device)
+
+    held_out = validation is not None and len(validation) > 0
     return Tensors(
-        train_x=data.to_inputs(train.images, mean, std).to(device),
+        train_x=inputs(train),
         train_y=train.labels.to(device),
-        test_x=data.to_inputs(test.images, mean, std).to(device),
+        test_x=inputs(test),
         test_y=test.labels.to(device),
         mean=mean,
         std=std,
+        val_x=inputs(validation) if held_out else None,
+        val_y=validation.labels.to(device) if held_out else None,
     )
 
 
@@ -69,9 +83,17 @@ class EpochRecord:
     test_accuracy: float
     epoch_time_s: float  # training pass plus evaluation
     test_probs: np.ndarray = field(repr=False)  # float32 (N_test, 10) softmax after this epoch
+    val_loss: float | None = None  # on the held-out validation images; None without them
+    val_accuracy: float | None = None
+    lr: float | None = None  # learning rate of the epoch's last step; None without a schedule
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k not in ("epoch", "test_probs")}
+        """The per-epoch metrics to log, by their contract names (absent ones left out)."""
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("epoch", "test_probs") and v is not None
+        }
 
 
 @dataclass
@@ -87,6 +109,11 @@ class Progress:
     elapsed_s: float = 0.0  # time spent on this epoch before an interruption
     train_time_s: float = 0.0  # all finished epochs, training plus evaluation
     epoch_rng: torch.Tensor | None = None  # global RNG state when the epoch began
+    # early stopping: the best epoch so far by the configured validation metric
+    best_epoch: int = 0
+    best_value: float | None = None
+    bad_epochs: int = 0  # epochs since the best one
+    stopped_early: bool = False
 
     def finish_epoch(self, seconds: float) -> None:
         self.train_time_s += seconds
@@ -134,12 +161,16 @@ def train(
     config: RunConfig,
     progress: Progress,
     should_stop: Callable[[], bool] = lambda: False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> Iterator[StepRecord | EpochRecord]:
     """Train from `progress` to `config.epochs`, updating `progress` in place.
 
-    Returns early, between two steps, once `should_stop()` is true. Raises NonFiniteLoss before
-    applying a step whose loss is NaN or infinite, so the weights stay those of the last good step.
+    Returns early, between two steps, once `should_stop()` is true, and after an epoch when early
+    stopping says so (`progress.stopped_early`). Raises NonFiniteLoss before applying a step whose
+    loss is NaN or infinite, so the weights stay those of the last good step. `scheduler` advances
+    after every batch (onecycle) or after every epoch (the others).
     """
+    every_batch = config.scheduler == "onecycle"
     n = len(tensors.train_y)
     per_epoch = data.num_batches(n, config.batch_size, drop_last=config.drop_last)
     model.train()
@@ -158,6 +189,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None and every_batch:
+                scheduler.step()
 
             progress.step += 1
             progress.batch += 1
@@ -177,8 +211,14 @@ def train(
                 progress.elapsed_s = time.perf_counter() - started
                 return
 
+        if scheduler is not None and not every_batch:
+            scheduler.step()
         logits = infer(model, tensors.test_x, config.test_batch_size)
         test_loss, test_accuracy = score(logits, tensors.test_y)
+        val_loss = val_accuracy = None
+        if tensors.val_x is not None:
+            val_logits = infer(model, tensors.val_x, config.test_batch_size)
+            val_loss, val_accuracy = score(val_logits, tensors.val_y)
         record = EpochRecord(
             epoch=progress.epoch,
             train_loss=progress.loss_sum / progress.seen,
@@ -187,11 +227,35 @@ def train(
             test_accuracy=test_accuracy,
             epoch_time_s=time.perf_counter() - started,
             test_probs=torch.softmax(logits, 1).cpu().numpy().astype(np.float32),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=lr if scheduler is not None else None,
         )
         progress.finish_epoch(record.epoch_time_s)
+        if config.early_stopping_patience is not None:
+            track_best(progress, record, config)
         yield record
+        if progress.stopped_early:
+            return
         if should_stop() and progress.epoch <= config.epochs:
             return
+
+
+def track_best(progress: Progress, record: EpochRecord, config: RunConfig) -> None:
+    """Early stopping's bookkeeping after an epoch: the best epoch by the configured validation
+    metric (lower val_loss or higher val_accuracy; ties keep the earlier epoch), and
+    `stopped_early` once `early_stopping_patience` epochs have passed without improving on it."""
+    value = getattr(record, config.early_stopping_metric)
+    if value is None:
+        raise ConfigError("early stopping needs a validation split (set validation)")
+    lower_is_better = config.early_stopping_metric == "val_loss"
+    best = progress.best_value
+    improved = best is None or (value < best if lower_is_better else value > best)
+    if improved:
+        progress.best_epoch, progress.best_value, progress.bad_epochs = record.epoch, value, 0
+    else:
+        progress.bad_epochs += 1
+        progress.stopped_early = progress.bad_epochs >= config.early_stopping_patience
 
 
 def _epoch_order(progress: Progress, n: int) -> torch.Tensor:
@@ -208,9 +272,14 @@ def _epoch_order(progress: Progress, n: int) -> torch.Tensor:
 
 
 def checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, config: RunConfig
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    config: RunConfig,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, Any]:
-    """Everything `restore` needs to continue exactly: weights, optimiser, position, RNG."""
+    """Everything `restore` needs to continue exactly: weights, optimiser, schedule, position,
+    RNG; tensors and plain values only, so it loads with `torch.load(weights_only=True)`."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -221,14 +290,23 @@ def checkpoint(
         if progress.batch == 0
         else progress.epoch,  # last epoch touched
     }
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
+def restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> Progress:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

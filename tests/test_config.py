@@ -52,7 +52,7 @@ def test_int_is_accepted_where_a_float_is_expected_but_not_the_reverse():
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
-        ({"model": "cnn"}, "model must be one of softmax, mlp"),
+        ({"model": "resnet"}, "model must be one of softmax, mlp, cnn"),
         ({"activation": "gelu"}, "activation must be one of relu, tanh, sigmoid"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
         ({"normalize": "zscore"}, "normalize must be one of"),

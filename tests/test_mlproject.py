@@ -61,7 +61,15 @@ def test_every_parameter_is_a_config_field_or_a_documented_extra():
                 "experiment": "experiments/seed000_mlp.yaml",
             },
         ),
-        ("sweep", {"experiment": "experiments/try_depth.yaml", "workers": "2", "max_train": "300"}),
+        (
+            "sweep",
+            {
+                "experiment": "experiments/try_depth.yaml",
+                "workers": "2",
+                "max_train": "400",
+                "validation": "100",
+            },
+        ),
     ],
 )
 def test_rendered_commands_parse_and_keep_unset_parameters_from_the_file(
@@ -77,7 +85,7 @@ def test_rendered_commands_parse_and_keep_unset_parameters_from_the_file(
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(cli, [*argv[3:], "--dry-run", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
-    assert "dry run ok: 300 train" in result.output
+    assert "dry run ok: 300 train" in result.output  # main: 300 images; sweep: 400 - 100 held out
     if entry == "main":
         assert (
             "[64, 784]" in result.output and "[32, 64]" in result.output
