@@ -13,20 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError, first_line
+from mnist_train.contract import default_cache_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-CACHE_ENV = "MNIST_WORKBENCH_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """$MNIST_WORKBENCH_CACHE, else $XDG_CACHE_HOME/mnist-workbench, else ~/.cache/mnist-
-    workbench."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mnist-workbench"
 
 
 def fetch_artifact(client: MlflowClient, run, artifact_path: str, *, cache_dir=None) -> Path | None:

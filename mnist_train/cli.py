@@ -28,23 +28,33 @@ from .contract import DEFAULT_TRACKING_URI, default_data_dir
 from .data import DataError
 from .sweep_plan import Child, expand
 
+# Closing the terminal (SIGHUP) or `kill` (SIGTERM) must leave a run as Ctrl-C does: stopped at a
+# step boundary with a checkpoint, marked KILLED, resumable.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 class StopFlag:
-    """Set by the first Ctrl-C or SIGTERM; the training loop stops at the next step boundary."""
+    """Set by the first stop signal; the training loop stops at the next step boundary."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.signum: int | None = None
 
-    def set(self) -> None:
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signum = self.signum or signum
         self._event.set()
 
     def __call__(self) -> bool:
         return self._event.is_set()
 
+    def exit_code(self, default: int) -> int:
+        """The shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+        return 128 + self.signum if self.signum else default
+
 
 @contextmanager
 def stop_on_signals():
-    """First SIGINT/SIGTERM asks training to stop cleanly; a second SIGINT interrupts at once."""
+    """First SIGINT/SIGTERM/SIGHUP asks training to stop cleanly; a second SIGINT stops at once."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -53,14 +63,17 @@ def stop_on_signals():
     def handler(signum, frame):
         if flag() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        flag.set()
-        print(
-            "\nstopping after this step (Ctrl-C again to stop at once)...",
-            file=sys.stderr,
-            flush=True,
-        )
+        flag.set(signum)
+        try:
+            print(
+                "\nstopping after this step (Ctrl-C again to stop at once)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        except OSError:  # the terminal is gone (SIGHUP): stop all the same
+            pass
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
@@ -204,6 +217,14 @@ def run(
     click.echo(run_id)
 
 
+def _echo_safely(text: str, *, err: bool = False) -> None:
+    """click.echo that survives a closed terminal (SIGHUP): the run is recorded either way."""
+    try:
+        click.echo(text, err=err)
+    except OSError:
+        pass
+
+
 def _empty_assignment(pair: str) -> bool:
     key, sep, value = pair.partition("=")
     return bool(sep) and not value.strip()
@@ -235,16 +256,16 @@ def _run_sweep(
             )
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
-    click.echo(result.parent_run_id)
+    _echo_safely(result.parent_run_id)
     for outcome in result.outcomes:
         if outcome.run_id:
-            click.echo(outcome.run_id)
+            _echo_safely(outcome.run_id)
     if result.stopped:
-        click.echo(
+        _echo_safely(
             f"Error: sweep {sweep_name} interrupted; run it again to resume where it stopped",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(stop.exit_code(130))
     if result.failed:
         names = ", ".join(o.name for o in result.failed)
         click.echo(
@@ -266,11 +287,12 @@ def _run_one(
     from mlflow.exceptions import MlflowException
 
     from .progress import Reporter
-    from .runner import TrainingStopped, prepare_run, run_training
+    from .runner import EXIT_INTERRUPTED, TrainingStopped, prepare_run, run_training
     from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
     prepared = prepare_run(config, data_dir)
+    stop = StopFlag()
     try:
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):  # as in _run_sweep
             return run_training(
@@ -281,8 +303,11 @@ def _run_one(
                 should_stop=stop,
             )
     except TrainingStopped as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(err.exit_code)
+        _echo_safely(err.run_id)  # stdout carries the run id, interrupted or not
+        _echo_safely(f"Error: {err}", err=True)
+        sys.exit(
+            stop.exit_code(err.exit_code) if err.exit_code == EXIT_INTERRUPTED else err.exit_code
+        )
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
 
@@ -307,7 +332,19 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
     )
 
 
+# MLflow retries an http store 7 times with a 2 s backoff factor and a 120 s timeout: a server
+# that stops mid-run kept a run hanging for about 20 minutes. These bound a failing call to about
+# 30 s; a user's own settings win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
 def main() -> None:
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
     uri = os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     if "://" not in uri or uri.startswith("file:"):
         # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted

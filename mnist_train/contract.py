@@ -66,6 +66,9 @@ TAG_SWEEP_FAILED = "mnist.sweep.failed"
 TAG_SWEEP_SKIPPED = "mnist.sweep.skipped"
 TAG_REPORT = "mnist.report"  # value "comparison" on runs that hold a comparison report
 TAG_FAILURE_REASON = "failure_reason"
+TAG_OWNER = "mnist.owner"  # "<host> <pid>" of the process training the run
+TAG_HEARTBEAT = "mnist.heartbeat"  # unix seconds of the owner's last sign of life
+HEARTBEAT_STALE_S = 600  # a RUNNING run silent this long on another host is taken as abandoned
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 
@@ -78,6 +81,15 @@ def default_tracking_uri() -> str:
 def default_data_dir() -> Path:
     """$MNIST_DATA_DIR, else `./data`."""
     return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def default_cache_dir() -> Path:
+    """$MNIST_WORKBENCH_CACHE, else $XDG_CACHE_HOME/mnist-workbench, else
+    ~/.cache/mnist-workbench: downloaded artifacts, checkpoints not yet uploaded."""
+    if os.environ.get("MNIST_WORKBENCH_CACHE"):
+        return Path(os.environ["MNIST_WORKBENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnist-workbench"
 
 
 def is_http(uri: str) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,19 @@ import torch
 from . import __version__, contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
-from .tracking import DatasetInput, RunLog, check_tracking_server, git_commit, load_checkpoint
+from .tracking import (
+    DatasetInput,
+    RunLog,
+    StoreUnavailable,
+    abandoned,
+    check_tracking_server,
+    git_commit,
+    load_checkpoint,
+    open_store,
+    owner_tags,
+    pending_checkpoints,
+    store_is_gone,
+)
 from .tracking_writer import Row
 from .train import (
     EpochRecord,
@@ -42,6 +56,7 @@ from .train import (
 
 RESUMABLE_PARAMS_IGNORED = ("epochs", "name", "experiment")  # may change when a run is resumed
 EXIT_INTERRUPTED = 130
+EXIT_STORE_LOST = 75  # EX_TEMPFAIL: try again once the tracking server is back
 
 
 class TrainingStopped(Exception):
@@ -127,6 +142,7 @@ def run_training(
 ) -> str:
     """Train and track one run (or continue `resume_run_id`); returns the MLflow run id."""
     config = prepared.config
+    open_store()
     parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
     model = parts.model
     progress = Progress()
@@ -148,12 +164,14 @@ def run_training(
         log = RunLog.open(
             experiment=config.experiment,
             run_name=config.name,
-            tags=_run_tags(prepared, experiment_file),
+            tags={**_run_tags(prepared, experiment_file), **owner_tags()},
             parent_run_id=parent_run_id,
             system_metrics=config.system_metrics,
         )
     reporter = reporter or Reporter(enabled=False)
     try:
+        if resume_run_id:
+            log.beat()  # this process owns the run now
         if not resume_run_id:
             log.log_setup(
                 _params(prepared, model),
@@ -175,6 +193,7 @@ def run_training(
         if last is not None:
             _log_results(log, model, prepared, progress, last)
         log.end("FINISHED")
+        shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
         return log.run_id
     except NonFiniteLoss as err:
         log.end("FAILED", reason=str(err))
@@ -192,6 +211,16 @@ def run_training(
             exit_code=EXIT_INTERRUPTED,
         ) from None
     except BaseException as err:
+        if isinstance(err, Exception) and store_is_gone():
+            kept = _keep_locally(err, parts, progress, config, log.run_id)
+            log.end_quietly("KILLED")
+            raise TrainingStopped(
+                f"the tracking server stopped answering ({str(err).splitlines()[0][:200]}); "
+                f"the last checkpoint is kept at {kept}; once the server is back: "
+                f"mnist-train run <experiment file> --resume {log.run_id}",
+                log.run_id,
+                exit_code=EXIT_STORE_LOST,
+            ) from None
         log.end("FAILED", reason=f"{type(err).__name__}: {err}")
         raise
     finally:
@@ -202,9 +231,13 @@ def _resume_state(run_id: str, config: RunConfig) -> dict[str, Any]:
     """The checkpoint to continue `run_id` from, after checking the run may be continued."""
     from .tracking import load_latest_checkpoint, read_run
 
-    status, logged = read_run(run_id)
+    status, logged, tags = read_run(run_id)
     if status == "RUNNING":
-        raise ConfigError(f"run {run_id} is still RUNNING; stop it before resuming")
+        gone = abandoned(tags)
+        if gone is None:
+            owner = tags.get(contract.TAG_OWNER, "another process")
+            raise ConfigError(f"run {run_id} is still RUNNING ({owner}); stop it before resuming")
+        print(f"taking over run {run_id}, left RUNNING: {gone}", file=sys.stderr, flush=True)
     expected = config.to_params()
     differing = [
         k
@@ -253,6 +286,7 @@ def _train_and_log(
             writer.write(pending + epoch_rows)
             pending = []
             _save_checkpoint(log, parts, progress, config)
+            log.beat()
             reporter.epoch(record, config.epochs)
             last = record
     finally:
@@ -260,6 +294,23 @@ def _train_and_log(
         if pending:  # an interrupted epoch resumes after these steps, so keep them
             log.write_rows(pending)
     return last
+
+
+def _keep_locally(
+    err: Exception, parts: Trainable, progress: Progress, config: RunConfig, run_id: str
+) -> Path:
+    """The newest checkpoint on local disk: the one whose upload failed, or one written now."""
+    if isinstance(err, StoreUnavailable) and err.checkpoint is not None:
+        return err.checkpoint
+    state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
+    if progress.batch == 0:
+        name = checkpoint_name(state["epoch"])
+    else:
+        name = f"epoch_{progress.epoch:03d}_partial.pt"
+    path = pending_checkpoints(run_id) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
 
 
 def _save_checkpoint(log: RunLog, parts: Trainable, progress: Progress, config: RunConfig) -> None:

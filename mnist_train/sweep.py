@@ -23,6 +23,7 @@ from . import contract
 from .config import ConfigError, ExperimentFile
 from .sweep_plan import Child, best_child, summary_rows, to_csv, to_markdown
 from .sweep_tracking import EarlierRun, SweepStore
+from .tracking import abandoned
 
 
 @dataclass
@@ -156,8 +157,12 @@ def _plan(
     for run in twins:
         if run.failure_reason.startswith("loss became"):
             return "skip", run.run_id, "FAILED"  # diverged: retraining would diverge again
-        if run.status in ("KILLED", "FAILED") and store.has_checkpoints(run.run_id):
-            return "resume", run.run_id, run.status
+        gone = abandoned(run.tags) if run.status == "RUNNING" else None
+        if run.status in ("KILLED", "FAILED") or gone:
+            if store.has_checkpoints(run.run_id):
+                return "resume", run.run_id, run.status
+            if gone:
+                store.abandon(run.run_id, gone)
     return "train", None, ""
 
 
@@ -272,15 +277,34 @@ def _record(outcome: Outcome, result: Outcome) -> None:
 
 
 def _init_worker(threads: int) -> None:
+    import threading
+
     import torch
 
     from .tracking import quiet_mlflow_logs
+
+    # A worker must not outlive the sweep that owns it (kill -9 of the sweep would leave it
+    # training queued children, then idling): when the parent is gone, interrupt the child run
+    # (KILLED, resumable from its last epoch checkpoint) and exit.
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep process, which stops us
     sys.stdout = sys.stderr  # stdout carries the sweep's run ids; MLflow prints run links there
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one line per epoch, no bars
     torch.set_num_threads(threads)  # N workers on N cores: oversubscribed threads only slow down
     quiet_mlflow_logs()
+
+
+def _exit_with(parent: int) -> None:
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the training loop: run KILLED
+    time.sleep(60)
+    os._exit(1)
 
 
 def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Outcome:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import contract
 from .config import ExperimentFile
-from .tracking import git_commit
+from .tracking import git_commit, open_store
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class EarlierRun:
     status: str
     params: dict[str, str]
     failure_reason: str
+    tags: dict[str, str]
 
 
 def _quote(text: str) -> str:
@@ -34,6 +35,7 @@ class SweepStore:
     def __init__(self) -> None:
         from mlflow.tracking import MlflowClient
 
+        open_store()
         self.client = MlflowClient()
 
     def experiment_of_run(self, run_id: str) -> tuple[str, str]:
@@ -73,10 +75,16 @@ class SweepStore:
                     run.info.status,
                     dict(run.data.params),
                     run.data.tags.get(contract.TAG_FAILURE_REASON, ""),
+                    dict(run.data.tags),
                 )
                 for run in runs
             ]
         return out
+
+    def abandon(self, run_id: str, why: str) -> None:
+        """End a child whose owner died before its first checkpoint: it is retrained anew."""
+        self.client.set_tag(run_id, contract.TAG_FAILURE_REASON, f"abandoned: {why}"[:5000])
+        self.client.set_terminated(run_id, "KILLED")
 
     def has_checkpoints(self, run_id: str) -> bool:
         return bool(self.client.list_artifacts(run_id, contract.CHECKPOINT_DIR))

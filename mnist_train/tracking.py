@@ -7,13 +7,17 @@ would cost more than the training itself (~7 ms each against SQLite).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
+import socket
 import subprocess
 import tempfile
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,14 @@ def quiet_mlflow_logs() -> None:
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
+def store_is_gone() -> bool:
+    """True when the run's store is an http server that no longer answers."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    return contract.is_http(uri) and contract.probe_http_store(uri, timeout_s=3) is not None
+
+
 def check_tracking_server(uri: str) -> None:
     """ConfigError unless an http(s) tracking store answers; other stores are not probed."""
     if contract.is_http(uri):
@@ -73,6 +85,19 @@ def git_commit(where: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+class StoreUnavailable(RuntimeError):
+    """The tracking store stopped answering mid-run; `checkpoint` is the local copy kept."""
+
+    def __init__(self, reason: str, checkpoint: Path | None = None):
+        super().__init__(reason)
+        self.checkpoint = checkpoint
+
+
+def pending_checkpoints(run_id: str) -> Path:
+    """Where a run's checkpoints wait until the store has them."""
+    return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
 # MLflow samples system metrics every 10 s by default, which leaves a run of a few seconds with
@@ -170,14 +195,29 @@ class RunLog:
     def write_rows(self, rows: list[Row]) -> None:
         write_rows(self.client, self.run_id, rows)
 
+    def beat(self) -> None:
+        """Refresh the owner and heartbeat tags (see `abandoned`)."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v) for k, v in owner_tags().items()]
+        retry_conflicts(lambda: self.client.log_batch(self.run_id, tags=tags))
+
     def log_checkpoint(self, state: dict[str, Any], name: str) -> None:
-        """`state` (tensors and plain values only) as `checkpoints/<name>`."""
+        """`state` (tensors and plain values only) as `checkpoints/<name>`.
+
+        It is written to a local folder first and removed from there once uploaded, so a
+        tracking server that goes away loses no checkpoint: StoreUnavailable says where it is.
+        """
         import torch
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            torch.save(state, path)
+        path = pending_checkpoints(self.run_id) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        try:
             self.client.log_artifact(self.run_id, str(path), contract.CHECKPOINT_DIR)
+        except Exception as err:
+            raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
+        path.unlink()
 
     def log_final(self, metrics: dict[str, float], step: int) -> None:
         import mlflow
@@ -218,6 +258,15 @@ class RunLog:
             serialization_format="pickle",
         )
 
+    def end_quietly(self, status: str) -> None:
+        """Try once, briefly, to mark the run; the store may be gone for good."""
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "3"
+        try:
+            self.end(status)
+        except Exception:
+            pass  # the run stays RUNNING; its owner tags let --resume take it over
+
     def end(self, status: str, reason: str | None = None) -> None:
         """End the run as FINISHED, KILLED or FAILED; a reason goes to the `failure_reason` tag."""
         import mlflow
@@ -227,8 +276,8 @@ class RunLog:
         mlflow.end_run(status=status)
 
 
-def read_run(run_id: str) -> tuple[str, dict[str, str]]:
-    """(status, params) of a stored run; ConfigError when the store does not know it."""
+def read_run(run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(status, params, tags) of a stored run; ConfigError when the store does not know it."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -236,7 +285,7 @@ def read_run(run_id: str) -> tuple[str, dict[str, str]]:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
         raise ConfigError(f"no run with id {run_id} in the tracking store") from None
-    return run.info.status, dict(run.data.params)
+    return run.info.status, dict(run.data.params), dict(run.data.tags)
 
 
 def _checkpoint_order(name: str) -> tuple[int, int]:
@@ -253,26 +302,100 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
     listed = MlflowClient().list_artifacts(run_id, contract.CHECKPOINT_DIR)
     names = [Path(f.path).name for f in listed]
     names = [n for n in names if n.startswith("epoch_") and n.endswith(".pt")]
-    if not names:
+    local = {p.name: p for p in pending_checkpoints(run_id).glob("epoch_*.pt")}
+    if not names and not local:
         raise ConfigError(f"run {run_id} has no checkpoint to resume from")
-    return load_checkpoint(run_id, max(names, key=_checkpoint_order))
+    latest = max([*names, *local], key=_checkpoint_order)
+    if latest in local and latest not in names:
+        # written while the tracking server was away: the newest, and on this machine only
+        return _load_state(local[latest], f"{local[latest]}")
+    return load_checkpoint(run_id, latest)
 
 
 def load_checkpoint(run_id: str, name: str) -> dict[str, Any]:
     """Checkpoint `checkpoints/<name>` of a run, loaded as tensors and plain values only (never
     unpickled code: a checkpoint in a shared store may have been written by anyone)."""
     import mlflow
-    import torch
 
     latest = name
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=f"{contract.CHECKPOINT_DIR}/{latest}", dst_path=tmp
         )
+        return _load_state(Path(path), f"{contract.CHECKPOINT_DIR}/{latest} of run {run_id}")
+
+
+def _load_state(path: Path, what: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # truncated, or holds more than tensors and plain values
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        raise ConfigError(
+            f"checkpoint {what} cannot be read ({type(err).__name__}: {detail}); "
+            "it is damaged or not a workbench checkpoint"
+        ) from None
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def owner_tags() -> dict[str, str]:
+    """Who trains a run, and when it last said so (tags refreshed every epoch)."""
+    return {
+        contract.TAG_OWNER: f"{socket.gethostname()} {os.getpid()}",
+        contract.TAG_HEARTBEAT: str(int(time.time())),
+    }
+
+
+def abandoned(tags: dict[str, str], *, now: float | None = None) -> str | None:
+    """Why a RUNNING run has no live owner (its process on this host is gone, or its host has
+    been silent for `HEARTBEAT_STALE_S`), or None when it may still be training."""
+    host, _, pid = tags.get(contract.TAG_OWNER, "").partition(" ")
+    beat = tags.get(contract.TAG_HEARTBEAT)
+    if not host or not pid.isdigit() or beat is None:
+        return None  # no ownership recorded: nothing says it is gone
+    if host == socket.gethostname():
         try:
-            return torch.load(path, weights_only=True)
-        except Exception as err:  # truncated, or holds more than tensors and plain values
-            raise ConfigError(
-                f"checkpoint {contract.CHECKPOINT_DIR}/{latest} of run {run_id} cannot be read "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
-            ) from None
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"its process {pid} on this host is gone"
+        except PermissionError:
+            pass  # alive, someone else's
+        return None
+    silent = (now or time.time()) - float(beat)
+    if silent > contract.HEARTBEAT_STALE_S:
+        return f"no heartbeat from {host} for {silent / 60:.0f} min"
+    return None
+
+
+# --------------------------------------------------------------------------- the store itself
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it is first touched: MLflow creates or
+    migrates its tables on first use, and two processes doing that at once lose a run."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :])
+    try:
+        lock = open(f"{path}.lock", "a")  # noqa: SIM115 - held for the block
+    except OSError:
+        yield  # a read-only folder: MLflow reports that itself
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def open_store() -> None:
+    """Create or open the tracking store once, under `store_lock`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = mlflow.get_tracking_uri()
+    with store_lock(uri):
+        MlflowClient().search_experiments(max_results=1)

@@ -131,7 +131,11 @@ def _serve(tracking_uri: str, run_id: str) -> None:
                 write_rows(client, run_id, rows)
             except Exception as err:  # reported to the parent, which raises it
                 error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    sys.stdout.write(error or "ok")
+    try:
+        sys.stdout.write(error or "ok")
+        sys.stdout.flush()
+    except OSError:  # the training process is gone (kill -9): nobody is left to tell
+        pass
 
 
 if __name__ == "__main__":

@@ -131,7 +131,11 @@ def test_absent_mnist_that_cannot_be_downloaded(experiment, tmp_path, monkeypatc
     assert "download failed" in result.output
 
 
-def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, data_dir):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(
+    experiment, data_dir, signum, code
+):
+    """SIGTERM (kill) and SIGHUP (a closed terminal) stop a run as Ctrl-C does."""
     command = [
         sys.executable,
         "-m",
@@ -154,13 +158,14 @@ def test_sigterm_checkpoints_marks_killed_and_says_how_to_resume(experiment, dat
     for line in process.stderr:  # not a terminal: one plain line per epoch
         if "epoch 1/200" in line or time.time() > deadline:
             break
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     assert "Traceback" not in stderr
     message = stderr.strip().splitlines()[-1]
     assert "checkpoint saved" in message and "--resume" in message
     run_id = message.split("--resume ")[1].strip()
+    assert stdout.strip() == run_id  # an interrupted run prints its id like a finished one
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "KILLED"
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")][

@@ -1,0 +1,272 @@
+"""Faults a hostile but realistic user meets: planted checkpoints, kill -9, two processes on a new
+store, a tracking server that goes away, spreadsheet formulas in names. Real processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, train_run
+from mlflow.tracking import MlflowClient
+
+from mnist_train import contract, tracking
+from mnist_train.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_experiment(tmp_path: Path, name: str, experiment: str, epochs: int) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nexperiment: {experiment}\nhidden_sizes: [16]\nbatch_size: 100\n"
+        f"epochs: {epochs}\nmax_train: 1000\nmax_test: 200\nsystem_metrics: false\n"
+    )
+    return path
+
+
+def mnist_train(*args, env=None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_train", "run", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **popen,
+    )
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def runs_named(name: str, uri: str | None = None):
+    client = MlflowClient(uri) if uri else MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, f"attributes.run_name = '{name}'")
+
+
+def final_weights(run_id: str, epoch: int, tmp_path: Path) -> dict:
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=f"checkpoints/epoch_{epoch:03d}.pt", dst_path=str(tmp_path)
+    )
+    return torch.load(path, weights_only=True)["model"]
+
+
+# --------------------------------------------------------------------------- 1. no code from store
+
+
+class Payload:
+    """Unpickling this would create `marker`: the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_checkpoint_is_refused_and_runs_nothing(data_dir, tmp_path):
+    config = tiny_config(name="victim", experiment="hardening")
+    calls = iter(range(10**6))
+    from mnist_train.runner import TrainingStopped
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train_run(config, data_dir, should_stop=lambda: next(calls) >= 3)
+    run_id = stopped.value.run_id
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "epoch_009.pt"  # newer than any real checkpoint: resume picks it
+    torch.save({"model": Payload(marker)}, planted)
+    MlflowClient().log_artifact(run_id, str(planted), "checkpoints")
+    with pytest.raises(ConfigError, match="epoch_009.pt of run .* cannot be read"):
+        train_run(config, data_dir, resume_run_id=run_id)
+    assert not marker.exists()
+    torch.load(planted, weights_only=False)  # the same file, unpickled the unsafe way, runs code
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- 2. kill -9
+
+
+def test_a_run_killed_hard_is_taken_over_and_ends_like_an_uninterrupted_one(data_dir, tmp_path):
+    experiment = write_experiment(tmp_path, "hard_kill", "hardening", epochs=30)
+    process = mnist_train(experiment, "--data-dir", data_dir, "--quiet")
+
+    def killed_run():
+        runs = runs_named("hard_kill")
+        if runs and MlflowClient().list_artifacts(runs[0].info.run_id, "checkpoints"):
+            return runs[0]
+
+    run = wait_for(killed_run, what="the first checkpoint")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    run_id = run.info.run_id
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody left to mark it
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags[contract.TAG_OWNER] == f"{socket.gethostname()} {process.pid}"
+    assert "is gone" in tracking.abandoned(tags)
+
+    resumed = mnist_train(experiment, "--data-dir", data_dir, "--quiet", "--resume", run_id)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert out.strip() == run_id
+    assert f"taking over run {run_id}" in err and "Traceback" not in err
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+    straight = mnist_train(experiment, "--data-dir", data_dir, "--quiet")
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    ours, reference = (
+        final_weights(run_id, 30, tmp_path / "a"),
+        final_weights(out.strip(), 30, tmp_path / "b"),
+    )
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+def test_a_live_runs_owner_is_respected(tmp_path):
+    alive = {contract.TAG_OWNER: f"{socket.gethostname()} {os.getpid()}", "mnist.heartbeat": "0"}
+    assert tracking.abandoned(alive) is None
+    elsewhere = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: str(time.time())}
+    assert tracking.abandoned(elsewhere) is None
+    stale = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: "0"}
+    assert "no heartbeat from other-host" in tracking.abandoned(stale)
+    assert tracking.abandoned({}) is None  # no ownership recorded: never taken over
+
+
+# --------------------------------------------------------------------------- 4. a fresh store
+
+
+def test_two_runs_started_at_once_on_a_new_store_both_finish(data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    experiment = write_experiment(tmp_path, "race", "hardening-race", epochs=1)
+    env = {"MLFLOW_TRACKING_URI": uri}
+    processes = [mnist_train(experiment, "--data-dir", data_dir, "--quiet", env=env) for _ in "ab"]
+    results = [p.communicate(timeout=300) for p in processes]
+    for process, (_, err) in zip(processes, results):
+        assert process.returncode == 0, err
+    runs = runs_named("race", uri)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+# --------------------------------------------------------------------------- 6. CSV formulas
+
+
+def test_a_formula_run_name_stays_text_in_every_csv(data_dir, tmp_path):
+    from analysis.compare_report import compare_runs
+
+    first = train_run(tiny_config(name="=1+2", experiment="hardening-csv"), data_dir)
+    second = train_run(tiny_config(name="@SUM(A1)", experiment="hardening-csv"), data_dir)
+    _, report, _ = compare_runs(
+        out_dir=tmp_path / "c", run_ids=[first, second], log_to_mlflow=False
+    )
+    rows = list(csv.DictReader((report.parent / "runs.csv").open()))
+    assert {r["run_name"] for r in rows} == {"'=1+2", "'@SUM(A1)"}
+    assert all(float(r["test_accuracy"]) > 0 for r in rows)  # numbers stay numbers
+
+    from mnist_train.sweep_plan import Child, summary_rows, to_csv
+
+    rows = summary_rows([Child("=cmd|x", tiny_config())], [("id", "FINISHED")], {})
+    assert to_csv(rows).splitlines()[1].startswith("'=cmd|x,id,FINISHED")
+
+
+# ------------------------------------------------------------------------ 3. the server goes away
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MNIST_TEST_HTTP_SERVER"),
+    reason="starts an mlflow server twice (~60 s); set MNIST_TEST_HTTP_SERVER=1",
+)
+def test_a_server_that_stops_mid_run_costs_a_minute_and_no_checkpoint(data_dir, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": uri, "MNIST_WORKBENCH_CACHE": str(tmp_path / "cache")}
+    experiment = write_experiment(tmp_path, "server_gone", "hardening-http", epochs=40)
+    server = start_server(tmp_path, port)
+    try:
+        process = mnist_train(experiment, "--data-dir", data_dir, env=env)
+        wait_for(
+            lambda: [
+                r
+                for r in runs_named("server_gone", uri)
+                if MlflowClient(uri).list_artifacts(r.info.run_id, "checkpoints")
+            ],
+            what="a checkpoint on the server",
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    started = time.time()
+    out, err = process.communicate(timeout=240)
+    assert time.time() - started < 90
+    assert process.returncode == 75, err
+    message = err.strip().splitlines()[-1]
+    assert "tracking server stopped answering" in message and "--resume" in message
+    run_id = out.strip()
+    kept = Path(message.split("kept at ")[1].split(";")[0])
+    assert kept.is_file() and run_id in str(kept)
+
+    server = start_server(tmp_path, port)
+    try:
+        resumed = mnist_train(experiment, "--data-dir", data_dir, "--resume", run_id, env=env)
+        out, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+        assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+        assert not kept.exists()  # uploaded, so no longer kept aside
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return True
+        except OSError:
+            assert server.poll() is None, "mlflow server exited at start"
+            return False
+
+    wait_for(answers, timeout=90, what="the mlflow server")
+    return server
