@@ -30,6 +30,12 @@ class AnalysisCommand(click.Command):
             return super().invoke(ctx)
         except AnalysisError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            if err.filename is None:
+                raise  # not about a file the user named: a bug, keep the traceback
+            raise click.ClickException(
+                f"cannot write {err.filename}: {err.strerror} (choose another --out)"
+            ) from None
 
 
 class AnalysisGroup(click.Group):
@@ -205,13 +211,14 @@ def _report_one(
     if run.predictions is None and predict:
         if images is None:
             raise AnalysisError("--predict needs the MNIST test images; pass --data-dir")
-        from analysis.inference import predict_with_logged_model
+        from analysis.inference import predict_from_checkpoint
 
-        run.predictions = predict_with_logged_model(run.run_id, *images, tracking_uri=tracking_uri)
+        run.predictions, used = predict_from_checkpoint(client, run, *images, cache_dir=cache_dir)
         run.notices = [n for n in run.notices if contract.PREDICTIONS_PATH not in n]
         extra.append(
-            f"predictions computed now from the logged model "
-            f"({contract.MODEL_URI.format(run_id=run.run_id)}), not stored ones"
+            f"predictions computed now from checkpoints/{used} (the model rebuilt from the "
+            f"run's configuration), not stored ones; {len(run.predictions)} test images, as the "
+            "run was scored"
         )
 
     pixels = None
@@ -238,7 +245,8 @@ def _report_one(
 
 def _safe_name(name: str) -> str:
     """A run name usable as a folder name (names like `lr=0.01` stay readable)."""
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._") or "run"
+    # at most 80 characters: a 10,000-character run name is not a file name on any system
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._")[:80] or "run"
 
 
 @cli.command("compare")
@@ -354,6 +362,8 @@ def compare_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
+    for key, value in contract.HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
     cli.main(args=argv, prog_name="mnist-analysis")
 
 

@@ -31,6 +31,7 @@ from mnist_train.contract import (
     N_CLASSES,
     OPTIONAL_EPOCH_METRICS,
     PREDICTIONS_PATH,
+    TAG_EPOCHS,
     TAG_PARENT,
     default_tracking_uri,
     is_http,
@@ -80,9 +81,12 @@ class Predictions:
                     probs=np.asarray(npz["probs"], dtype=np.float32),
                     index=np.asarray(npz["index"], dtype=np.int64),
                 )
-        except (KeyError, ValueError, OSError) as err:
+        except AnalysisError:
+            raise
+        except Exception as err:  # truncated zip, missing keys, a pickle, a wrong dtype ...
             raise AnalysisError(
-                f"{path}: not a predictions file with labels/probs/index ({err})"
+                f"{path}: not a predictions file with labels/probs/index "
+                f"({type(err).__name__}: {str(err)[:200]})"
             ) from None
 
 
@@ -247,8 +251,14 @@ def get_run(client: MlflowClient, run_id: str):
     try:
         return client.get_run(run_id)
     except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise AnalysisError(
+                f"no run with id {run_id!r} in {client.tracking_uri} ({first_line(err)})"
+            ) from None
+        # a server that answers /health but fails its API (503 ...) is not "no such run"
         raise AnalysisError(
-            f"no run with id {run_id!r} in {client.tracking_uri} ({first_line(err)})"
+            f"the tracking store {client.tracking_uri} failed to answer for run {run_id} "
+            f"({first_line(err)})"
         ) from None
 
 
@@ -321,7 +331,8 @@ def load_run(
         experiment_id=info.experiment_id,
         experiment_name=experiment.name if experiment else "",
         status=info.status,
-        params=dict(data.params),
+        # a resume that trained further records the new total in a tag (params are immutable)
+        params={**data.params, **_epochs_override(data.tags)},
         tags=dict(data.tags),
         metrics=dict(data.metrics),
         epochs=epochs,
@@ -331,6 +342,10 @@ def load_run(
         start_time=info.start_time,
         end_time=info.end_time,
     )
+
+
+def _epochs_override(tags: dict[str, str]) -> dict[str, str]:
+    return {"epochs": tags[TAG_EPOCHS]} if TAG_EPOCHS in tags else {}
 
 
 def _count_children(client: MlflowClient, run) -> int:

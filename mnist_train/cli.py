@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from . import contract
 from .config import (
     ConfigError,
     ExperimentFile,
@@ -332,18 +333,8 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
     )
 
 
-# MLflow retries an http store 7 times with a 2 s backoff factor and a 120 s timeout: a server
-# that stops mid-run kept a run hanging for about 20 minutes. These bound a failing call to about
-# 30 s; a user's own settings win.
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
-
-
 def main() -> None:
-    for key, value in HTTP_LIMITS.items():
+    for key, value in contract.HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
     uri = os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     if "://" not in uri or uri.startswith("file:"):

@@ -95,6 +95,8 @@ class RunConfig:
         for key in ("batch_size", "test_batch_size", "epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         for key in ("max_train", "max_test"):
@@ -259,7 +261,11 @@ def read_experiment(path: str | Path) -> ExperimentFile:
     """Read an experiment YAML file; every top-level key is a config field or a sweep section."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}); save the experiment file as UTF-8"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"experiment file not found: {path}") from None
     except OSError as err:

@@ -18,6 +18,14 @@ N_PIXELS = 784  # the model's input: float32 (N, 784) pixels
 # --- tracking store and data
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 DATA_DIR_ENV = "MNIST_DATA_DIR"
+# MLflow retries an http store 7 times with a 2 s backoff factor and a 120 s timeout: a server
+# that stops mid-run kept a run hanging for about 20 minutes, and a server answering 503 cost
+# minutes of silence. These bound a failing call to about 30 s; a user's own settings win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 DEFAULT_DATA_DIR = "./data"  # torchvision downloads MNIST here when it is missing
 HTTP_PROBE_TIMEOUT_S = (
     5.0  # an unreachable server should fail in seconds, not after MLflow's retries
@@ -69,6 +77,7 @@ TAG_FAILURE_REASON = "failure_reason"
 TAG_OWNER = "mnist.owner"  # "<host> <pid>" of the process training the run
 TAG_HEARTBEAT = "mnist.heartbeat"  # unix seconds of the owner's last sign of life
 HEARTBEAT_STALE_S = 600  # a RUNNING run silent this long on another host is taken as abandoned
+TAG_EPOCHS = "mnist.epochs"  # the epochs a run was trained to, when a resume changed the param
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 

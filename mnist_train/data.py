@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import idx
+from . import contract, idx
 
 STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
 ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
@@ -44,21 +44,24 @@ class Split:
 
 
 def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> Split:
-    """Read one split through `torchvision.datasets.MNIST` from `<data_dir>/MNIST/raw/`.
+    """Read one split from `<data_dir>/MNIST/raw/` in torchvision's layout, downloading it
+    through `torchvision.datasets.MNIST` when missing (and `download` is true).
 
-    Gzipped raw files are unpacked next to themselves first (as torchvision does after a
-    download). Missing files are downloaded when `download` is true; damaged ones are an error.
+    The files are read with numpy (`idx.py`): the same bytes torchvision reads, without
+    importing torchvision, whose import alone costs ~2 s. Gzipped files are unpacked next to
+    themselves once (as torchvision does after a download), or read packed when the folder is
+    read-only. Headers, sizes, counts and labels are checked; damage is a DataError.
     """
-    from torchvision.datasets import MNIST
-
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
-    files = idx.FILES[True] + idx.FILES[False]  # torchvision wants all four, whichever split
+    files = idx.FILES[True] + idx.FILES[False]
     _unpack_gzipped(raw, files)
-    if not all((raw / name).exists() for name in files):
+    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in files):
         if not download:
             raise DataError(f"MNIST not found in {raw} and download is off")
         try:
+            from torchvision.datasets import MNIST
+
             MNIST(root=str(root), train=train, download=True)
         except Exception as err:  # torchvision raises bare RuntimeError/URLError after its mirrors
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -67,12 +70,16 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
                 "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
             ) from None
     try:
-        for name, magic in zip(idx.FILES[train], (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)):
-            idx.check_file(raw / name, magic)
+        images, labels = idx.read_split(root, train=train)
     except idx.IdxError as err:
         raise DataError(str(err)) from None
-    dataset = MNIST(root=str(root), train=train, download=False)
-    return Split(dataset.data.contiguous(), dataset.targets.long())
+    if len(labels) and (labels.min() < 0 or labels.max() >= contract.N_CLASSES):
+        bad = int(((labels < 0) | (labels >= contract.N_CLASSES)).sum())
+        raise DataError(
+            f"{raw / idx.FILES[train][1]}: {bad} labels outside 0-9; the file is damaged "
+            "(delete it to download it again)"
+        )
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels))
 
 
 def load_mnist(data_dir: str | Path, *, download: bool = True) -> tuple[Split, Split]:
@@ -89,7 +96,10 @@ def _unpack_gzipped(raw: Path, names: list[str]) -> None:
         if not (raw / name).exists() and packed.exists():
             # a private temporary name, renamed into place: processes unpacking at once never
             # see, or clobber, each other's half-written files
-            fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+            try:
+                fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+            except OSError:
+                continue  # a read-only folder: the packed file is read as it is
             try:
                 with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)

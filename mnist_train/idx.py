@@ -73,5 +73,9 @@ def read_split(data_dir: str | Path, *, train: bool) -> tuple[np.ndarray, np.nda
     images = read(raw, images_file, IMAGES_MAGIC)
     labels = read(raw, labels_file, LABELS_MAGIC).astype(np.int64)
     if len(images) != len(labels):
-        raise IdxError(f"{raw}: {len(images)} images but {len(labels)} labels")
+        split = "training" if train else "test"
+        raise IdxError(
+            f"{raw}: {len(images)} images but {len(labels)} labels in the {split} files; "
+            "one of them is damaged"
+        )
     return images, labels

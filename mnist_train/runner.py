@@ -100,6 +100,11 @@ def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
                 f"{len(train_split)} training images"
             )
         train_split, val_split = data.hold_out(train_split, config.validation)
+    if config.drop_last and config.batch_size > len(train_split):
+        raise ConfigError(
+            f"batch_size ({config.batch_size}) is larger than the {len(train_split)} training "
+            "images, and drop_last drops that one batch: lower batch_size or set drop_last false"
+        )
     return Prepared(
         config=config,
         tensors=prepare(train_split, test_split, config, device, validation=val_split),
@@ -172,6 +177,8 @@ def run_training(
     try:
         if resume_run_id:
             log.beat()  # this process owns the run now
+            # parameters are immutable: a resume that changes the epochs records the new total
+            log.set_tag(contract.TAG_EPOCHS, str(config.epochs))
         if not resume_run_id:
             log.log_setup(
                 _params(prepared, model),

@@ -24,9 +24,20 @@ class EarlierRun:
     tags: dict[str, str]
 
 
-def _quote(text: str) -> str:
-    """`text` inside a single-quoted MLflow search string."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
+def sweep_filter(sweep_name: str) -> str:
+    """An MLflow search for the parents of `sweep_name`. MLflow's filter language has no escape
+    for quotes: a name holding one is matched in the other kind of quotes, and a name holding both
+    by LIKE with `_` for each quote (callers keep exact matches only)."""
+    if "'" not in sweep_name:
+        return f"tags.`{contract.TAG_SWEEP}` = '{sweep_name}'"
+    if '"' not in sweep_name:
+        return f'tags.`{contract.TAG_SWEEP}` = "{sweep_name}"'
+    pattern = sweep_name.replace("'", "_").replace('"', "_")
+    return f"tags.`{contract.TAG_SWEEP}` LIKE '{pattern}'"
+
+
+def _same_sweep(runs: list, sweep_name: str) -> list:
+    return [r for r in runs if r.data.tags.get(contract.TAG_SWEEP) == sweep_name]
 
 
 class SweepStore:
@@ -52,10 +63,13 @@ class SweepStore:
 
     def earlier_children(self, experiment_id: str, sweep_name: str) -> dict[str, list[EarlierRun]]:
         """Children of earlier parents of this sweep, by run name, newest first."""
-        parents = self.client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{contract.TAG_SWEEP}` = '{_quote(sweep_name)}'",
-            max_results=contract.MAX_RUNS,
+        parents = _same_sweep(
+            self.client.search_runs(
+                [experiment_id],
+                filter_string=sweep_filter(sweep_name),
+                max_results=contract.MAX_RUNS,
+            ),
+            sweep_name,
         )
         found: dict[str, list] = {}
         for parent in parents:
@@ -110,12 +124,15 @@ class SweepStore:
             tags["mlflow.source.git.commit"] = commit
         parent_id = adopt_run_id
         if parent_id is None and reuse:
-            latest = self.client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`{contract.TAG_SWEEP}` = '{_quote(sweep_name)}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
+            latest = _same_sweep(
+                self.client.search_runs(
+                    [experiment_id],
+                    filter_string=sweep_filter(sweep_name),
+                    order_by=["attributes.start_time DESC"],
+                    max_results=contract.MAX_RUNS,
+                ),
+                sweep_name,
+            )[:1]
             if latest:
                 parent_id = latest[0].info.run_id
                 self.client.update_run(parent_id, status="RUNNING")

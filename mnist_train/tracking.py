@@ -195,6 +195,9 @@ class RunLog:
     def write_rows(self, rows: list[Row]) -> None:
         write_rows(self.client, self.run_id, rows)
 
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def beat(self) -> None:
         """Refresh the owner and heartbeat tags (see `abandoned`)."""
         from mlflow.entities import RunTag
@@ -398,4 +401,11 @@ def open_store() -> None:
 
     uri = mlflow.get_tracking_uri()
     with store_lock(uri):
-        MlflowClient().search_experiments(max_results=1)
+        try:
+            MlflowClient().search_experiments(max_results=1)
+        except Exception as err:  # MLflow raises many types for a store it cannot open
+            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise ConfigError(
+                f"cannot open the tracking store {uri} ({type(err).__name__}: {detail}); is it "
+                "an MLflow database in a writable folder?"
+            ) from None

@@ -300,20 +300,18 @@ def test_runs_are_found_by_name_and_a_selection_gets_one_folder_each(tracking_ur
         assert run_id in children and folder.name.endswith(run_id[:8])
 
 
-def test_logged_model_reproduces_the_stored_predictions(trained_runs, tracking_uri, data_dir):
-    """--predict's fallback: the run's logged model, fed raw pixels, gives the stored
-    probabilities."""
+def test_the_rebuilt_model_reproduces_the_stored_predictions(trained_runs, tracking_uri, data_dir):
+    """--predict's fallback: the model rebuilt from the run's config and last checkpoint, fed the
+    whole test set, scores the run's own test images and gives the stored probabilities."""
     from analysis import runs
     from analysis.images import load_test_set
-    from analysis.inference import predict_with_logged_model
+    from analysis.inference import predict_from_checkpoint
 
     client = runs.connect(tracking_uri)
     run = runs.load_run(client, trained_runs["mlp"], cache_dir=data_dir.parent / "analysis-cache")
     images, labels = load_test_set(data_dir)
-    n = len(run.predictions)
-    predicted = predict_with_logged_model(
-        run.run_id, images[:n], labels[:n], tracking_uri=tracking_uri
-    )
+    predicted, used = predict_from_checkpoint(client, run, images, labels)
+    assert used == "epoch_002.pt" and len(predicted) == len(run.predictions) < len(images)
     np.testing.assert_array_equal(predicted.index, run.predictions.index)
     np.testing.assert_array_equal(predicted.labels, run.predictions.labels)
     np.testing.assert_allclose(predicted.probs, run.predictions.probs, atol=1e-5)
@@ -341,7 +339,7 @@ def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_
         cache_dir=tmp_path / "cache",
     )
     assert result.exit_code == 1
-    assert "Error: run" in result.output and "no loadable logged model" in result.output
+    assert "Error: run" in result.output and "no finished-epoch checkpoint" in result.output
     assert "Traceback" not in result.output
 
 
