@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import N_CLASSES
+
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 ITEM_SHAPES = {IMAGES_MAGIC: (28, 28), LABELS_MAGIC: ()}
 FILES = {  # (split is train) -> (images file, labels file)
@@ -25,7 +27,7 @@ class IdxError(ValueError):
 
 
 def check(path: Path, magic: int, header: bytes, size: int) -> int:
-    """Validate an IDX header against MNIST's layout and the file's byte size; returns its length."""
+    """Validate an IDX header against MNIST's layout and the file size; returns header length."""
     item_shape = ITEM_SHAPES[magic]
     header_len = 4 * (2 + len(item_shape))
     if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
@@ -72,5 +74,13 @@ def read_split(data_dir: str | Path, *, train: bool) -> tuple[np.ndarray, np.nda
     images = read(raw, images_file, IMAGES_MAGIC)
     labels = read(raw, labels_file, LABELS_MAGIC).astype(np.int64)
     if len(images) != len(labels):
-        raise IdxError(f"{raw}: {len(images)} images but {len(labels)} labels")
+        raise IdxError(
+            f"{raw / images_file}: {len(images)} images but {labels_file} has "
+            f"{len(labels)} labels; replace both files (delete them to download again)"
+        )
+    if len(labels) and int(labels.max()) >= N_CLASSES:
+        raise IdxError(
+            f"{raw / labels_file}: label {int(labels.max())} outside 0-{N_CLASSES - 1}; "
+            "replace the file (delete it to download again)"
+        )
     return images, labels
