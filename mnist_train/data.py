@@ -70,7 +70,7 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
         images, labels = idx.read_split(root, train=train)
     except idx.IdxError as err:
         raise DataError(str(err)) from None
-    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
 
 def load_mnist(data_dir: str | Path, *, download: bool = True) -> tuple[Split, Split]:

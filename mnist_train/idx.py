@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,14 @@ def read(raw: Path, name: str, magic: int) -> np.ndarray:
     """uint8 array of `<raw>/<name>` (or `<name>.gz`): (N, 28, 28) images or (N,) labels."""
     plain, packed = raw / name, raw / f"{name}.gz"
     if plain.is_file():
-        content, path = plain.read_bytes(), plain
+        # into a bytearray: the array is then writable and torch can share it without a copy
+        with open(plain, "rb") as f:
+            content, path = bytearray(os.fstat(f.fileno()).st_size), plain
+            del content[f.readinto(content) :]  # a file shrinking meanwhile fails the size check
     elif packed.is_file():
         try:
             with gzip.open(packed, "rb") as f:
-                content, path = f.read(), packed
+                content, path = bytearray(f.read()), packed
         except (OSError, EOFError) as err:
             raise IdxError(f"{packed}: cannot unpack ({err})") from None
     else:
