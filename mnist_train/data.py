@@ -54,7 +54,7 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
     torchvision is imported only to download missing files. Gzipped files are unpacked next to
     themselves once (as torchvision does after a download): the unpacked IDX file is the decoded
     cache, a header and raw uint8 pixels that numpy maps without conversion. A damaged unpacked
-    file beside its .gz is rebuilt from the .gz, never trusted; in a read-only folder the .gz is
+    file (or one older than its .gz) is rebuilt from the .gz, never trusted; in a read-only folder the .gz is
     read in memory instead. Headers, sizes, counts and label range are checked; any problem is a
     one-line `DataError` naming the file.
     """
@@ -116,9 +116,10 @@ def _unpack_or_repair(raw: Path, name: str, magic: int) -> None:
     if plain.is_file():
         try:
             idx.check_file(plain, magic)
-            return
+            if plain.stat().st_mtime_ns >= packed.stat().st_mtime_ns:
+                return
         except (idx.IdxError, OSError):
-            pass  # a damaged or half-copied unpacked file: rebuild it from the .gz
+            pass  # damaged, half-copied, or older than its .gz: rebuild it from the .gz
     # a private temporary name, renamed into place: processes unpacking at once never see, or
     # clobber, each other's half-written files
     try:

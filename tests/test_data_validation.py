@@ -73,6 +73,19 @@ def test_damaged_unpacked_file_is_rebuilt_from_the_gz(tmp_path):
     assert plain.read_bytes() == good
 
 
+def test_unpacked_file_older_than_its_gz_is_rebuilt(tmp_path):
+    raw = _gz_copy(tmp_path)
+    data.load_split(tmp_path, train=False, download=False)
+    plain = raw / "t10k-labels-idx1-ubyte"
+    stale = bytearray(plain.read_bytes())
+    stale[8] = (stale[8] + 1) % 10  # a valid file with other labels: only its age tells
+    plain.write_bytes(bytes(stale))
+    os.utime(plain, ns=(1, 1))
+    split = data.load_split(tmp_path, train=False, download=False)
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as f:
+        assert split.labels.tolist() == list(f.read()[8:])
+
+
 def test_read_only_folder_reads_the_gz_in_memory(tmp_path, monkeypatch):
     raw = _gz_copy(tmp_path)
 
