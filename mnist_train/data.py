@@ -54,9 +54,9 @@ def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> S
     torchvision is imported only to download missing files. Gzipped files are unpacked next to
     themselves once (as torchvision does after a download): the unpacked IDX file is the decoded
     cache, a header and raw uint8 pixels that numpy maps without conversion. A damaged unpacked
-    file (or one older than its .gz) is rebuilt from the .gz, never trusted; in a read-only folder the .gz is
-    read in memory instead. Headers, sizes, counts and label range are checked; any problem is a
-    one-line `DataError` naming the file.
+    file (or one older than its .gz) is rebuilt from the .gz, never trusted; in a read-only
+    folder the .gz is read in memory instead. Headers, sizes, counts and label range are
+    checked; any problem is a one-line `DataError` naming the file.
     """
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
