@@ -1,9 +1,10 @@
 """MNIST held in memory as uint8 tensors, normalised once, and sliced into batches.
 
 The seed notebooks push every image through PIL and `ToTensor` on every pass; here each split is
-read once through torchvision, converted to float once, and batches are index slices. The shuffle
-order is drawn exactly as `DataLoader(dataset, batch_size, shuffle=True)` draws it from the global
-torch generator, so a run with the same seed sees the same batches as the notebook did.
+read once from its IDX files with numpy (torchvision is imported only to download), converted to
+float once, and batches are index slices. The shuffle order is drawn exactly as
+`DataLoader(dataset, batch_size, shuffle=True)` draws it from the global torch generator, so a
+run with the same seed sees the same batches as the notebook did.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import contract, idx
+from . import idx
 
 STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
 ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
@@ -44,42 +45,28 @@ class Split:
 
 
 def load_split(data_dir: str | Path, *, train: bool, download: bool = True) -> Split:
-    """Read one split from `<data_dir>/MNIST/raw/` in torchvision's layout, downloading it
-    through `torchvision.datasets.MNIST` when missing (and `download` is true).
+    """Read one split from `<data_dir>/MNIST/raw/` with the numpy IDX reader (`idx.py`).
 
-    The files are read with numpy (`idx.py`): the same bytes torchvision reads, without
-    importing torchvision, whose import alone costs ~2 s. Gzipped files are unpacked next to
-    themselves once (as torchvision does after a download), or read packed when the folder is
-    read-only. Headers, sizes, counts and labels are checked; damage is a DataError.
+    torchvision is imported only to download missing files. Gzipped files are unpacked next to
+    themselves once (as torchvision does after a download): the unpacked IDX file is the decoded
+    cache, a header and raw uint8 pixels that numpy maps without conversion. A damaged unpacked
+    file (or one older than its .gz) is rebuilt from the .gz, never trusted; in a read-only
+    folder the .gz is read in memory instead. Headers, sizes, counts and label range are
+    checked; any problem is a one-line `DataError` naming the file.
     """
     root = Path(data_dir)
     raw = root / "MNIST" / "raw"
     files = idx.FILES[True] + idx.FILES[False]
-    _unpack_gzipped(raw, files)
-    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in files):
-        if not download:
-            raise DataError(f"MNIST not found in {raw} and download is off")
-        try:
-            from torchvision.datasets import MNIST
-
-            MNIST(root=str(root), train=train, download=True)
-        except Exception as err:  # torchvision raises bare RuntimeError/URLError after its mirrors
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise DataError(
-                f"MNIST not found in {raw} and the download failed ({reason}); "
-                "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
-            ) from None
+    if not all(_present(raw, name) for name in files):
+        _download(root, raw, train=train, download=download)
+    for split in (True, False):  # all four, as torchvision leaves them after a download
+        for name, magic in zip(idx.FILES[split], (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)):
+            _unpack_or_repair(raw, name, magic)
     try:
         images, labels = idx.read_split(root, train=train)
     except idx.IdxError as err:
         raise DataError(str(err)) from None
-    if len(labels) and (labels.min() < 0 or labels.max() >= contract.N_CLASSES):
-        bad = int(((labels < 0) | (labels >= contract.N_CLASSES)).sum())
-        raise DataError(
-            f"{raw / idx.FILES[train][1]}: {bad} labels outside 0-9; the file is damaged "
-            "(delete it to download it again)"
-        )
-    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
 
 def load_mnist(data_dir: str | Path, *, download: bool = True) -> tuple[Split, Split]:
@@ -90,23 +77,60 @@ def load_mnist(data_dir: str | Path, *, download: bool = True) -> tuple[Split, S
     )
 
 
-def _unpack_gzipped(raw: Path, names: list[str]) -> None:
-    for name in names:
-        packed = raw / f"{name}.gz"
-        if not (raw / name).exists() and packed.exists():
-            # a private temporary name, renamed into place: processes unpacking at once never
-            # see, or clobber, each other's half-written files
-            try:
-                fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-            except OSError:
-                continue  # a read-only folder: the packed file is read as it is
-            try:
-                with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (OSError, EOFError) as err:
-                os.unlink(partial)
-                raise DataError(f"{packed}: cannot unpack ({err})") from None
-            os.replace(partial, raw / name)
+def _present(raw: Path, name: str) -> bool:
+    return (raw / name).is_file() or (raw / f"{name}.gz").is_file()
+
+
+def _download(root: Path, raw: Path, *, train: bool, download: bool) -> None:
+    if not download:
+        raise DataError(f"MNIST not found in {raw} and download is off")
+    if root.exists() and not os.access(root, os.W_OK):
+        raise DataError(
+            f"MNIST not found in {raw} and {root} is read-only; "
+            "pass --data-dir or set MNIST_DATA_DIR to a writable folder or one holding MNIST/raw/"
+        )
+    from torchvision.datasets import MNIST  # ~2 s to import: only when files are missing
+
+    try:
+        MNIST(root=str(root), train=train, download=True)
+    except Exception as err:  # torchvision raises bare RuntimeError/URLError after its mirrors
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"MNIST not found in {raw} and the download failed ({reason}); "
+            "pass --data-dir or set MNIST_DATA_DIR to a folder holding MNIST/raw/"
+        ) from None
+
+
+def _unpack_or_repair(raw: Path, name: str, magic: int) -> None:
+    """Unpack `<name>.gz` beside itself when the plain file is missing or fails its checks.
+
+    Best effort: when the folder is read-only `idx.read` reads the .gz in memory instead.
+    """
+    plain, packed = raw / name, raw / f"{name}.gz"
+    if not packed.is_file():
+        return
+    if plain.is_file():
+        try:
+            idx.check_file(plain, magic)
+            if plain.stat().st_mtime_ns >= packed.stat().st_mtime_ns:
+                return
+        except (idx.IdxError, OSError):
+            pass  # damaged, half-copied, or older than its .gz: rebuild it from the .gz
+    # a private temporary name, renamed into place: processes unpacking at once never see, or
+    # clobber, each other's half-written files
+    try:
+        fd, partial = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+    except OSError:
+        return  # read-only folder: read the .gz in memory
+    try:
+        with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(partial, plain)
+    except (OSError, EOFError) as err:
+        os.unlink(partial)
+        raise DataError(
+            f"{packed}: cannot unpack ({err}); delete it to download it again"
+        ) from None
 
 
 def hold_out(split: Split, n: int) -> tuple[Split, Split]:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+
+from .contract import N_CLASSES
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 ITEM_SHAPES = {IMAGES_MAGIC: (28, 28), LABELS_MAGIC: ()}
@@ -25,8 +28,7 @@ class IdxError(ValueError):
 
 
 def check(path: Path, magic: int, header: bytes, size: int) -> int:
-    """Validate an IDX header against MNIST's layout and the file's byte size; returns its
-    length."""
+    """Validate an IDX header against MNIST's layout and the file size; returns header length."""
     item_shape = ITEM_SHAPES[magic]
     header_len = 4 * (2 + len(item_shape))
     if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
@@ -53,11 +55,14 @@ def read(raw: Path, name: str, magic: int) -> np.ndarray:
     """uint8 array of `<raw>/<name>` (or `<name>.gz`): (N, 28, 28) images or (N,) labels."""
     plain, packed = raw / name, raw / f"{name}.gz"
     if plain.is_file():
-        content, path = plain.read_bytes(), plain
+        # into a bytearray: the array is then writable and torch can share it without a copy
+        with open(plain, "rb") as f:
+            content, path = bytearray(os.fstat(f.fileno()).st_size), plain
+            del content[f.readinto(content) :]  # a file shrinking meanwhile fails the size check
     elif packed.is_file():
         try:
             with gzip.open(packed, "rb") as f:
-                content, path = f.read(), packed
+                content, path = bytearray(f.read()), packed
         except (OSError, EOFError) as err:
             raise IdxError(f"{packed}: cannot unpack ({err})") from None
     else:
@@ -73,9 +78,13 @@ def read_split(data_dir: str | Path, *, train: bool) -> tuple[np.ndarray, np.nda
     images = read(raw, images_file, IMAGES_MAGIC)
     labels = read(raw, labels_file, LABELS_MAGIC).astype(np.int64)
     if len(images) != len(labels):
-        split = "training" if train else "test"
         raise IdxError(
-            f"{raw}: {len(images)} images but {len(labels)} labels in the {split} files; "
-            "one of them is damaged"
+            f"{raw / images_file}: {len(images)} images but {labels_file} has "
+            f"{len(labels)} labels; replace both files (delete them to download again)"
+        )
+    if len(labels) and int(labels.max()) >= N_CLASSES:
+        raise IdxError(
+            f"{raw / labels_file}: label {int(labels.max())} outside 0-{N_CLASSES - 1}; "
+            "replace the file (delete it to download again)"
         )
     return images, labels
