@@ -6,7 +6,8 @@
 
 Layout of DIR: pgdata/ (the cluster, owned by `postgres` when run as root), postgres.log,
 artifacts/ (MLflow's --artifacts-destination), mlflow.log, credentials.json (generated passwords,
-mode 0600, kept across restarts) and state.json (ports, pids, URLs; present while running).
+mode 0600, kept across restarts), databases.ok (the cluster is set up) and state.json (ports,
+pids, URLs; present while running).
 
 Two databases in one cluster, `mlflow` and `optuna`, each with its own user: both tools run
 Alembic migrations and each keeps an `alembic_version` table, so one database would mix them up.
@@ -55,6 +56,15 @@ def pg_bin() -> Path:
 def _version_key(path: str) -> int:
     part = Path(path).parent.parent.name
     return int(part) if part.isdigit() else 0
+
+
+def mlflow_exe() -> str:
+    """`mlflow` beside this python (the project's venv), else on the PATH."""
+    beside = Path(sys.executable).parent / "mlflow"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("mlflow")
+    if not found:
+        raise ServerError("mlflow not found: run this script with the project's .venv/bin/python")
+    return found
 
 
 def as_pg_user(cmd: list[str]) -> list[str]:
@@ -146,10 +156,8 @@ def start_postgres(root: Path, bindir: Path, port: int) -> int:
     return int((data / "postmaster.pid").read_text().split()[0])
 
 
-def start_mlflow(root: Path, backend_uri: str, port: int) -> int:
+def start_mlflow(root: Path, exe: str, backend_uri: str, port: int) -> int:
     """`mlflow server` with artifact proxying into root/artifacts; returns its pid."""
-    mlflow = Path(sys.executable).parent / "mlflow"
-    exe = str(mlflow) if mlflow.exists() else (shutil.which("mlflow") or "mlflow")
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)
     cmd = [exe, "server", "--backend-store-uri", backend_uri]
@@ -197,33 +205,34 @@ def start(root: Path) -> dict:
         print(f"already running (state in {root / 'state.json'})", file=sys.stderr)
         return state
     stop(root, quiet=True)  # half-dead leftovers of an earlier start
-    bindir, creds = pg_bin(), credentials(root)
-    fresh = not (root / "pgdata" / "PG_VERSION").exists()
+    bindir, exe, creds = pg_bin(), mlflow_exe(), credentials(root)
+    fresh = not (root / "databases.ok").exists()  # absent until initdb and CREATE DATABASE ran
     if fresh:
         shutil.rmtree(root / "pgdata", ignore_errors=True)
         init_cluster(root, bindir, creds)
     pg_port = free_port()
     pg_pid = start_postgres(root, bindir, pg_port)
-    if fresh:
-        create_databases(bindir, pg_port, creds)
-    url = "postgresql://{u}:{p}@127.0.0.1:{port}/{db}"
-    backend = url.format(u="mlflow", p=creds["mlflow"], port=pg_port, db="mlflow")
-    storage = url.format(u="optuna", p=creds["optuna"], port=pg_port, db="optuna")
-    ml_port = free_port()
-    ml_pid = start_mlflow(root, backend, ml_port)
-    state = {
-        "postgres_pid": pg_pid,
-        "postgres_port": pg_port,
-        "mlflow_pid": ml_pid,
-        "mlflow_port": ml_port,
-        "tracking_uri": f"http://127.0.0.1:{ml_port}",
-        "storage_url": storage,
-        "artifacts": str(root / "artifacts"),
-    }
-    write_private(root / "state.json", state)  # before the wait, so stop() can clean up
     try:
+        if fresh:
+            create_databases(bindir, pg_port, creds)
+            (root / "databases.ok").touch()
+        url = "postgresql://{u}:{p}@127.0.0.1:{port}/{db}"
+        backend = url.format(u="mlflow", p=creds["mlflow"], port=pg_port, db="mlflow")
+        storage = url.format(u="optuna", p=creds["optuna"], port=pg_port, db="optuna")
+        ml_port = free_port()
+        ml_pid = start_mlflow(root, exe, backend, ml_port)
+        state = {
+            "postgres_pid": pg_pid,
+            "postgres_port": pg_port,
+            "mlflow_pid": ml_pid,
+            "mlflow_port": ml_port,
+            "tracking_uri": f"http://127.0.0.1:{ml_port}",
+            "storage_url": storage,
+            "artifacts": str(root / "artifacts"),
+        }
+        write_private(root / "state.json", state)  # before the wait, so stop() finds mlflow
         wait_http(state["tracking_uri"], ml_pid, root / "mlflow.log")
-    except ServerError:
+    except (ServerError, OSError):
         stop(root, quiet=True)
         raise
     return state
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(root, quiet=True)
             shutil.rmtree(root, ignore_errors=True)
             print(f"removed {root}", file=sys.stderr)
-    except ServerError as err:
+    except (ServerError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
