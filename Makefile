@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= reports
+SERVER_DIR ?= .server
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test lint format venv clean server server-stop server-clean
 
 venv: $(STAMP)
 
@@ -40,3 +41,13 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# A throwaway local PostgreSQL + mlflow server (docs/team-server.md); data stays in $(SERVER_DIR).
+server: $(STAMP)
+	$(BIN)/python scripts/team_server.py start --dir $(SERVER_DIR)
+
+server-stop:
+	$(BIN)/python scripts/team_server.py stop --dir $(SERVER_DIR)
+
+server-clean:
+	$(BIN)/python scripts/team_server.py clean --dir $(SERVER_DIR)
