@@ -265,6 +265,7 @@ def build_comparison(
     ids = [r.run_id for r in runs]
     if baseline_id not in ids:
         raise AnalysisError(f"baseline {baseline_id} is not among the compared runs")
+    by_id = {r.run_id: r for r in runs}
 
     params = pd.DataFrame([r.params for r in runs], index=pd.Index(ids, name="run_id"))
     params = params.drop(columns=[c for c in LABEL_PARAMS if c in params.columns])
@@ -320,6 +321,14 @@ def build_comparison(
             )
 
     parts = _prediction_parts(runs, baseline_id, labels)
+    # accuracies measured on different test sets (e.g. --max-test) are not ranked together
+    test_set = by_id[baseline_id].params.get("test_images")
+    ranked = [r.run_id for r in runs if r.params.get("test_images") == test_set]
+    if len(ranked) < len(runs):
+        all_notes.append(
+            f"{len(runs) - len(ranked)} run(s) were scored on another test set than the "
+            f"baseline's ({test_set} images) and are left out of the findings' rankings"
+        )
     return Comparison(
         runs=runs,
         baseline_id=baseline_id,
@@ -342,13 +351,15 @@ def build_comparison(
             groups=groups,
             onsets=onsets,
             max_epoch=max_epoch,
-            final_accuracy=final[contract.TEST_ACCURACY],
+            final_accuracy=final.loc[ranked, contract.TEST_ACCURACY],
             at_epoch_accuracy=(
-                at_table[contract.TEST_ACCURACY] if epoch and epoch != max_epoch else None
+                at_table.loc[ranked, contract.TEST_ACCURACY]
+                if epoch and epoch != max_epoch
+                else None
             ),
             epoch=epoch,
-            overfit_gap=final[contract.OVERFIT_GAP],
-            train_time=final[contract.TRAIN_TIME],
+            overfit_gap=final.loc[ranked, contract.OVERFIT_GAP],
+            train_time=final.loc[ranked, contract.TRAIN_TIME],
             confused_pairs=parts.confused_pairs,
             alpha=ALPHA,
             selection=selection,

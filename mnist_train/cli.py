@@ -86,6 +86,8 @@ def stop_on_signals():
 @click.version_option(package_name="mnist-workbench")
 def cli() -> None:
     """Train MNIST classifiers and track them in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)."""
+    # a progress bar for each checkpoint download is noise between progress lines and errors
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @cli.command()

@@ -37,6 +37,7 @@ from .tracking import (
     owner_tags,
     pending_checkpoints,
     store_is_gone,
+    warm_up_in_background,
 )
 from .tracking_writer import Row
 from .train import (
@@ -148,6 +149,7 @@ def run_training(
     """Train and track one run (or continue `resume_run_id`); returns the MLflow run id."""
     config = prepared.config
     open_store()
+    warm_up_in_background()
     parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
     model = parts.model
     progress = Progress()
@@ -254,6 +256,12 @@ def _resume_state(run_id: str, config: RunConfig) -> dict[str, Any]:
     if differing:
         changes = ", ".join(f"{k}: run has {logged[k]!r}, now {expected[k]!r}" for k in differing)
         raise ConfigError(f"cannot resume run {run_id} with a different configuration ({changes})")
+    trained_to = tags.get(contract.TAG_EPOCHS, logged.get("epochs"))
+    if config.scheduler == "onecycle" and trained_to not in (None, str(config.epochs)):
+        raise ConfigError(
+            f"run {run_id} has a onecycle schedule sized to {trained_to} epochs; it cannot be "
+            f"resumed with epochs {config.epochs}"
+        )
     return load_latest_checkpoint(run_id)
 
 

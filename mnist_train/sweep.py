@@ -236,8 +236,12 @@ def _run_parallel(tasks, workers: int, should_stop, tally: _Tally) -> bool:
     context = multiprocessing.get_context("spawn")  # fork would copy MLflow's open connections
     threads = max(1, (os.cpu_count() or 1) // workers)
     stopped = False
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(ctx=context)
+    manager.start(_watch_parent, (os.getpid(), False))  # it too must not outlive us
     with (
-        context.Manager() as manager,
+        manager,
         ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
         ) as pool,
@@ -277,17 +281,11 @@ def _record(outcome: Outcome, result: Outcome) -> None:
 
 
 def _init_worker(threads: int) -> None:
-    import threading
-
     import torch
 
     from .tracking import quiet_mlflow_logs
 
-    # A worker must not outlive the sweep that owns it (kill -9 of the sweep would leave it
-    # training queued children, then idling): when the parent is gone, interrupt the child run
-    # (KILLED, resumable from its last epoch checkpoint) and exit.
-    parent = os.getppid()
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    _watch_parent(os.getppid(), True)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep process, which stops us
     sys.stdout = sys.stderr  # stdout carries the sweep's run ids; MLflow prints run links there
@@ -296,14 +294,31 @@ def _init_worker(threads: int) -> None:
     quiet_mlflow_logs()
 
 
-def _exit_with(parent: int) -> None:
+def _watch_parent(parent: int, interrupt: bool) -> None:
+    """A sweep's helper process must not outlive the sweep (kill -9 of the sweep would leave a
+    worker training queued children, then idling): a watchdog thread ends this process once
+    `parent` is gone, first interrupting its training (`interrupt`: the child run is marked
+    KILLED, resumable from its last epoch checkpoint). Called in the process's main thread,
+    the only one that may set signal handlers."""
+    import threading
+
+    if interrupt:
+        signal.signal(signal.SIGUSR1, _interrupt)
+    threading.Thread(target=_exit_with, args=(parent, interrupt), daemon=True).start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # in the training loop: the run is marked KILLED
+
+
+def _exit_with(parent: int, interrupt: bool) -> None:
     import time
 
     while os.getppid() == parent:
         time.sleep(1.0)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the training loop: run KILLED
-    time.sleep(60)
+    if interrupt:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(30)  # time to mark the run; then go, whatever the pool's machinery is doing
     os._exit(1)
 
 

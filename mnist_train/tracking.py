@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -239,9 +240,10 @@ class RunLog:
 
     def log_model(self, model: Any, example: np.ndarray, outputs: np.ndarray) -> None:
         """The deployable model (`model`), with a signature from `example` -> `outputs`."""
+        from importlib.metadata import version
+
         import mlflow.pytorch
         import torch
-        import torchvision
         from mlflow.models import infer_signature
 
         def pin(version: str) -> str:
@@ -254,7 +256,8 @@ class RunLog:
             # listed explicitly: inferring them costs seconds per run
             pip_requirements=[
                 f"torch=={pin(torch.__version__)}",
-                f"torchvision=={pin(torchvision.__version__)}",
+                # read from the installed metadata: importing torchvision costs ~2 s
+                f"torchvision=={pin(version('torchvision'))}",
                 f"numpy=={np.__version__}",
             ],
             code_paths=[str(Path(__file__).resolve().parent)],
@@ -392,6 +395,20 @@ def store_lock(uri: str) -> Iterator[None]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Import what logging the model needs (`mlflow.pytorch` costs ~2-3 s) on a thread while
+    the run trains: torch releases the GIL in its kernels, and the import lock makes the end of
+    the run wait for the import rather than repeat it."""
+
+    def imports() -> None:
+        import mlflow.models  # noqa: F401
+        import mlflow.pytorch  # noqa: F401
+
+    thread = threading.Thread(target=imports, name="import-mlflow-pytorch", daemon=True)
+    thread.start()
+    return thread
 
 
 def open_store() -> None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -200,3 +201,52 @@ def test_a_file_store_works_too(experiment, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     run = MlflowClient(tracking_uri=str(store)).get_run(result.stdout.strip().splitlines()[-1])
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (b"name: caf\xe9\n", [], "not UTF-8 text"),
+        (b"name: big\nseed: 18446744073709551616\n", [], "seed must be in [0, 2**63)"),
+        (
+            b"name: drop\ndrop_last: true\n",
+            ["--set", "batch_size=600"],
+            "batch_size (600) is larger",
+        ),
+    ],
+)
+def test_inputs_that_once_printed_tracebacks_are_one_line(
+    tmp_path, data_dir, text, overrides, message
+):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    result = invoke(path, "--data-dir", data_dir, *QUICK, *overrides)
+    assert_one_line_error(result, message)
+
+
+def test_a_store_that_is_not_a_database_is_one_line(experiment, data_dir, tmp_path, monkeypatch):
+    store = tmp_path / "notes.db"
+    store.write_text("these are my notes, not a database\n" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    result = invoke(experiment, "--data-dir", data_dir, *QUICK)
+    monkeypatch.undo()
+    assert_one_line_error(result, "cannot open the tracking store")
+
+
+def test_a_truncated_checkpoint_on_resume_is_one_line(experiment, data_dir, tmp_path):
+    import mlflow
+
+    run_id = invoke(experiment, "--data-dir", data_dir, *QUICK).stdout.strip()
+    client = MlflowClient()
+    path = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="checkpoints/epoch_001.pt", dst_path=str(tmp_path)
+        )
+    )
+    damaged = tmp_path / "epoch_002.pt"
+    damaged.write_bytes(path.read_bytes()[:1000])
+    client.log_artifact(run_id, str(damaged), "checkpoints")
+    result = invoke(
+        experiment, "--data-dir", data_dir, *QUICK, "--set", "epochs=3", "--resume", run_id
+    )
+    assert_one_line_error(result, "epoch_002.pt of run")

@@ -270,3 +270,84 @@ def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
 
     wait_for(answers, timeout=90, what="the mlflow server")
     return server
+
+
+# --------------------------------------------------------------------------- 8. what is stored
+
+
+def test_findings_never_rank_runs_scored_on_different_test_sets(data_dir, tmp_path):
+    from analysis.compare_report import compare_runs
+
+    full = train_run(tiny_config(name="all200", experiment="hardening-sets"), data_dir)
+    small = train_run(
+        tiny_config(name="first100", experiment="hardening-sets", max_test=100), data_dir
+    )
+    comparison, _, _ = compare_runs(
+        out_dir=tmp_path / "c", run_ids=[full, small], baseline=full, log_to_mlflow=False
+    )
+    assert any("another test set" in note for note in comparison.notes)
+    assert not any("first100" in sentence for sentence in comparison.findings)
+
+
+def test_a_resume_that_adds_epochs_records_the_new_total(data_dir):
+    from analysis import runs
+
+    short = train_run(tiny_config(name="grow", experiment="hardening"), data_dir)
+    train_run(
+        tiny_config(name="grow", experiment="hardening", epochs=3), data_dir, resume_run_id=short
+    )
+    run = MlflowClient().get_run(short)
+    assert run.data.params["epochs"] == "2" and run.data.tags[contract.TAG_EPOCHS] == "3"
+    loaded = runs.load_run(runs.connect(), short, with_predictions=False)
+    assert loaded.params["epochs"] == "3" and loaded.epochs.index.max() == 3
+
+
+def test_a_sweep_named_with_a_quote_is_found_again(data_dir, tmp_path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text(
+        "name: bob's sweep\nexperiment: hardening-quote\nhidden_sizes: [16]\nbatch_size: 100\n"
+        "epochs: 1\nmax_train: 500\nmax_test: 100\nsystem_metrics: false\ngrid:\n  lr: [0.01]\n"
+    )
+    first = mnist_train(path, "--data-dir", data_dir, "--quiet")
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    again = mnist_train(path, "--data-dir", data_dir)
+    out2, err2 = again.communicate(timeout=300)
+    assert again.returncode == 0, err2
+    assert out2.split() == out.split()  # the same parent and child: nothing retrained
+    assert "1 done before" in err2
+
+
+# --------------------------------------------------------------------------- 7. orphans
+
+
+def test_sweep_workers_end_with_the_process_that_owns_them(data_dir, tmp_path):
+    import psutil
+
+    path = tmp_path / "orphans.yaml"
+    path.write_text(
+        "name: orphans\nexperiment: hardening-orphans\nhidden_sizes: [16]\nbatch_size: 100\n"
+        "epochs: 200\nmax_train: 1000\nmax_test: 100\nsystem_metrics: false\n"
+        "grid:\n  lr: [0.01, 0.001, 0.0001]\n"
+    )
+    sweep = mnist_train(path, "--data-dir", data_dir, "--workers", "2", "--quiet")
+
+    def children_training():
+        found = MlflowClient().get_experiment_by_name("hardening-orphans")
+        return found and MlflowClient().search_runs(
+            [found.experiment_id],
+            "attributes.status = 'RUNNING' and attributes.run_name = 'lr=0.01'",
+        )
+
+    wait_for(children_training, what="a child run training")
+    helpers = psutil.Process(sweep.pid).children(recursive=True)  # workers, their manager ...
+    assert len([p for p in helpers if "spawn_main" in " ".join(p.cmdline())]) >= 3
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait(timeout=30)  # not communicate(): the workers hold its pipes until they end
+    gone, alive = psutil.wait_procs(helpers, timeout=90)
+    assert not alive, f"workers outlived their sweep: {[p.pid for p in alive]}"
+    experiment = MlflowClient().get_experiment_by_name("hardening-orphans").experiment_id
+    statuses = {r.info.run_name: r.info.status for r in MlflowClient().search_runs([experiment])}
+    assert statuses["lr=0.01"] == "KILLED"  # interrupted by its worker on the way out
+    for run in MlflowClient().search_runs([experiment], "attributes.status = 'RUNNING'"):
+        MlflowClient().set_terminated(run.info.run_id, "KILLED")  # the sweep's own parent run
