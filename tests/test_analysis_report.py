@@ -367,3 +367,78 @@ def test_a_file_store_path_is_read_too(tmp_path, monkeypatch):
     assert list(
         store.glob(f"*/{fake.run_id}/artifacts/analysis/report.html")
     )  # logged in the store
+
+
+def test_an_unwritable_out_is_one_line(xss_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke(
+        "run",
+        xss_run.run_id,
+        "--out",
+        str(blocker / "report"),
+        "--no-log",
+        cache_dir=tmp_path / "c",
+    )
+    assert result.exit_code == 1
+    assert "Error: cannot write" in result.output and "choose another --out" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_very_long_run_name_still_gets_its_folder(tracking_uri, tmp_path):
+    long_name = "x" * 10_000
+    run = log_fake_run(tracking_uri, "report-long", run_name=long_name, seed=40, n_epochs=1)
+    other = log_fake_run(tracking_uri, "report-long", run_name="short", seed=41, n_epochs=1)
+    result = invoke(
+        "run",
+        "--experiment",
+        "report-long",
+        "--out",
+        str(tmp_path / "all"),
+        "--no-log",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        cache_dir=tmp_path / "c",
+    )
+    assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert folders == sorted(["x" * 80 + f"_{run.run_id[:8]}", f"short_{other.run_id[:8]}"])
+
+
+def test_a_server_that_answers_health_but_fails_its_api_is_named_as_such(tmp_path, monkeypatch):
+    """/health says 200, every API call 503: one line about the server, not "no run with id"."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class HalfAlive(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+            self.wfile.write(b"OK" if self.path == "/health" else b"unavailable")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), HalfAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from mnist_train import contract
+
+    for key, value in contract.HTTP_LIMITS.items():  # as mnist-analysis sets them
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    started = time.time()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    result = invoke(
+        "run",
+        "0" * 32,
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "r"),
+        cache_dir=tmp_path / "c",
+    )
+    server.shutdown()
+    assert result.exit_code == 1
+    assert "failed to answer" in result.output and "no run with id" not in result.output
+    assert time.time() - started < 60
