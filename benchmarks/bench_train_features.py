@@ -3,6 +3,8 @@
 1. Epoch time of the CNN of experiments/cnn.yaml next to the seed MLP's, and the CNN's accuracy.
 2. The validation pass (5,000 images) as a share of an MLP epoch (target: at most 5%).
 3. What early stopping saves on the try_epochs sweep (3, 5, 10 epochs, patience 2 on val_loss).
+4. The per-example record: epoch time with and without it (target: at most 5% more) and its
+   compressed size per epoch (target: at most 1 MB for 60,000 training images).
 
     .venv/bin/python benchmarks/bench_train_features.py --data-dir ../shared/data [--repeats 3]
 
@@ -93,6 +95,40 @@ def main() -> None:
             f"{sum(r.epoch_time_s for r in early):5.1f} s, best epoch {best.epoch} "
             f"test {best.test_accuracy:.4f}"
         )
+    per_example_record(args, train_split, test_split)
+
+
+def per_example_record(args, train_split, test_split) -> None:
+    import io
+
+    import numpy as np
+
+    print("\n== 4. Per-example record: MLP epoch time without / with it, bytes per epoch")
+    base = resolve(read_experiment("experiments/seed000_mlp.yaml"), {"epochs": 2})
+    torch.set_num_threads(base.threads)
+    tensors = tensors_for(base, train_split, test_split)
+    times = {False: [], True: []}
+    record = None
+    for _ in range(args.repeats):
+        for on in (False, True):  # alternating, so drift hits both alike
+            records = run(dataclasses.replace(base, per_example_record=on), tensors)
+            times[on] += [r.epoch_time_s for r in records]
+            record = records[-1] if on else record
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    print(
+        f"  without {off:.3f} s/epoch, with {on:.3f} s/epoch: {on / off - 1:+.1%} "
+        f"(target <= +5%: {'met' if on / off - 1 <= 0.05 else 'MISSED'})"
+    )
+    for name, values in (
+        (
+            "training record (correct + label_prob)",
+            {"c": record.train_correct, "p": record.train_label_prob},
+        ),
+        ("test probabilities (float16)", {"p": record.test_probs.astype(np.float16)}),
+    ):
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **values)
+        print(f"  {name}: {len(buffer.getvalue()) / 1e3:.0f} kB per epoch")
 
 
 if __name__ == "__main__":

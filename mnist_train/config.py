@@ -71,6 +71,7 @@ class RunConfig:
     )
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     system_metrics: bool = True  # MLflow's CPU / memory (/ GPU) sampling, the run's System tab
+    per_example_record: bool = True  # each image's correctness and label probability per epoch
     threads: int = 1  # torch CPU threads (0: torch's default, one per core); more gain ~20% on an
     #                   idle machine but collapse when another process holds a core
 

@@ -238,6 +238,25 @@ class RunLog:
             (Path(tmp) / path.name).write_bytes(buffer.getvalue())
             self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
 
+    def log_arrays(self, artifact_path: str, **arrays: np.ndarray) -> None:
+        """Arrays as one compressed .npz artifact at `artifact_path`."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        path = Path(artifact_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / path.name).write_bytes(buffer.getvalue())
+            self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
+
+    def load_arrays(self, artifact_path: str) -> dict[str, np.ndarray]:
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=self.run_id, artifact_path=artifact_path, dst_path=tmp
+            )
+            with np.load(path) as npz:
+                return {key: npz[key] for key in npz.files}
+
     def log_model(self, model: Any, example: np.ndarray, outputs: np.ndarray) -> None:
         """The deployable model (`model`), with a signature from `example` -> `outputs`."""
         from importlib.metadata import version

@@ -86,13 +86,17 @@ class EpochRecord:
     val_loss: float | None = None  # on the held-out validation images; None without them
     val_accuracy: float | None = None
     lr: float | None = None  # learning rate of the epoch's last step; None without a schedule
+    # per training image, as trained this epoch: bool (N,) right, float16 (N,) label probability
+    train_correct: np.ndarray | None = field(default=None, repr=False)
+    train_label_prob: np.ndarray | None = field(default=None, repr=False)
 
     def metrics(self) -> dict[str, float]:
         """The per-epoch metrics to log, by their contract names (absent ones left out)."""
         return {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("epoch", "test_probs") and v is not None
+            if k not in ("epoch", "test_probs", "train_correct", "train_label_prob")
+            and v is not None
         }
 
 
@@ -114,6 +118,11 @@ class Progress:
     best_value: float | None = None
     bad_epochs: int = 0  # epochs since the best one
     stopped_early: bool = False
+    # the epoch's per-example record, from the forward passes training already makes:
+    # right or wrong (bool (N,)) and the probability given to the label (float16 (N,), NaN for
+    # an image not yet seen this epoch)
+    example_correct: torch.Tensor | None = None
+    example_label_prob: torch.Tensor | None = None
 
     def finish_epoch(self, seconds: float) -> None:
         self.train_time_s += seconds
@@ -121,6 +130,7 @@ class Progress:
         self.batch = 0
         self.loss_sum, self.correct, self.seen, self.elapsed_s = 0.0, 0, 0, 0.0
         self.epoch_rng = None
+        self.example_correct = self.example_label_prob = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -177,6 +187,9 @@ def train(
     while progress.epoch <= config.epochs:
         started = time.perf_counter() - progress.elapsed_s
         order = _epoch_order(progress, n)
+        if config.per_example_record and progress.example_correct is None:
+            progress.example_correct = torch.zeros(n, dtype=torch.bool)
+            progress.example_label_prob = torch.full((n,), float("nan"), dtype=torch.float16)
         for index in list(data.batches(order, config.batch_size, drop_last=config.drop_last))[
             progress.batch :
         ]:
@@ -196,8 +209,15 @@ def train(
             progress.step += 1
             progress.batch += 1
             progress.loss_sum += loss_value * len(y)
-            progress.correct += int((logits.argmax(1) == y).sum())
+            right = logits.argmax(1) == y
+            progress.correct += int(right.sum())
             progress.seen += len(y)
+            if progress.example_correct is not None:
+                with torch.no_grad():
+                    label_prob = torch.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+                where = index.cpu()
+                progress.example_correct[where] = right.cpu()
+                progress.example_label_prob[where] = label_prob.cpu().half()
             yield StepRecord(
                 step=progress.step,
                 epoch=progress.epoch,
@@ -230,6 +250,8 @@ def train(
             val_loss=val_loss,
             val_accuracy=val_accuracy,
             lr=lr if scheduler is not None else None,
+            train_correct=_numpy(progress.example_correct),
+            train_label_prob=_numpy(progress.example_label_prob),
         )
         progress.finish_epoch(record.epoch_time_s)
         if config.early_stopping_patience is not None:
@@ -239,6 +261,10 @@ def train(
             return
         if should_stop() and progress.epoch <= config.epochs:
             return
+
+
+def _numpy(values: torch.Tensor | None) -> np.ndarray | None:
+    return None if values is None else values.numpy().copy()
 
 
 def track_best(progress: Progress, record: EpochRecord, config: RunConfig) -> None:
