@@ -63,7 +63,8 @@ PREDICTIONS_PATH = "predictions/test.npz"  # labels int (N,), probs float32 (N, 
 CHECKPOINT_DIR = "checkpoints"  # epoch_NNN.pt, epoch_NNN_partial.pt
 # per-example records: probs float16 (E, N, 10), epochs (E,), index (N,) ...
 TEST_BY_EPOCH_PATH = "predictions/test_by_epoch.npz"
-# ... and correct bool (E, N), label_prob float16 (E, N), epochs (E,), index (N,) into the
+# ... and correct bool (E, N), label_prob float16 (E, N), predicted int8 (E, N), epochs (E,),
+# index (N,) into the
 # torchvision training set; both are assembled at the end from one file per epoch:
 TRAIN_DYNAMICS_PATH = "dynamics/train.npz"
 EPOCH_RECORD_DIR = "dynamics/epochs"  # epoch_NNN.npz: correct, label_prob, test_probs

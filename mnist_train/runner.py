@@ -306,6 +306,7 @@ def _train_and_log(
                     f"{contract.EPOCH_RECORD_DIR}/epoch_{record.epoch:03d}.npz",
                     correct=record.train_correct,
                     label_prob=record.train_label_prob,
+                    predicted=record.train_predicted,
                     test_probs=record.test_probs.astype(np.float16),
                 )
             log.beat()
@@ -338,6 +339,7 @@ def _log_per_example_records(
         contract.TRAIN_DYNAMICS_PATH,
         correct=np.stack([r["correct"] for r in records]),
         label_prob=np.stack([r["label_prob"] for r in records]),
+        predicted=np.stack([r["predicted"] for r in records]),
         epochs=epochs,
         index=np.arange(n_train, dtype=np.int64),
     )

@@ -89,13 +89,15 @@ class EpochRecord:
     # per training image, as trained this epoch: bool (N,) right, float16 (N,) label probability
     train_correct: np.ndarray | None = field(default=None, repr=False)
     train_label_prob: np.ndarray | None = field(default=None, repr=False)
+    train_predicted: np.ndarray | None = field(default=None, repr=False)  # int8 (N,)
 
     def metrics(self) -> dict[str, float]:
         """The per-epoch metrics to log, by their contract names (absent ones left out)."""
         return {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("epoch", "test_probs", "train_correct", "train_label_prob")
+            if k
+            not in ("epoch", "test_probs", "train_correct", "train_label_prob", "train_predicted")
             and v is not None
         }
 
@@ -123,6 +125,7 @@ class Progress:
     # an image not yet seen this epoch)
     example_correct: torch.Tensor | None = None
     example_label_prob: torch.Tensor | None = None
+    example_predicted: torch.Tensor | None = None  # int8 (N,), -1 for an image not yet seen
 
     def finish_epoch(self, seconds: float) -> None:
         self.train_time_s += seconds
@@ -130,7 +133,7 @@ class Progress:
         self.batch = 0
         self.loss_sum, self.correct, self.seen, self.elapsed_s = 0.0, 0, 0, 0.0
         self.epoch_rng = None
-        self.example_correct = self.example_label_prob = None
+        self.example_correct = self.example_label_prob = self.example_predicted = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -190,6 +193,7 @@ def train(
         if config.per_example_record and progress.example_correct is None:
             progress.example_correct = torch.zeros(n, dtype=torch.bool)
             progress.example_label_prob = torch.full((n,), float("nan"), dtype=torch.float16)
+            progress.example_predicted = torch.full((n,), -1, dtype=torch.int8)
         for index in list(data.batches(order, config.batch_size, drop_last=config.drop_last))[
             progress.batch :
         ]:
@@ -209,7 +213,8 @@ def train(
             progress.step += 1
             progress.batch += 1
             progress.loss_sum += loss_value * len(y)
-            right = logits.argmax(1) == y
+            predicted = logits.argmax(1)
+            right = predicted == y
             progress.correct += int(right.sum())
             progress.seen += len(y)
             if progress.example_correct is not None:
@@ -218,6 +223,7 @@ def train(
                 where = index.cpu()
                 progress.example_correct[where] = right.cpu()
                 progress.example_label_prob[where] = label_prob.cpu().half()
+                progress.example_predicted[where] = predicted.cpu().to(torch.int8)
             yield StepRecord(
                 step=progress.step,
                 epoch=progress.epoch,
@@ -252,6 +258,7 @@ def train(
             lr=lr if scheduler is not None else None,
             train_correct=_numpy(progress.example_correct),
             train_label_prob=_numpy(progress.example_label_prob),
+            train_predicted=_numpy(progress.example_predicted),
         )
         progress.finish_epoch(record.epoch_time_s)
         if config.early_stopping_patience is not None:
