@@ -360,6 +360,78 @@ def compare_command(
         click.echo(f"logged to MLflow run {logged} ({contract.COMPARISON_DIR}/report.html)")
 
 
+@cli.command("labels")
+@click.option(
+    "--experiment",
+    "experiments",
+    multiple=True,
+    metavar="NAME",
+    help="Runs of this experiment (repeatable).",
+)
+@click.option(
+    "--runs",
+    "run_ids",
+    multiple=True,
+    metavar="ID",
+    help="These run ids (repeatable, or comma-separated).",
+)
+@click.option(
+    "--parent",
+    "parent_run_id",
+    metavar="SWEEP_RUN_ID",
+    help="The child runs of a sweep; the report is logged to its parent.",
+)
+@click.option("--filter", "filter_string", metavar="EXPR", help="An MLflow search filter.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for report.html and the CSVs.",
+)
+@tracking_uri_option
+@data_dir_option
+@cache_dir_option
+def labels_command(
+    experiments, run_ids, parent_run_id, filter_string, out_dir, tracking_uri, data_dir, cache_dir
+):
+    """Suspected label errors in the test and training sets, found from stored runs.
+
+    Writes label_issues.csv (test set: index, given, suggested, agreement, score; most suspect
+    first), label_issues_train.csv and report.html with galleries. The more runs (a seeds sweep,
+    CNNs), the better the list. With --parent the report is logged to the sweep's parent run.
+    """
+    from analysis.comparison import load_comparison_runs
+    from analysis.labels_report import labels_report
+    from analysis.publish import log_labels_report
+    from analysis.runs import connect
+
+    if not (experiments or run_ids or parent_run_id or filter_string):
+        raise click.UsageError("choose runs with --experiment, --runs, --parent or --filter")
+    client = connect(tracking_uri)
+    ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    runs, excluded, notes = load_comparison_runs(
+        client,
+        experiments=experiments,
+        run_ids=ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+        cache_dir=cache_dir,
+    )
+    path, test, train, more = labels_report(
+        client, runs, out_dir, data_dir=data_dir, cache_dir=cache_dir
+    )
+    for line in [*notes, *more, *(f"skipped {e.label}: {e.reason}" for e in excluded)]:
+        notice(line)
+    click.echo(
+        f"{len(test)} test and {len(train)} training images suspected, from {len(runs)} run(s)"
+    )
+    click.echo(f"report: {path}")
+    if parent_run_id:
+        log_labels_report(client, parent_run_id, out_dir)
+        click.echo(f"logged to MLflow run {parent_run_id} ({contract.ANALYSIS_DIR}/labels/)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
     for key, value in contract.HTTP_LIMITS.items():

@@ -74,6 +74,12 @@ def log_comparison_report(
     return run_id
 
 
+def log_labels_report(client: MlflowClient, run_id: str, out_dir: str | Path) -> None:
+    """The label-issue report, under `analysis/labels/` of the sweep's parent run."""
+    client.log_artifacts(run_id, str(out_dir), f"{contract.ANALYSIS_DIR}/labels")
+    client.set_tag(run_id, "mnist.labels_report", f"{contract.ANALYSIS_DIR}/labels/{REPORT_HTML}")
+
+
 def _describe_report_run(client: MlflowClient, run_id: str, c: Comparison) -> None:
     tags = {
         contract.TAG_REPORT: "comparison",

@@ -114,3 +114,38 @@ def test_bad_shapes_are_value_errors():
     with pytest.raises(ValueError, match="epochs, images"):
         dynamics.forgetting(np.zeros(3, bool))
     assert isinstance(dynamics.forgetting(np.zeros((1, 2), bool)), pd.DataFrame)
+
+
+def test_labels_command_writes_the_csv_and_a_report(trained_runs, data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from analysis.cli import cli
+
+    out = tmp_path / "labels"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "labels",
+            "--runs",
+            ",".join(trained_runs.values()),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    test = pd.read_csv(out / "label_issues.csv")
+    assert list(test.columns) == ["index", "given", "suggested", "agreement", "score"]
+    assert test["score"].is_monotonic_increasing
+    assert (test["given"] != test["suggested"]).all()
+    train = pd.read_csv(out / "label_issues_train.csv")
+    assert list(train.columns) == list(test.columns)
+    html = (out / "report.html").read_text()
+    assert "Based on 2 run(s)" in html and "Test set:" in html and "Training set:" in html
+    assert (
+        f"{len(test)} test and {len(train)} training images suspected, from 2 run(s)"
+        in result.output
+    )
