@@ -70,6 +70,42 @@ data_dir_option = _folder_option(
 )
 
 
+def selection_options(command):
+    """The run selection shared by `compare` and `labels` (their union is selected)."""
+    options = [
+        click.option(
+            "--experiment",
+            "experiments",
+            multiple=True,
+            metavar="NAME",
+            help="Every run of this experiment (repeatable).",
+        ),
+        click.option(
+            "--runs",
+            "run_ids",
+            multiple=True,
+            metavar="ID",
+            help="These run ids (repeatable; also several ids separated by commas).",
+        ),
+        click.option(
+            "--parent",
+            "parent_run_id",
+            metavar="SWEEP_RUN_ID",
+            help="The child runs of a sweep; the report is logged to the sweep's parent run.",
+        ),
+        click.option(
+            "--filter",
+            "filter_string",
+            metavar="EXPR",
+            help="MLflow search filter, e.g. \"params.lr = '0.01'\" "
+            "(within --experiment, else all experiments).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def notice(message: str) -> None:
     """One line on stderr for something the user should know but that is not an error."""
     click.echo(f"notice: {message}", err=True)
@@ -229,12 +265,23 @@ def _report_one(
     elif run.predictions is None:
         extra = []  # without predictions there are no image galleries: missing images are no news
 
+    records = runs.load_example_records(client, run.run_id, cache_dir=cache_dir)
+    train_images = None
+    if records[1] is not None:
+        try:
+            train_images = mnist_images.load_train_images(
+                mnist_images.resolve_data_dir(data_dir, run)
+            )
+        except AnalysisError:
+            pass  # the dynamics figures still come, without their image galleries
     written = report.build_run_report(
         run,
         out,
         images=pixels,
         train_labels=mnist_images.train_labels_for(run, data_dir),
         notices=extra,
+        records=records,
+        train_images=train_images,
     )
     for line in written.notices:
         notice(line)
@@ -250,33 +297,7 @@ def _safe_name(name: str) -> str:
 
 
 @cli.command("compare")
-@click.option(
-    "--experiment",
-    "experiments",
-    multiple=True,
-    metavar="NAME",
-    help="Compare every run of this experiment (repeatable).",
-)
-@click.option(
-    "--runs",
-    "run_ids",
-    multiple=True,
-    metavar="ID",
-    help="Compare these run ids (repeatable; also accepts several ids separated by commas).",
-)
-@click.option(
-    "--parent",
-    "parent_run_id",
-    metavar="SWEEP_RUN_ID",
-    help="Compare the child runs of a sweep; the report is logged to the sweep's parent run.",
-)
-@click.option(
-    "--filter",
-    "filter_string",
-    metavar="EXPR",
-    help="MLflow search filter, e.g. \"params.lr = '0.01'\" "
-    "(within --experiment, else all experiments).",
-)
+@selection_options
 @click.option(
     "--baseline",
     metavar="RUN_ID",
@@ -361,27 +382,7 @@ def compare_command(
 
 
 @cli.command("labels")
-@click.option(
-    "--experiment",
-    "experiments",
-    multiple=True,
-    metavar="NAME",
-    help="Runs of this experiment (repeatable).",
-)
-@click.option(
-    "--runs",
-    "run_ids",
-    multiple=True,
-    metavar="ID",
-    help="These run ids (repeatable, or comma-separated).",
-)
-@click.option(
-    "--parent",
-    "parent_run_id",
-    metavar="SWEEP_RUN_ID",
-    help="The child runs of a sweep; the report is logged to its parent.",
-)
-@click.option("--filter", "filter_string", metavar="EXPR", help="An MLflow search filter.")
+@selection_options
 @click.option(
     "--out",
     "out_dir",
@@ -401,34 +402,29 @@ def labels_command(
     first), label_issues_train.csv and report.html with galleries. The more runs (a seeds sweep,
     CNNs), the better the list. With --parent the report is logged to the sweep's parent run.
     """
-    from analysis.comparison import load_comparison_runs
-    from analysis.labels_report import labels_report
-    from analysis.publish import log_labels_report
-    from analysis.runs import connect
+    from analysis.labels_report import run_labels
 
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise click.UsageError("choose runs with --experiment, --runs, --parent or --filter")
-    client = connect(tracking_uri)
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
-    runs, excluded, notes = load_comparison_runs(
-        client,
+    result = run_labels(
+        tracking_uri,
+        out_dir,
         experiments=experiments,
         run_ids=ids,
         parent_run_id=parent_run_id,
         filter_string=filter_string,
+        data_dir=data_dir,
         cache_dir=cache_dir,
     )
-    path, test, train, more = labels_report(
-        client, runs, out_dir, data_dir=data_dir, cache_dir=cache_dir
-    )
-    for line in [*notes, *more, *(f"skipped {e.label}: {e.reason}" for e in excluded)]:
+    for line in result.notes:
         notice(line)
     click.echo(
-        f"{len(test)} test and {len(train)} training images suspected, from {len(runs)} run(s)"
+        f"{len(result.test)} test and {len(result.train)} training images suspected, "
+        f"from {result.n_runs} run(s)"
     )
-    click.echo(f"report: {path}")
+    click.echo(f"report: {result.path}")
     if parent_run_id:
-        log_labels_report(client, parent_run_id, out_dir)
         click.echo(f"logged to MLflow run {parent_run_id} ({contract.ANALYSIS_DIR}/labels/)")
 
 

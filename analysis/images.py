@@ -47,6 +47,14 @@ def load_train_labels(data_dir: str | Path) -> np.ndarray:
         raise AnalysisError(f"{err} (pass --data-dir or set MNIST_DATA_DIR)") from None
 
 
+def load_train_images(data_dir: str | Path) -> np.ndarray:
+    """MNIST training images uint8 (60000, 28, 28), for the training-dynamics galleries."""
+    try:
+        return idx.read_split(data_dir, train=True)[0]
+    except idx.IdxError as err:
+        raise AnalysisError(f"{err} (pass --data-dir or set MNIST_DATA_DIR)") from None
+
+
 def test_images_for(
     run: RunData, data_dir: str | Path | None
 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,50 @@ from mnist_train.csv_safe import safe_frame
 
 GALLERY = 40  # most suspect images shown per set
 TABLE_ROWS = 100
+
+
+@dataclass(frozen=True)
+class LabelsResult:
+    path: Path  # report.html
+    test: pd.DataFrame
+    train: pd.DataFrame
+    n_runs: int
+    notes: list[str]
+
+
+def run_labels(
+    tracking_uri: str | None,
+    out_dir: str | Path,
+    *,
+    experiments=(),
+    run_ids=(),
+    parent_run_id: str | None = None,
+    filter_string: str | None = None,
+    data_dir=None,
+    cache_dir=None,
+) -> LabelsResult:
+    """Select runs as `compare` does, write the report, log it to a sweep's parent."""
+    from analysis.comparison import load_comparison_runs
+    from analysis.publish import log_labels_report
+    from analysis.runs import connect
+
+    client = connect(tracking_uri)
+    runs, excluded, notes = load_comparison_runs(
+        client,
+        experiments=experiments,
+        run_ids=run_ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+        cache_dir=cache_dir,
+    )
+    path, test, train, more = labels_report(
+        client, runs, out_dir, data_dir=data_dir, cache_dir=cache_dir
+    )
+    if parent_run_id:
+        log_labels_report(client, parent_run_id, out_dir)
+    skipped = [f"skipped {e.label}: {e.reason}" for e in excluded]
+    n_runs = len([r for r in runs if r.predictions is not None])
+    return LabelsResult(path, test, train, n_runs, [*notes, *more, *skipped])
 
 
 def labels_report(

@@ -55,13 +55,17 @@ def build_run_report(
     images: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     notices: list[str] | None = None,
+    records: tuple[dict | None, dict | None] = (None, None),
+    train_images: np.ndarray | None = None,
 ) -> RunReport:
     """Write the report of `run` into `out_dir`.
 
     `images`: uint8 (M, 28, 28) MNIST test images indexed by the predictions' `index`, or None
     (the image galleries are then skipped). `train_labels`: int (M,) training labels for the
     dataset view, or None. `notices`: extra lines to show in the report, e.g. why
-    images are missing. Raises AnalysisError when the run has nothing to report on.
+    images are missing. `records`: the run's per-example (test, training) records, or None
+    each; `train_images` uint8 (M, 28, 28) for their galleries. Raises AnalysisError when
+    the run has nothing to report on.
     """
     from analysis.figures import gallery
     from analysis.figures import run as plots
@@ -222,6 +226,11 @@ def build_run_report(
     elif not len(epochs) and not len(run.batch_loss):
         raise AnalysisError(f"run {run.run_id} has nothing to report on")
 
+    if any(record is not None for record in records):
+        from analysis.dynamics_report import add_dynamics_sections
+
+        labels = run.predictions.labels if run.predictions is not None else None
+        summary["dynamics"] = add_dynamics_sections(add, *records, labels, images, train_images)
     summary["notices"] = list(report.notices)
     report.summary = _clean(summary)
     summary_path = out / "summary.json"

@@ -33,6 +33,8 @@ from mnist_train.contract import (
     PREDICTIONS_PATH,
     TAG_EPOCHS,
     TAG_PARENT,
+    TEST_BY_EPOCH_PATH,
+    TRAIN_DYNAMICS_PATH,
     default_tracking_uri,
     is_http,
     probe_http_store,
@@ -342,6 +344,26 @@ def load_run(
         start_time=info.start_time,
         end_time=info.end_time,
     )
+
+
+def load_example_records(
+    client: MlflowClient, run_id: str, *, cache_dir: str | Path | None = None
+) -> tuple[dict | None, dict | None]:
+    """The run's per-example records as dicts of arrays: (predictions/test_by_epoch.npz,
+    dynamics/train.npz), None for each it lacks."""
+    run = get_run(client, run_id)
+    found = []
+    for path in (TEST_BY_EPOCH_PATH, TRAIN_DYNAMICS_PATH):
+        local = fetch_artifact(client, run, path, cache_dir=cache_dir)
+        if local is None:
+            found.append(None)
+            continue
+        try:
+            with np.load(local) as npz:
+                found.append({key: npz[key] for key in npz.files})
+        except Exception as err:
+            raise AnalysisError(f"{local}: not a per-example record ({first_line(err)})") from None
+    return found[0], found[1]
 
 
 def _epochs_override(tags: dict[str, str]) -> dict[str, str]:

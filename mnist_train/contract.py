@@ -1,4 +1,5 @@
-"""The names training and analysis share: metrics, artifacts, tags, defaults (DESIGN.md's contract).
+"""The names training and analysis share: metrics, artifacts, tags, defaults (the contract that
+docs/ARCHITECTURE.md summarises).
 
 Both sides import this module, and no other module spells these names again. It imports nothing
 heavier than the standard library, so the analysis side can use it without importing torch.
@@ -81,6 +82,7 @@ TAG_SWEEP_FAILED = "mnist.sweep.failed"
 TAG_SWEEP_SKIPPED = "mnist.sweep.skipped"
 TAG_REPORT = "mnist.report"  # value "comparison" on runs that hold a comparison report
 TAG_FAILURE_REASON = "failure_reason"
+DIVERGED_PREFIX = "loss became"  # how a failure_reason of a diverged run starts
 TAG_OWNER = "mnist.owner"  # "<host> <pid>" of the process training the run
 TAG_HEARTBEAT = "mnist.heartbeat"  # unix seconds of the owner's last sign of life
 HEARTBEAT_STALE_S = 600  # a RUNNING run silent this long on another host is taken as abandoned

@@ -155,7 +155,7 @@ def _plan(
         if run.status == "FINISHED":
             return "skip", run.run_id, "FINISHED"
     for run in twins:
-        if run.failure_reason.startswith("loss became"):
+        if run.failure_reason.startswith(contract.DIVERGED_PREFIX):
             return "skip", run.run_id, "FAILED"  # diverged: retraining would diverge again
         gone = abandoned(run.tags) if run.status == "RUNNING" else None
         if run.status in ("KILLED", "FAILED") or gone:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data
+from . import contract, data
 from .config import ConfigError, RunConfig
 
 
@@ -138,7 +138,7 @@ class Progress:
 
 class NonFiniteLoss(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
-        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
+        super().__init__(f"{contract.DIVERGED_PREFIX} {loss} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.loss = epoch, step, loss
 
 

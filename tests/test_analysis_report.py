@@ -344,7 +344,7 @@ def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_
 
 
 def test_a_file_store_path_is_read_too(tmp_path, monkeypatch):
-    """DESIGN.md allows a plain path as the tracking store; MLflow 3 only opens one when allowed."""
+    """A plain path is a valid tracking store; MLflow 3 only opens one when allowed."""
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = tmp_path / "mlruns"
     fake = log_fake_run(str(store), "file-store", run_name="in_a_file_store", n_epochs=2, seed=50)

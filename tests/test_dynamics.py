@@ -149,3 +149,35 @@ def test_labels_command_writes_the_csv_and_a_report(trained_runs, data_dir, tmp_
         f"{len(test)} test and {len(train)} training images suspected, from 2 run(s)"
         in result.output
     )
+
+
+def test_the_run_report_shows_how_images_moved_during_training(trained_runs, data_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from analysis.cli import cli
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            trained_runs["mlp"],
+            "--out",
+            str(out),
+            "--no-log",
+            "--data-dir",
+            str(data_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("confusion_by_epoch.png", "cartography.png", "never_learned.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())["dynamics"]
+    assert summary["forgetting_events"] >= 0 and summary["never_learned"] > 0
+    assert sum(summary["cartography"].values()) == 1000  # every training image placed
+    html = (out / "report.html").read_text()
+    assert "Dataset cartography" in html and "Confusion matrix at every epoch" in html
