@@ -1,10 +1,10 @@
 """Time `mnist-analysis compare` on 5, 20 and 50 runs (issue 5: 20 runs in at most 30 s).
 
-The runs are synthetic but shaped as the contract says (mnist_train/contract.py): flat params,
-per-epoch metrics with step = epoch, `batch_loss` per step, `overfit_gap`, `train_time_s` and a full-size
-`predictions/test.npz` (10,000 test images), logged to a temporary SQLite store, with a synthetic
-MNIST test set for the flip gallery. Each size is timed from a cold artifact cache and includes
-logging the report back to MLflow, as the command does.
+The runs are synthetic but shaped as the contract says (mnist_train/contract.py): flat params, per-
+epoch metrics with step = epoch, `batch_loss` per step, `overfit_gap`, `train_time_s` and a full-
+size `predictions/test.npz` (10,000 test images), logged to a temporary SQLite store, with a
+synthetic MNIST test set for the flip gallery. Each size is timed from a cold artifact cache and
+includes logging the report back to MLflow, as the command does.
 
     .venv/bin/python benchmarks/bench_compare.py [--sizes 5 20 50] [--epochs 10]
 """
