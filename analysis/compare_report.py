@@ -93,6 +93,7 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
         "ci_high",
         "b_broke",
         "c_fixed",
+        "churn",
         "pvalue",
         "p_holm",
         "significant",
@@ -113,6 +114,7 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
             "ci_high": s["ci_high"].to_numpy(float),
             "b_broke": s["broke"].array,
             "c_fixed": s["fixed"].array,
+            "churn": c.predictions.churn.reindex(s.index).to_numpy(),
             "pvalue": s["pvalue"].to_numpy(),
             "p_holm": s["p_holm"].to_numpy(),
         }

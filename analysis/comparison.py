@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import metrics, stats
+from analysis import dynamics, metrics, stats
 from analysis.errors import AnalysisError
 from analysis.findings import findings
 from analysis.runs import RunData
@@ -67,6 +67,7 @@ class PredictionParts:
     test_index: np.ndarray | None = None  # the shared `index` array
     test_labels: np.ndarray | None = None
     predicted: dict = field(default_factory=dict)  # run id -> predicted digits (N,)
+    churn: pd.Series | None = None  # run id -> share of test predictions unlike the baseline's
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,7 @@ def build_comparison(
             confused_pairs=parts.confused_pairs,
             alpha=ALPHA,
             selection=selection,
+            churn=parts.churn,
         ),
         excluded=list(excluded),
         notes=all_notes + parts.notes,
@@ -424,4 +426,11 @@ def _prediction_parts(
         test_index=reference.index,
         test_labels=reference.labels,
         predicted=predicted,
+        churn=pd.Series(
+            {
+                r: dynamics.churn(reference.labels, reference.y_pred, p)["churn"]
+                for r, p in predicted.items()
+            },
+            dtype=float,
+        ),
     )

@@ -109,6 +109,19 @@ def _significance_findings(significance, labels, baseline_id, alpha) -> list[str
     return sentences
 
 
+def _churn_finding(churn: pd.Series, significance, labels, baseline_id) -> list[str]:
+    others = churn.drop(index=baseline_id, errors="ignore").dropna()
+    if others.empty:
+        return []
+    top = others.idxmax()
+    base = significance.at[baseline_id, "accuracy"]
+    gap = significance.at[top, "accuracy"] - base
+    return [
+        f"{labels[top]} changes {_pct(others[top])} of the baseline's test predictions while its "
+        f"accuracy differs by {_pp(gap)}: accuracy alone hides how differently two runs decide."
+    ]
+
+
 def _flip_findings(significance, labels, baseline_id) -> list[str]:
     others = significance.drop(index=baseline_id)
     if others.empty:
@@ -259,6 +272,7 @@ def findings(
     alpha: float = 0.05,
     cost_tolerance: float = 0.005,
     selection: pd.Series | None = None,
+    churn: pd.Series | None = None,
 ) -> list[str]:
     """Plain-language findings, each sentence computed from the tables passed in.
 
@@ -281,6 +295,8 @@ def findings(
     if significance is not None and baseline_id in significance.index:
         sentences += _significance_findings(significance, labels, baseline_id, alpha)
         sentences += _flip_findings(significance, labels, baseline_id)
+        if churn is not None:
+            sentences += _churn_finding(churn, significance, labels, baseline_id)
     sentences += _seed_findings(groups)
     sentences += _overfit_findings(
         onsets, max_epoch, "validation" if selection is not None else "test"

@@ -181,3 +181,26 @@ def test_the_run_report_shows_how_images_moved_during_training(trained_runs, dat
     assert sum(summary["cartography"].values()) == 1000  # every training image placed
     html = (out / "report.html").read_text()
     assert "Dataset cartography" in html and "Confusion matrix at every epoch" in html
+
+
+def test_the_comparison_reports_churn_next_to_the_accuracy_difference(tracking_uri, tmp_path):
+    from compare_helpers import fixture_test_labels, log_run
+
+    from analysis.compare_report import compare_runs
+
+    labels = fixture_test_labels()
+    base = labels.copy()
+    base[:50] = (labels[:50] + 1) % 10  # 90% right
+    other = labels.copy()
+    other[50:100] = (labels[50:100] + 1) % 10  # also 90% right, wrong on other images
+    a = log_run(tracking_uri, "churn", run_name="a", labels=labels, pred=base, start_time=1)
+    b = log_run(tracking_uri, "churn", run_name="b", labels=labels, pred=other, start_time=2)
+    comparison, path, _ = compare_runs(
+        out_dir=tmp_path / "c", run_ids=[a, b], baseline=a, log_to_mlflow=False
+    )
+    sig = pd.read_csv(path.parent / "significance.csv").set_index("run_name")
+    assert sig.loc["b", "churn"] == pytest.approx(100 / len(labels))
+    assert sig.loc["a", "churn"] == 0
+    sentence = next(s for s in comparison.findings if "changes" in s)
+    assert sentence.startswith(f"b changes {100 * 100 / len(labels):.2f}% of the baseline")
+    assert "differs by +0.00" in sentence
