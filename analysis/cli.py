@@ -106,6 +106,24 @@ def selection_options(command):
     return command
 
 
+def report_options(out_help: str):
+    """`--out` (required) and the store, data and cache options every report command takes."""
+
+    def apply(command):
+        for option in (
+            cache_dir_option,
+            data_dir_option,
+            tracking_uri_option,
+            click.option(
+                "--out", "out_dir", required=True, type=click.Path(file_okay=False), help=out_help
+            ),
+        ):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def notice(message: str) -> None:
     """One line on stderr for something the user should know but that is not an error."""
     click.echo(f"notice: {message}", err=True)
@@ -309,16 +327,7 @@ def _safe_name(name: str) -> str:
     metavar="N",
     help="Also compare the runs at this epoch (default: the last epoch all runs reached).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder for report.html, runs.csv, significance.csv and figures/*.png.",
-)
-@tracking_uri_option
-@data_dir_option
-@cache_dir_option
+@report_options("Folder for report.html, runs.csv, significance.csv and figures/*.png.")
 @click.option(
     "--log/--no-log",
     default=True,
@@ -383,16 +392,7 @@ def compare_command(
 
 @cli.command("labels")
 @selection_options
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder for report.html and the CSVs.",
-)
-@tracking_uri_option
-@data_dir_option
-@cache_dir_option
+@report_options("Folder for report.html and the CSVs.")
 def labels_command(
     experiments, run_ids, parent_run_id, filter_string, out_dir, tracking_uri, data_dir, cache_dir
 ):
