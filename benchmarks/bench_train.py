@@ -301,7 +301,7 @@ def timed_targets() -> list[tuple[Any, str, str, bool]]:
 
     return [
         (mlflow, "set_experiment", "set_experiment", False),
-        (runner, "_run_tags", "run tags (git rev-parse)", False),
+        (runner, "run_tags", "run tags (git rev-parse)", False),
         (mlflow, "start_run", "start_run", False),
         (tracking.RunLog, "log_setup", "log setup (params, texts, datasets)", False),
         (mlflow, "log_input", "mlflow.log_input (x2 datasets)", True),

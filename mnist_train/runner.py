@@ -22,16 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, contract, data, models
+from . import contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
+from .run_record import Prepared, datasets, log_per_example_records, run_params, run_tags
 from .tracking import (
-    DatasetInput,
     RunLog,
     StoreUnavailable,
     abandoned,
     check_tracking_server,
-    git_commit,
     load_checkpoint,
     open_store,
     owner_tags,
@@ -45,7 +44,6 @@ from .train import (
     NonFiniteLoss,
     Progress,
     StepRecord,
-    Tensors,
     checkpoint,
     infer,
     pick_device,
@@ -66,20 +64,6 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, run_id: str, exit_code: int):
         super().__init__(message)
         self.run_id, self.exit_code = run_id, exit_code
-
-
-@dataclass
-class Prepared:
-    """Everything a run needs, built before the MLflow run opens."""
-
-    config: RunConfig
-    tensors: Tensors
-    test_index: np.ndarray  # int64 (N_test,) positions in the torchvision test set
-    train_split: data.Split  # the images trained on (validation images excluded)
-    test_split: data.Split
-    data_dir: Path
-    device: torch.device
-    val_split: data.Split | None = None  # the last `validation` training images, held out
 
 
 def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
@@ -171,7 +155,7 @@ def run_training(
         log = RunLog.open(
             experiment=config.experiment,
             run_name=config.name,
-            tags={**_run_tags(prepared, experiment_file), **owner_tags()},
+            tags={**run_tags(prepared, experiment_file), **owner_tags()},
             parent_run_id=parent_run_id,
             system_metrics=config.system_metrics,
         )
@@ -183,11 +167,11 @@ def run_training(
             log.set_tag(contract.TAG_EPOCHS, str(config.epochs))
         if not resume_run_id:
             log.log_setup(
-                _params(prepared, model),
+                run_params(prepared, model),
                 models.summary_text(model),
                 config.to_dict(),
                 experiment_file,
-                _datasets(prepared),
+                datasets(prepared),
             )
         last = _train_and_log(log, parts, prepared, progress, reporter, should_stop)
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
@@ -319,32 +303,6 @@ def _train_and_log(
     return last
 
 
-def _log_per_example_records(
-    log: RunLog, last_epoch: int, n_train: int, test_index: np.ndarray
-) -> None:
-    """The contract's per-example artifacts, assembled from the run's per-epoch records (those
-    of an earlier, interrupted session included): float16 keeps them at ~200 kB an epoch for
-    10,000 test images and ~180 kB for 60,000 training images."""
-    epochs = np.arange(1, last_epoch + 1)
-    records = [
-        log.load_arrays(f"{contract.EPOCH_RECORD_DIR}/epoch_{epoch:03d}.npz") for epoch in epochs
-    ]
-    log.log_arrays(
-        contract.TEST_BY_EPOCH_PATH,
-        probs=np.stack([r["test_probs"] for r in records]),
-        epochs=epochs,
-        index=test_index,
-    )
-    log.log_arrays(
-        contract.TRAIN_DYNAMICS_PATH,
-        correct=np.stack([r["correct"] for r in records]),
-        label_prob=np.stack([r["label_prob"] for r in records]),
-        predicted=np.stack([r["predicted"] for r in records]),
-        epochs=epochs,
-        index=np.arange(n_train, dtype=np.int64),
-    )
-
-
 def _keep_locally(
     err: Exception, parts: Trainable, progress: Progress, config: RunConfig, run_id: str
 ) -> Path:
@@ -372,63 +330,8 @@ def _save_checkpoint(log: RunLog, parts: Trainable, progress: Progress, config: 
     log.log_checkpoint(state, name)
 
 
-def _params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
-    """Every config field, flat, plus what the data and the model turned out to be."""
-    tensors = prepared.tensors
-    params = prepared.config.to_params()
-    params.update(
-        normalize_mean=f"{tensors.mean:.6g}",
-        normalize_std=f"{tensors.std:.6g}",
-        num_params=str(models.count_parameters(model)),
-        train_images=str(len(prepared.train_split)),
-        test_images=str(len(prepared.test_split)),
-    )
-    params[contract.VAL_IMAGES] = str(len(prepared.val_split) if prepared.val_split else 0)
-    return params
-
-
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
-
-
-def _datasets(prepared: Prepared) -> list[DatasetInput]:
-    raw = str(prepared.data_dir / "MNIST" / "raw")
-    splits = [
-        (prepared.train_split, "training", "mnist-train"),
-        (prepared.test_split, "testing", "mnist-test"),
-    ]
-    if prepared.val_split is not None:
-        splits.append((prepared.val_split, "validation", "mnist-validation"))
-    return [
-        DatasetInput(
-            name=name,
-            context=context,
-            features=split.images.reshape(len(split), -1).numpy(),
-            targets=split.labels.numpy(),
-            source=raw,
-        )
-        for split, context, name in splits
-    ]
-
-
-def _run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict[str, str]:
-    tags = {
-        contract.TAG_DATA_DIR: str(prepared.data_dir),
-        "mnist.device": str(prepared.device),
-        "mnist.torch_version": torch.__version__,
-        "mnist.workbench_version": __version__,
-        "mlflow.source.type": "LOCAL",
-    }
-    if prepared.device.type == "cuda":
-        tags["mnist.gpu_name"] = torch.cuda.get_device_name(prepared.device)
-    where = Path.cwd()
-    if experiment_file is not None:
-        tags["mlflow.source.name"] = str(experiment_file.path)
-        where = experiment_file.path.resolve().parent
-    commit = git_commit(where) or git_commit(Path(__file__).resolve().parent)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
 
 
 def _log_results(
@@ -463,7 +366,7 @@ def _log_results(
     labels = prepared.test_split.labels.numpy().astype(np.int64)
     log.log_predictions(labels, probs, prepared.test_index)
     if config.per_example_record:
-        _log_per_example_records(log, last.epoch, len(prepared.train_split), prepared.test_index)
+        log_per_example_records(log, last.epoch, len(prepared.train_split), prepared.test_index)
 
     deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
     deployable.eval()

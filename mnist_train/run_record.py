@@ -1,0 +1,111 @@
+"""What a run is and records besides its metrics: the prepared inputs (`Prepared`), parameters,
+tags, datasets and the per-example artifacts assembled at its end. Plain data for `tracking.py`
+to write; `runner.py` decides when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, contract, data, models
+from .config import ExperimentFile, RunConfig
+from .tracking import DatasetInput, RunLog, git_commit
+from .train import Tensors
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built before the MLflow run opens."""
+
+    config: RunConfig
+    tensors: Tensors
+    test_index: np.ndarray  # int64 (N_test,) positions in the torchvision test set
+    train_split: data.Split  # the images trained on (validation images excluded)
+    test_split: data.Split
+    data_dir: Path
+    device: torch.device
+    val_split: data.Split | None = None  # the last `validation` training images, held out
+
+
+def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
+    """Every config field, flat, plus what the data and the model turned out to be."""
+    tensors = prepared.tensors
+    params = prepared.config.to_params()
+    params.update(
+        normalize_mean=f"{tensors.mean:.6g}",
+        normalize_std=f"{tensors.std:.6g}",
+        num_params=str(models.count_parameters(model)),
+        train_images=str(len(prepared.train_split)),
+        test_images=str(len(prepared.test_split)),
+    )
+    params[contract.VAL_IMAGES] = str(len(prepared.val_split) if prepared.val_split else 0)
+    return params
+
+
+def datasets(prepared: Prepared) -> list[DatasetInput]:
+    raw = str(prepared.data_dir / "MNIST" / "raw")
+    splits = [
+        (prepared.train_split, "training", "mnist-train"),
+        (prepared.test_split, "testing", "mnist-test"),
+    ]
+    if prepared.val_split is not None:
+        splits.append((prepared.val_split, "validation", "mnist-validation"))
+    return [
+        DatasetInput(
+            name=name,
+            context=context,
+            features=split.images.reshape(len(split), -1).numpy(),
+            targets=split.labels.numpy(),
+            source=raw,
+        )
+        for split, context, name in splits
+    ]
+
+
+def run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict[str, str]:
+    tags = {
+        contract.TAG_DATA_DIR: str(prepared.data_dir),
+        "mnist.device": str(prepared.device),
+        "mnist.torch_version": torch.__version__,
+        "mnist.workbench_version": __version__,
+        "mlflow.source.type": "LOCAL",
+    }
+    if prepared.device.type == "cuda":
+        tags["mnist.gpu_name"] = torch.cuda.get_device_name(prepared.device)
+    where = Path.cwd()
+    if experiment_file is not None:
+        tags["mlflow.source.name"] = str(experiment_file.path)
+        where = experiment_file.path.resolve().parent
+    commit = git_commit(where) or git_commit(Path(__file__).resolve().parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def log_per_example_records(
+    log: RunLog, last_epoch: int, n_train: int, test_index: np.ndarray
+) -> None:
+    """The contract's per-example artifacts, assembled from the run's per-epoch records (those
+    of an earlier, interrupted session included): float16 keeps them at ~200 kB an epoch for
+    10,000 test images and ~180 kB for 60,000 training images."""
+    epochs = np.arange(1, last_epoch + 1)
+    records = [
+        log.load_arrays(f"{contract.EPOCH_RECORD_DIR}/epoch_{epoch:03d}.npz") for epoch in epochs
+    ]
+    log.log_arrays(
+        contract.TEST_BY_EPOCH_PATH,
+        probs=np.stack([r["test_probs"] for r in records]),
+        epochs=epochs,
+        index=test_index,
+    )
+    log.log_arrays(
+        contract.TRAIN_DYNAMICS_PATH,
+        correct=np.stack([r["correct"] for r in records]),
+        label_prob=np.stack([r["label_prob"] for r in records]),
+        predicted=np.stack([r["predicted"] for r in records]),
+        epochs=epochs,
+        index=np.arange(n_train, dtype=np.int64),
+    )
