@@ -92,9 +92,13 @@ def log_per_example_records(
     of an earlier, interrupted session included): float16 keeps them at ~200 kB an epoch for
     10,000 test images and ~180 kB for 60,000 training images."""
     epochs = np.arange(1, last_epoch + 1)
-    records = [
-        log.load_arrays(f"{contract.EPOCH_RECORD_DIR}/epoch_{epoch:03d}.npz") for epoch in epochs
-    ]
+    records = [log.load_epoch_record(epoch) for epoch in epochs]
+    if any(r is None for r in records):
+        # an epoch trained while the tracking server was away, on another machine: the run is
+        # whole without these optional artifacts, and says why they are missing
+        missing = [int(e) for e, r in zip(epochs, records) if r is None]
+        log.set_tag("mnist.per_example_record", f"incomplete: no record of epochs {missing}")
+        return
     log.log_arrays(
         contract.TEST_BY_EPOCH_PATH,
         probs=np.stack([r["test_probs"] for r in records]),

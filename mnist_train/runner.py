@@ -284,15 +284,15 @@ def _train_and_log(
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             writer.write(pending + epoch_rows)
             pending = []
-            _save_checkpoint(log, parts, progress, config)
-            if record.train_correct is not None:
-                log.log_arrays(
-                    f"{contract.EPOCH_RECORD_DIR}/epoch_{record.epoch:03d}.npz",
+            if record.train_correct is not None:  # before the checkpoint, which vouches for it
+                log.log_epoch_record(
+                    record.epoch,
                     correct=record.train_correct,
                     label_prob=record.train_label_prob,
                     predicted=record.train_predicted,
                     test_probs=record.test_probs.astype(np.float16),
                 )
+            _save_checkpoint(log, parts, progress, config)
             log.beat()
             reporter.epoch(record, config.epochs)
             last = record

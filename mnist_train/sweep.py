@@ -322,6 +322,20 @@ def _exit_with(parent: int, interrupt: bool) -> None:
     os._exit(1)
 
 
+def _stop_flag(event: Any) -> Callable[[], bool]:
+    """`event.is_set`, read as "stop" once the sweep's manager process is gone with the sweep."""
+    if event is None:
+        return lambda: False
+
+    def stop_requested() -> bool:
+        try:
+            return event.is_set()
+        except (OSError, EOFError):  # the sweep that owns us is gone: stop at this step
+            return True
+
+    return stop_requested
+
+
 def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Outcome:
     """Train (or resume) one child; never raises for the child's own failures."""
     import traceback
@@ -331,7 +345,7 @@ def train_child(task: Task, should_stop: Callable[[], bool] | None = None) -> Ou
     from .runner import EXIT_INTERRUPTED, TrainingStopped, prepare_run, run_training
 
     if should_stop is None:
-        should_stop = task.stop_event.is_set if task.stop_event is not None else (lambda: False)
+        should_stop = _stop_flag(task.stop_event)
     name = task.child.name
     if should_stop():  # queued in a worker before the sweep was stopped: leave it for the next run
         return Outcome(name, task.resume_run_id, "PENDING", message="not started")

@@ -247,13 +247,41 @@ class RunLog:
             (Path(tmp) / path.name).write_bytes(buffer.getvalue())
             self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
 
-    def load_arrays(self, artifact_path: str) -> dict[str, np.ndarray]:
+    def log_epoch_record(self, epoch: int, **arrays: np.ndarray) -> None:
+        """One epoch's per-example record, kept on local disk until the store has it (as
+        checkpoints are): a server that goes away loses no epoch of it."""
+        name = f"epoch_{epoch:03d}.npz"
+        path = pending_checkpoints(self.run_id) / "records" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **arrays)
+        try:
+            self.client.log_artifact(self.run_id, str(path), contract.EPOCH_RECORD_DIR)
+        except Exception as err:
+            raise StoreUnavailable(str(err).splitlines()[0][:300]) from None
+        path.unlink()
+
+    def load_epoch_record(self, epoch: int) -> dict[str, np.ndarray] | None:
+        """An epoch's record from the store, else from local disk (uploading it now), else None."""
         import mlflow
 
+        name = f"epoch_{epoch:03d}.npz"
+        local = pending_checkpoints(self.run_id) / "records" / name
+        listed = {
+            Path(f.path).name
+            for f in self.client.list_artifacts(self.run_id, contract.EPOCH_RECORD_DIR)
+        }
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=self.run_id, artifact_path=artifact_path, dst_path=tmp
-            )
+            if name in listed:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=self.run_id,
+                    artifact_path=f"{contract.EPOCH_RECORD_DIR}/{name}",
+                    dst_path=tmp,
+                )
+            elif local.is_file():
+                self.client.log_artifact(self.run_id, str(local), contract.EPOCH_RECORD_DIR)
+                path = local
+            else:
+                return None
             with np.load(path) as npz:
                 return {key: npz[key] for key in npz.files}
 
