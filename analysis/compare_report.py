@@ -22,9 +22,9 @@ from analysis.comparison import (
     Comparison,
     build_comparison,
     choose_baseline,
-    load_comparison_runs,
 )
 from analysis.errors import AnalysisError
+from analysis.selection import load_comparison_runs
 from mnist_train import contract
 from mnist_train.csv_safe import safe_frame
 

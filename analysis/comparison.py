@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import dynamics, metrics, stats
+from analysis import dynamics, label_issues, metrics, stats
 from analysis.errors import AnalysisError
 from analysis.findings import findings
 from analysis.runs import RunData
@@ -68,6 +68,8 @@ class PredictionParts:
     test_labels: np.ndarray | None = None
     predicted: dict = field(default_factory=dict)  # run id -> predicted digits (N,)
     churn: pd.Series | None = None  # run id -> share of test predictions unlike the baseline's
+    per_image_accuracy: np.ndarray | None = None  # float (N,): share of the runs right on each
+    label_issues: pd.DataFrame | None = None  # suspected label errors (label_issues.COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -108,62 +110,6 @@ class Comparison:
     test_index = property(lambda self: self.predictions.test_index)
     test_labels = property(lambda self: self.predictions.test_labels)
     predicted = property(lambda self: self.predictions.predicted)
-
-
-# --------------------------------------------------------------------------- selecting runs
-
-
-def load_comparison_runs(
-    client,
-    *,
-    experiments: Sequence[str] = (),
-    run_ids: Sequence[str] = (),
-    parent_run_id: str | None = None,
-    filter_string: str | None = None,
-    cache_dir=None,
-    skip: Sequence[str] = (),
-) -> tuple[list[RunData], list[Excluded], list[str]]:
-    """Load the selected runs; returns (runs, runs that could not be loaded, notes).
-
-    Sweep parents and earlier comparison reports are skipped with a note: they are not training
-    runs; ids in `skip` are dropped silently. Runs come back oldest first.
-    """
-    from analysis.runs import find_run_ids, get_run, load_run
-
-    ids = find_run_ids(
-        client,
-        experiments=experiments,
-        run_ids=run_ids,
-        parent_run_id=parent_run_id,
-        filter_string=filter_string,
-    )
-    ids = [i for i in ids if i not in skip]
-    if (
-        len(ids) > 2 * MAX_COMPARED_RUNS
-    ):  # fail before loading them all; parents and reports may still drop out
-        raise AnalysisError(
-            f"{len(ids)} runs selected; compare at most {MAX_COMPARED_RUNS} (narrow it with "
-            "--filter)"
-        )
-    runs, excluded, notes = [], [], []
-    skipped_reports = skipped_parents = 0
-    for run_id in ids:
-        try:
-            runs.append(load_run(client, run_id, cache_dir=cache_dir, with_steps=False))
-        except AnalysisError as err:
-            run = get_run(client, run_id)
-            if run.data.tags.get(contract.TAG_REPORT):
-                skipped_reports += 1
-            elif "sweep parent" in str(err) and run_id not in run_ids:
-                skipped_parents += 1
-            else:
-                excluded.append(Excluded(run_id, run.info.run_name or run_id[:8], str(err)))
-    if skipped_reports:
-        notes.append(f"skipped {skipped_reports} earlier comparison report run(s)")
-    if skipped_parents:
-        notes.append(f"skipped {skipped_parents} sweep parent run(s) (their children are compared)")
-    runs.sort(key=lambda r: (r.start_time or 0, r.run_id))
-    return runs, excluded, notes
 
 
 def choose_baseline(runs: Sequence[RunData], requested: str | None) -> str:
@@ -365,6 +311,8 @@ def build_comparison(
             alpha=ALPHA,
             selection=selection,
             churn=parts.churn,
+            per_image=parts.per_image_accuracy,
+            suspects=parts.label_issues,
         ),
         excluded=list(excluded),
         notes=all_notes + parts.notes,
@@ -426,6 +374,16 @@ def _prediction_parts(
         test_index=reference.index,
         test_labels=reference.labels,
         predicted=predicted,
+        per_image_accuracy=dynamics.per_image_accuracy(reference.labels, list(predicted.values())),
+        label_issues=(
+            label_issues.test_set_issues(
+                reference.labels,
+                np.stack([by_id[r].predictions.probs for r in comparable]),
+                reference.index,
+            )
+            if len(comparable) >= 2
+            else None
+        ),
         churn=pd.Series(
             {
                 r: dynamics.churn(reference.labels, reference.y_pred, p)["churn"]

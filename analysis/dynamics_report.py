@@ -90,6 +90,13 @@ def add_dynamics_sections(
                     forgetting["never_learned"],
                 ),
                 (
+                    "easy_to_learn.png",
+                    "Easy to learn (cartography)",
+                    table.sort_values("confidence", ascending=False, kind="stable"),
+                    lambda row: f"#{index[row]} {table.confidence[row]:.2f}",
+                    table["region"] == "easy",
+                ),
+                (
                     "hard_to_learn.png",
                     "Hard to learn (cartography)",
                     table.sort_values("confidence", kind="stable"),

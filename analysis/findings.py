@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis.stats import OverfitOnset
@@ -107,6 +108,28 @@ def _significance_findings(significance, labels, baseline_id, alpha) -> list[str
             f"{_name_list(describe(insig))}."
         )
     return sentences
+
+
+def _suspects_finding(suspects: pd.DataFrame, n_runs: int) -> str:
+    shown = ", ".join(
+        f"#{int(r.index)} ({int(r.given)} → {int(r.suggested)})"
+        for r in suspects.head(5).itertuples()
+    )
+    return (
+        f"Confident learning over the {n_runs} runs' averaged probabilities suspects "
+        f"{len(suspects)} test labels of being wrong"
+        + (f", most of all {shown}" if shown else "")
+        + "; `mnist-analysis labels` lists them with a gallery."
+    )
+
+
+def _per_image_finding(per_image: np.ndarray, n_runs: int) -> str:
+    never, always = int(np.sum(per_image == 0)), int(np.sum(per_image == 1))
+    split = len(per_image) - never - always
+    return (
+        f"Of the {len(per_image)} test images, {never} are wrong in every one of the {n_runs} "
+        f"runs, {always} right in every run, and {split} divide them."
+    )
 
 
 def _churn_finding(churn: pd.Series, significance, labels, baseline_id) -> list[str]:
@@ -273,6 +296,8 @@ def findings(
     cost_tolerance: float = 0.005,
     selection: pd.Series | None = None,
     churn: pd.Series | None = None,
+    per_image: np.ndarray | None = None,
+    suspects: pd.DataFrame | None = None,
 ) -> list[str]:
     """Plain-language findings, each sentence computed from the tables passed in.
 
@@ -297,6 +322,10 @@ def findings(
         sentences += _flip_findings(significance, labels, baseline_id)
         if churn is not None:
             sentences += _churn_finding(churn, significance, labels, baseline_id)
+        if per_image is not None and len(significance) > 1:
+            sentences.append(_per_image_finding(per_image, len(significance)))
+        if suspects is not None:
+            sentences.append(_suspects_finding(suspects, len(significance)))
     sentences += _seed_findings(groups)
     sentences += _overfit_findings(
         onsets, max_epoch, "validation" if selection is not None else "test"

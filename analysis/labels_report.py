@@ -49,9 +49,9 @@ def run_labels(
     cache_dir=None,
 ) -> LabelsResult:
     """Select runs as `compare` does, write the report, log it to a sweep's parent."""
-    from analysis.comparison import load_comparison_runs
     from analysis.publish import log_labels_report
     from analysis.runs import connect
+    from analysis.selection import load_comparison_runs
 
     client = connect(tracking_uri)
     runs, excluded, notes = load_comparison_runs(

@@ -30,10 +30,23 @@ def log_run_report(client: MlflowClient, run_id: str, files: Sequence[Path]) -> 
     try:
         for path in files:
             client.log_artifact(run_id, str(path), contract.ANALYSIS_DIR)
+        _link_from_description(client, run_id, f"{contract.ANALYSIS_DIR}/{REPORT_HTML}")
     except (MlflowException, OSError) as err:
         raise AnalysisError(
             f"report written but not logged to run {run_id}: {first_line(err)}"
         ) from None
+
+
+def _link_from_description(client: MlflowClient, run_id: str, artifact: str) -> None:
+    """Add a line pointing at the report to the run's description (the UI's markdown note),
+    keeping whatever the description said before."""
+    run = client.get_run(run_id)
+    note = run.data.tags.get(contract.TAG_NOTE, "")
+    if artifact in note:
+        return
+    link = f"#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{artifact}"
+    line = f"Diagnostics report: [{artifact}]({link}) (open it from the Artifacts tab)"
+    client.set_tag(run_id, contract.TAG_NOTE, f"{note}\n\n{line}".strip()[:5000])
 
 
 def log_comparison_report(
@@ -76,8 +89,10 @@ def log_comparison_report(
 
 def log_labels_report(client: MlflowClient, run_id: str, out_dir: str | Path) -> None:
     """The label-issue report, under `analysis/labels/` of the sweep's parent run."""
+    artifact = f"{contract.ANALYSIS_DIR}/labels/{REPORT_HTML}"
     client.log_artifacts(run_id, str(out_dir), f"{contract.ANALYSIS_DIR}/labels")
-    client.set_tag(run_id, "mnist.labels_report", f"{contract.ANALYSIS_DIR}/labels/{REPORT_HTML}")
+    client.set_tag(run_id, "mnist.labels_report", artifact)
+    _link_from_description(client, run_id, artifact)
 
 
 def _describe_report_run(client: MlflowClient, run_id: str, c: Comparison) -> None:

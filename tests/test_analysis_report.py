@@ -118,6 +118,8 @@ def test_run_report_writes_every_file_and_logs_them(xss_run, xss_report, trackin
 
     logged = {f.path for f in MlflowClient(tracking_uri).list_artifacts(xss_run.run_id, "analysis")}
     assert {f"analysis/{name}" for name in written} == logged
+    note = MlflowClient(tracking_uri).get_run(xss_run.run_id).data.tags["mlflow.note.content"]
+    assert "Diagnostics report: [analysis/report.html](#/experiments/" in note  # the UI links it
 
 
 def test_report_html_is_self_contained_and_escapes_run_text(xss_report):

@@ -204,3 +204,11 @@ def test_the_comparison_reports_churn_next_to_the_accuracy_difference(tracking_u
     sentence = next(s for s in comparison.findings if "changes" in s)
     assert sentence.startswith(f"b changes {100 * 100 / len(labels):.2f}% of the baseline")
     assert "differs by +0.00" in sentence
+    # per-image accuracy across runs: 100 images split the two runs, none is wrong in both
+    np.testing.assert_allclose(
+        comparison.predictions.per_image_accuracy,
+        ((base == labels).astype(float) + (other == labels)) / 2,
+    )
+    n = len(labels)
+    expected = f"Of the {n} test images, 0 are wrong in every one of the 2 runs, {n - 100} right"
+    assert any(s.startswith(expected) for s in comparison.findings)
