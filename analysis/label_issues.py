@@ -40,16 +40,7 @@ def test_set_issues(labels, probs_by_run, index) -> pd.DataFrame:
     suggested = mean.argmax(axis=1)
     runs_predict = probs.argmax(axis=2)  # (R, N)
     agreement = (runs_predict == suggested[None, :]).mean(axis=0)
-    table = pd.DataFrame(
-        {
-            "index": np.asarray(index, dtype=np.int64)[flagged],
-            "given": labels[flagged],
-            "suggested": suggested[flagged],
-            "agreement": agreement[flagged],
-            "score": score[flagged],
-        }
-    )
-    return table.sort_values(["score", "index"]).reset_index(drop=True)[COLUMNS]
+    return _ranked(flagged, index, labels, suggested, agreement, score)
 
 
 def train_set_issues(labels, label_prob_by_run, predicted_by_run, index, *, last: int = 3):
@@ -73,6 +64,11 @@ def train_set_issues(labels, label_prob_by_run, predicted_by_run, index, *, last
     suggested = votes.argmax(axis=0)
     agreement = votes.max(axis=0) / final.shape[0]
     flagged = np.flatnonzero((score < TRAIN_LABEL_PROB_BELOW) & (agreement >= TRAIN_AGREEMENT_FROM))
+    return _ranked(flagged, index, labels, suggested, agreement, score)
+
+
+def _ranked(flagged, index, labels, suggested, agreement, score) -> pd.DataFrame:
+    """The flagged rows in the output columns, most suspect (lowest score) first."""
     table = pd.DataFrame(
         {
             "index": np.asarray(index, dtype=np.int64)[flagged],

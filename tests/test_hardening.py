@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config, train_run
 from mlflow.tracking import MlflowClient
+from mlflow_server import free_port, start_server
 
 from mnist_train import contract, tracking
 from mnist_train.config import ConfigError
@@ -231,45 +231,6 @@ def test_a_server_that_stops_mid_run_costs_a_minute_and_no_checkpoint(data_dir, 
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers():
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return True
-        except OSError:
-            assert server.poll() is None, "mlflow server exited at start"
-            return False
-
-    wait_for(answers, timeout=90, what="the mlflow server")
-    return server
 
 
 # --------------------------------------------------------------------------- 8. what is stored

@@ -326,56 +326,16 @@ def test_an_interrupted_child_resumes_on_the_next_run_and_ends_as_if_never_stopp
     assert all(torch.equal(state["model"][k], want["model"][k]) for k in want["model"])
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def http_tracking(tmp_path, monkeypatch):
     """A throwaway `mlflow server` on 127.0.0.1 with its own SQLite store, as the tracking URI."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     import mlflow
+    from mlflow_server import free_port, start_server
 
     port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("mlflow server exited at start")
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer within 60 s")
         previous = mlflow.get_tracking_uri()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
