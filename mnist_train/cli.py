@@ -27,7 +27,8 @@ from .config import (
 )
 from .contract import DEFAULT_TRACKING_URI, default_data_dir
 from .data import DataError
-from .sweep_plan import Child, expand
+from .study import StudyPlan, make_plan
+from .sweep_plan import Child
 
 # Closing the terminal (SIGHUP) or `kill` (SIGTERM) must leave a run as Ctrl-C does: stopped at a
 # step boundary with a checkpoint, marked KILLED, resumable.
@@ -128,12 +129,32 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Sweeps: train children in N processes.",
+    help="Sweeps: N long-lived worker processes, each pulling trials until the study is done.",
+)
+@click.option(
+    "--storage",
+    default=None,
+    metavar="URL",
+    help="Sweeps: the Optuna study database, e.g. postgresql://USER:PASSWORD@HOST/DB; the same "
+    "command on several machines with the same storage splits one study "
+    f"[env {contract.STUDY_STORAGE_ENV}, default optuna.db beside a SQLite mlflow.db].",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Searches: run N trials in all (overrides the file's trials; can only grow a study).",
+)
+@click.option(
+    "--register",
+    default=None,
+    metavar="NAME",
+    help="Sweeps: register the best trial's model as NAME in the Model Registry, alias champion.",
 )
 @click.option(
     "--force",
     is_flag=True,
-    help="Sweeps: retrain children that already finished (under a new parent run).",
+    help="Sweeps: start a new study (and parent run) instead of continuing the latest one.",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing."
@@ -148,15 +169,18 @@ def run(
     max_test,
     resume_run_id,
     workers,
+    storage,
+    trials,
+    register,
     force,
     dry_run,
     quiet,
 ):
     """Run EXPERIMENT_FILE (YAML) and print the ids of the MLflow runs it created.
 
-    A file with `grid`, `variants` or `seeds` is a sweep: one parent run (printed first) with a
-    nested child run per configuration. Running a sweep again skips children that finished and
-    resumes children that were interrupted.
+    A file with `grid`, `variants`, `seeds` or `search` is a sweep, run as one Optuna study:
+    one parent run (printed first) with a nested run per trial. Running it again continues the
+    study: finished trials are kept, interrupted ones resume from their last checkpoint.
 
     Under `mlflow run` (MLFLOW_RUN_ID set), the run MLflow opened becomes the parent and the
     training runs are its nested children.
@@ -183,18 +207,13 @@ def run(
                 "--resume is for single runs; a sweep resumes its interrupted children when run "
                 "again"
             )
+        sweep = {"storage": storage, "trials": trials, "register": register, "force": force}
         if experiment.sweep:
-            children = expand(experiment, values)
-            sweep_name = str(
-                values.get("name") or experiment.base.get("name") or experiment.path.stem
-            )
+            plan = make_plan(experiment, values)
             if dry_run:
-                click.echo(f"{len(children)} children: " + "; ".join(c.name for c in children))
-                _dry_run(children[0].config, data_dir)
+                _dry_run_plan(plan, data_dir)
                 return
-            _run_sweep(
-                experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet
-            )
+            _run_sweep(plan, data_dir, workers, adopt_run_id, quiet, **sweep)
             return
         config = resolve(experiment, values)
         if dry_run:
@@ -203,16 +222,10 @@ def run(
         if adopt_run_id:
             # MLflow logged the entry point's parameters (empty ones too) on its run, and a logged
             # parameter can never change, so the run with the resolved config is its child.
-            _run_sweep(
-                experiment,
-                [Child(config.name, config)],
-                config.name,
-                data_dir,
-                1,
-                True,
-                adopt_run_id,
-                quiet,
+            plan = StudyPlan(
+                config.name, experiment, config.to_dict(), children=(Child(config.name, config),)
             )
+            _run_sweep(plan, data_dir, 1, adopt_run_id, quiet, **{**sweep, "force": True})
             return
         run_id = _run_one(config, experiment, data_dir, resume_run_id, quiet)
     except (ConfigError, DataError) as err:
@@ -234,26 +247,38 @@ def _empty_assignment(pair: str) -> bool:
 
 
 def _run_sweep(
-    experiment, children, sweep_name, data_dir, workers, force, adopt_run_id, quiet
+    plan: StudyPlan,
+    data_dir: Path,
+    workers: int,
+    adopt_run_id: str | None,
+    quiet: bool,
+    *,
+    storage: str | None,
+    trials: int | None,
+    register: str | None,
+    force: bool,
 ) -> None:
-    """Run a sweep; print the parent's and children's run ids; exit 1 if any child failed."""
+    """Run a study; print the parent's and trials' run ids; exit 1 if any trial failed."""
     from mlflow.exceptions import MlflowException
 
+    from .study import default_storage
     from .sweep import run_sweep
     from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
+    storage = storage or default_storage(os.environ.get("MLFLOW_TRACKING_URI", ""))
     try:
         # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
             result = run_sweep(
-                experiment,
-                children,
-                sweep_name=sweep_name,
+                plan,
                 data_dir=data_dir,
+                storage_url=storage,
                 workers=workers,
                 force=force,
+                trials=trials,
                 adopt_run_id=adopt_run_id,
+                register=register,
                 quiet=quiet,
                 should_stop=stop,
             )
@@ -265,18 +290,17 @@ def _run_sweep(
             _echo_safely(outcome.run_id)
     if result.stopped:
         _echo_safely(
-            f"Error: sweep {sweep_name} interrupted; run it again to resume where it stopped",
+            f"Error: study {result.study_name} interrupted; run the command again to resume it",
             err=True,
         )
         sys.exit(stop.exit_code(130))
     if result.failed:
         names = ", ".join(o.name for o in result.failed)
         click.echo(
-            f"Error: {len(result.failed)} of {len(result.outcomes)} children failed: {names}",
+            f"Error: {len(result.failed)} of {len(result.outcomes)} trials failed: {names} "
+            "(the parent run's description and each run's failure_reason say why)",
             err=True,
         )
-        for outcome in result.failed:
-            click.echo(f"  {outcome.name}: {outcome.message}", err=True)
         sys.exit(1)
 
 
@@ -313,6 +337,27 @@ def _run_one(
         )
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
+
+
+def _dry_run_plan(plan: StudyPlan, data_dir: Path) -> None:
+    if plan.spec is None:
+        click.echo(f"{len(plan.children)} children: " + "; ".join(c.name for c in plan.children))
+        _dry_run(plan.children[0].config, data_dir)
+        return
+    spec = plan.spec
+    click.echo(
+        f"search: {spec.trials} trials, {spec.sampler} sampler, {spec.pruner} pruner, "
+        f"objective {spec.objective} ({spec.direction}); "
+        + "; ".join(f"{p.name} {_describe(p)}" for p in spec.params)
+    )
+    _dry_run(resolve(plan.experiment, {k: v for k, v in plan.base.items()}), data_dir)
+
+
+def _describe(param) -> str:
+    if param.kind == "categorical":
+        return "in {" + ", ".join(str(c) for c in param.labels) + "}"
+    scale = " log" if param.log else ""
+    return f"{param.kind}{scale} [{param.low}, {param.high}]"
 
 
 def _dry_run(config: RunConfig, data_dir: Path) -> None:

@@ -254,7 +254,7 @@ class ExperimentFile:
     text: str = ""
 
 
-SWEEP_KEYS = ("grid", "variants", "seeds")
+SWEEP_KEYS = ("grid", "variants", "seeds", "search")
 META_KEYS = ("description",)
 
 

@@ -90,6 +90,20 @@ TAG_EPOCHS = "mnist.epochs"  # the epochs a run was trained to, when a resume ch
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 
+# --- studies (Optuna): every sweep and search runs as one study, its parent run names it
+TAG_STUDY = "mnist.study"  # on the parent and every trial run: the Optuna study's name
+TAG_STUDY_STORAGE = "mnist.study.storage"  # on the parent: the storage URL, password masked
+TAG_STUDY_OBJECTIVE = "mnist.study.objective"  # on the parent: "val_accuracy maximize"
+TAG_BEST_TRIAL = "mnist.study.best_trial"  # on the parent: number of the best trial
+TAG_TRIAL_NUMBER = "mnist.trial.number"  # on a trial run
+TAG_TRIAL_STATE = "mnist.trial.state"  # on a trial run: RUNNING | COMPLETE | PRUNED | FAIL
+TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the Optuna trial's user attribute: its MLflow run
+STUDY_STORAGE_ENV = "MNIST_STUDY_STORAGE"  # default for --storage
+STUDY_TRIALS_PATH = "study/trials.csv"  # on the parent: one row per trial
+STUDY_IMPORTANCE_PATH = "study/importance.json"  # on the parent: parameter importances
+STUDY_HEARTBEAT_S = 5  # a worker's sign of life for its trial, in the study storage
+STUDY_GRACE_S = 30  # a trial silent this long is failed and queued again (resuming its run)
+
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`."""

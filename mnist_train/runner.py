@@ -56,6 +56,12 @@ from .train import (
 RESUMABLE_PARAMS_IGNORED = ("epochs", "name", "experiment")  # may change when a run is resumed
 EXIT_INTERRUPTED = 130
 EXIT_STORE_LOST = 75  # EX_TEMPFAIL: try again once the tracking server is back
+EXIT_ENDED = 3  # an `on_epoch` callback ended the run (EndRun)
+
+
+class EndRun(Exception):
+    """Raised by an `on_epoch` callback to end the run after that epoch (a pruned trial): the run
+    keeps its metrics and checkpoints and is marked KILLED."""
 
 
 class TrainingStopped(Exception):
@@ -66,16 +72,19 @@ class TrainingStopped(Exception):
         self.run_id, self.exit_code = run_id, exit_code
 
 
-def prepare_run(config: RunConfig, data_dir: str | Path) -> Prepared:
+def prepare_run(
+    config: RunConfig, data_dir: str | Path, *, load: Callable | None = None
+) -> Prepared:
     """Load MNIST and normalise it for `config`, after checking that the tracking server answers.
 
-    Raises ConfigError / DataError for the user, before any MLflow run exists.
+    Raises ConfigError / DataError for the user, before any MLflow run exists. `load` replaces
+    `data.load_mnist` (a worker keeps MNIST loaded between trials).
     """
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    train_split, test_split = data.load_mnist(data_dir)
+    train_split, test_split = (load or data.load_mnist)(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
     val_split = None
     if config.validation:
@@ -129,8 +138,17 @@ def run_training(
     parent_run_id: str | None = None,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    tags: dict[str, str] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    take_over: bool = False,
 ) -> str:
-    """Train and track one run (or continue `resume_run_id`); returns the MLflow run id."""
+    """Train and track one run (or continue `resume_run_id`); returns the MLflow run id.
+
+    `tags` are added to the run's; `on_start(run_id)` is called once the run exists, before
+    training; `on_epoch(record)` after each epoch's metrics and checkpoint are recorded, and may
+    raise `EndRun`. `take_over` resumes a run left RUNNING whose owner is known to be gone.
+    """
     config = prepared.config
     open_store()
     warm_up_in_background()
@@ -138,7 +156,7 @@ def run_training(
     model = parts.model
     progress = Progress()
     if resume_run_id:
-        state = _resume_state(resume_run_id, config)
+        state = _resume_state(resume_run_id, config, take_over)
         progress = restore(state, model, parts.optimizer, parts.scheduler)
         if progress.stopped_early:
             raise ConfigError(
@@ -151,11 +169,12 @@ def run_training(
                 f"raise epochs (--set epochs=N) to train it further"
             )
         log = RunLog.reopen(resume_run_id, system_metrics=config.system_metrics)
+        log.fill_metrics([tuple(row) for row in state.get("rows", [])])
     else:
         log = RunLog.open(
             experiment=config.experiment,
             run_name=config.name,
-            tags={**run_tags(prepared, experiment_file), **owner_tags()},
+            tags={**run_tags(prepared, experiment_file), **owner_tags(), **(tags or {})},
             parent_run_id=parent_run_id,
             system_metrics=config.system_metrics,
         )
@@ -165,6 +184,10 @@ def run_training(
             log.beat()  # this process owns the run now
             # parameters are immutable: a resume that changes the epochs records the new total
             log.set_tag(contract.TAG_EPOCHS, str(config.epochs))
+            for key, value in (tags or {}).items():
+                log.set_tag(key, value)
+        if on_start is not None:
+            on_start(log.run_id)
         if not resume_run_id:
             log.log_setup(
                 run_params(prepared, model),
@@ -173,7 +196,7 @@ def run_training(
                 experiment_file,
                 datasets(prepared),
             )
-        last = _train_and_log(log, parts, prepared, progress, reporter, should_stop)
+        last = _train_and_log(log, parts, prepared, progress, reporter, should_stop, on_epoch)
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
             _save_checkpoint(log, parts, progress, config)
             log.end("KILLED")
@@ -195,6 +218,9 @@ def run_training(
         ) from None
     except TrainingStopped:
         raise
+    except EndRun as err:
+        log.end("KILLED")
+        raise TrainingStopped(str(err), log.run_id, exit_code=EXIT_ENDED) from None
     except KeyboardInterrupt:
         log.end("KILLED")
         raise TrainingStopped(
@@ -220,13 +246,13 @@ def run_training(
         reporter.close()
 
 
-def _resume_state(run_id: str, config: RunConfig) -> dict[str, Any]:
+def _resume_state(run_id: str, config: RunConfig, take_over: bool = False) -> dict[str, Any]:
     """The checkpoint to continue `run_id` from, after checking the run may be continued."""
     from .tracking import load_latest_checkpoint, read_run
 
     status, logged, tags = read_run(run_id)
     if status == "RUNNING":
-        gone = abandoned(tags)
+        gone = "its owner stopped answering" if take_over else abandoned(tags)
         if gone is None:
             owner = tags.get(contract.TAG_OWNER, "another process")
             raise ConfigError(f"run {run_id} is still RUNNING ({owner}); stop it before resuming")
@@ -256,6 +282,7 @@ def _train_and_log(
     progress: Progress,
     reporter: Reporter,
     should_stop: Callable[[], bool],
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> EpochRecord | None:
     """Drive the training loop; log each epoch's metrics, batch losses and checkpoint."""
     config = prepared.config
@@ -281,8 +308,7 @@ def _train_and_log(
                 pending.append((contract.BATCH_LOSS, record.loss, now, record.step))
                 reporter.step(record)
                 continue
-            epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
-            writer.write(pending + epoch_rows)
+            rows = pending + [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             pending = []
             if record.train_correct is not None:  # before the checkpoint, which vouches for it
                 log.log_epoch_record(
@@ -292,10 +318,17 @@ def _train_and_log(
                     predicted=record.train_predicted,
                     test_probs=record.test_probs.astype(np.float16),
                 )
-            _save_checkpoint(log, parts, progress, config)
+            # The checkpoint first, holding the epoch's metrics; then the metrics. A process
+            # killed in between leaves them in the checkpoint, and a resume writes them
+            # (`fill_metrics`); killed before the checkpoint, the epoch is trained again and no
+            # point of it was logged: either way each step is logged once.
+            _save_checkpoint(log, parts, progress, config, rows)
+            writer.write(rows)
             log.beat()
             reporter.epoch(record, config.epochs)
             last = record
+            if on_epoch is not None:
+                on_epoch(record)
     finally:
         writer.close()
         if pending:  # an interrupted epoch resumes after these steps, so keep them
@@ -320,9 +353,17 @@ def _keep_locally(
     return path
 
 
-def _save_checkpoint(log: RunLog, parts: Trainable, progress: Progress, config: RunConfig) -> None:
-    """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one."""
+def _save_checkpoint(
+    log: RunLog,
+    parts: Trainable,
+    progress: Progress,
+    config: RunConfig,
+    rows: list[Row] | None = None,
+) -> None:
+    """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one;
+    `rows`: the epoch's metric points, written again on resume if the store lacks them."""
     state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
+    state["rows"] = [list(row) for row in rows or []]
     if progress.batch == 0:
         name = checkpoint_name(state["epoch"])
     else:

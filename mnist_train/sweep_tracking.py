@@ -1,43 +1,14 @@
-"""MLflow for a sweep's parent run: open or reuse it, find earlier children, close it.
+"""MLflow for a study's parent run and what it reads of its trial runs.
 
-The children are ordinary training runs written by `tracking.py`; this module owns only what a
-sweep adds around them, so that `sweep.py` (execution) never calls MLflow itself.
+The trials are ordinary training runs written by `tracking.py`; this module owns only what a
+study adds around them, so that `sweep.py` and `study_worker.py` never call MLflow themselves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import contract
 from .config import ExperimentFile
 from .tracking import git_commit, open_store
-
-
-@dataclass(frozen=True)
-class EarlierRun:
-    """A child of an earlier run of the same sweep, as far as planning needs it."""
-
-    run_id: str
-    status: str
-    params: dict[str, str]
-    failure_reason: str
-    tags: dict[str, str]
-
-
-def sweep_filter(sweep_name: str) -> str:
-    """An MLflow search for the parents of `sweep_name`. MLflow's filter language has no escape
-    for quotes: a name holding one is matched in the other kind of quotes, and a name holding both
-    by LIKE with `_` for each quote (callers keep exact matches only)."""
-    if "'" not in sweep_name:
-        return f"tags.`{contract.TAG_SWEEP}` = '{sweep_name}'"
-    if '"' not in sweep_name:
-        return f'tags.`{contract.TAG_SWEEP}` = "{sweep_name}"'
-    pattern = sweep_name.replace("'", "_").replace('"', "_")
-    return f"tags.`{contract.TAG_SWEEP}` LIKE '{pattern}'"
-
-
-def _same_sweep(runs: list, sweep_name: str) -> list:
-    return [r for r in runs if r.data.tags.get(contract.TAG_SWEEP) == sweep_name]
 
 
 class SweepStore:
@@ -55,45 +26,19 @@ class SweepStore:
         return experiment_id, self.client.get_experiment(experiment_id).name
 
     def ensure_experiment(self, name: str) -> str:
-        """The experiment's id, creating it (and a new store's tables) now, once: parallel
-        children would otherwise race to create the same tables and experiment."""
+        """The experiment's id, creating it (and a new store's tables) now, once: workers would
+        otherwise race to create the same tables and experiment. Another machine creating it at
+        the same moment is fine: the second attempt finds it."""
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        return mlflow.set_experiment(name).experiment_id
-
-    def earlier_children(self, experiment_id: str, sweep_name: str) -> dict[str, list[EarlierRun]]:
-        """Children of earlier parents of this sweep, by run name, newest first."""
-        parents = _same_sweep(
-            self.client.search_runs(
-                [experiment_id],
-                filter_string=sweep_filter(sweep_name),
-                max_results=contract.MAX_RUNS,
-            ),
-            sweep_name,
-        )
-        found: dict[str, list] = {}
-        for parent in parents:
-            runs = self.client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`{contract.TAG_PARENT}` = '{parent.info.run_id}'",
-                max_results=contract.MAX_RUNS,
-            )
-            for run in runs:
-                found.setdefault(run.info.run_name, []).append(run)
-        out = {}
-        for name, runs in found.items():
-            runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-            out[name] = [
-                EarlierRun(
-                    run.info.run_id,
-                    run.info.status,
-                    dict(run.data.params),
-                    run.data.tags.get(contract.TAG_FAILURE_REASON, ""),
-                    dict(run.data.tags),
-                )
-                for run in runs
-            ]
-        return out
+        try:
+            return mlflow.set_experiment(name).experiment_id
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def abandon(self, run_id: str, why: str) -> None:
         """End a child whose owner died before its first checkpoint: it is retrained anew."""
@@ -109,12 +54,12 @@ class SweepStore:
         experiment: ExperimentFile,
         sweep_name: str,
         adopt_run_id: str | None,
-        *,
-        reuse: bool,
+        study_tags: dict[str, str],
     ) -> str:
-        """The parent's run id: `adopt_run_id`, else the latest parent of this sweep (when
-        `reuse`), else a new run. It is left RUNNING, tagged, with the sweep file attached."""
+        """The parent's run id: `adopt_run_id`, else a new run. It is left RUNNING, tagged with
+        the study (`study_tags`), with the sweep file attached."""
         tags = {
+            **study_tags,
             contract.TAG_SWEEP: sweep_name,
             "mlflow.runName": sweep_name,
             "mlflow.source.name": str(experiment.path),
@@ -123,21 +68,6 @@ class SweepStore:
         if commit:
             tags["mlflow.source.git.commit"] = commit
         parent_id = adopt_run_id
-        if parent_id is None and reuse:
-            latest = _same_sweep(
-                self.client.search_runs(
-                    [experiment_id],
-                    filter_string=sweep_filter(sweep_name),
-                    order_by=["attributes.start_time DESC"],
-                    max_results=contract.MAX_RUNS,
-                ),
-                sweep_name,
-            )[:1]
-            if latest:
-                parent_id = latest[0].info.run_id
-                self.client.update_run(parent_id, status="RUNNING")
-                if contract.TAG_FAILURE_REASON in latest[0].data.tags:
-                    self.client.delete_tag(parent_id, contract.TAG_FAILURE_REASON)
         if parent_id is None:
             tags["mlflow.source.type"] = "LOCAL"
             run = self.client.create_run(experiment_id, run_name=sweep_name, tags=tags)
@@ -147,6 +77,39 @@ class SweepStore:
                 self.client.set_tag(parent_id, key, value)
         self.client.log_text(parent_id, experiment.text, f"sweep/{experiment.path.name}")
         return parent_id
+
+    def resume_parent(self, parent_id: str) -> None:
+        """A study continued (rerun, or joined from another machine): its parent runs again."""
+        run = self.client.get_run(parent_id)
+        if run.info.status != "RUNNING":
+            self.client.update_run(parent_id, status="RUNNING")
+        if contract.TAG_FAILURE_REASON in run.data.tags:
+            self.client.delete_tag(parent_id, contract.TAG_FAILURE_REASON)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def objective(self, run_id: str, key: str) -> float | None:
+        """The run's value of `key` for the model of record: at its predictions epoch (the best
+        epoch under early stopping), else the last value logged."""
+        run = self.client.get_run(run_id)
+        epoch = run.data.metrics.get(contract.PREDICTIONS_EPOCH)
+        if epoch is not None:
+            at = [m.value for m in self.client.get_metric_history(run_id, key) if m.step == epoch]
+            if at:
+                return at[-1]
+        return run.data.metrics.get(key)
+
+    def set_trial_state(self, run_id: str, state: str) -> None:
+        self.client.set_tag(run_id, contract.TAG_TRIAL_STATE, state)
+
+    def register(self, run_id: str, name: str, alias: str = "champion") -> int:
+        """Register the run's logged model as a new version of `name`, aliased `alias`."""
+        import mlflow
+
+        version = mlflow.register_model(contract.MODEL_URI.format(run_id=run_id), name)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return int(version.version)
 
     def final_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
         return {run_id: dict(self.client.get_run(run_id).data.metrics) for run_id in run_ids}
@@ -158,15 +121,23 @@ class SweepStore:
         summary_csv: str,
         description: str,
         counts: dict[str, int],
-        status: str,
+        status: str | None,
         reason: str | None = None,
+        files: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
-        """Summary table (CSV artifact + markdown description), counts as tags, final status."""
+        """Summary table (CSV artifact + markdown description), counts and `tags`, other text
+        `files`, then the final status (None: leave it RUNNING, other machines still work)."""
         self.client.log_text(parent_id, summary_csv, "summary.csv")
+        for path, text in (files or {}).items():
+            self.client.log_text(parent_id, text, path)
+        for tag, value in (tags or {}).items():
+            self.client.set_tag(parent_id, tag, value)
         self.client.set_tag(parent_id, contract.TAG_NOTE, description)
         for tag, count in counts.items():
             self.client.set_tag(parent_id, tag, str(count))
-        self.end_parent(parent_id, status, reason)
+        if status is not None:
+            self.end_parent(parent_id, status, reason)
 
     def end_parent(self, parent_id: str, status: str, reason: str | None = None) -> None:
         if reason is not None:

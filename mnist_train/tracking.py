@@ -196,6 +196,16 @@ class RunLog:
     def write_rows(self, rows: list[Row]) -> None:
         write_rows(self.client, self.run_id, rows)
 
+    def fill_metrics(self, rows: list[Row]) -> None:
+        """Write the points of `rows` the run lacks (a checkpoint's epoch whose metrics were
+        not written before its process died), by metric key and step."""
+        missing = []
+        for key in {row[0] for row in rows}:
+            logged = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            missing += [row for row in rows if row[0] == key and row[3] not in logged]
+        if missing:
+            self.write_rows(missing)
+
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 

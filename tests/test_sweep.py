@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_train.cli import cli
 from mnist_train.config import ConfigError, read_experiment
+from mnist_train.study import default_storage, make_plan
 from mnist_train.sweep import run_sweep
 from mnist_train.sweep_plan import expand, varying_keys
 
@@ -214,7 +215,7 @@ def test_sweep_records_parent_children_and_summary_reruns_idempotently_and_force
         for key in ("train_accuracy", "test_accuracy", "overfit_gap", "train_time_s"):
             assert float(row[key]) == pytest.approx(child.data.metrics[key])
     note = parent.data.tags["mlflow.note.content"]
-    assert "2 of 2 children finished" in note and all(run_id in note for run_id in child_ids)
+    assert "2 of 2 trials complete" in note and all(run_id in note for run_id in child_ids)
 
     again = invoke(path, "--data-dir", data_dir, "--quiet")
     assert again.exit_code == 0, again.output
@@ -264,7 +265,7 @@ def test_a_failed_child_does_not_stop_its_siblings(tmp_path, data_dir):
     )
     result = invoke(path, "--data-dir", data_dir, "--quiet")
     assert result.exit_code == 1
-    assert "1 of 2 children failed: lr=1000000.0" in result.output
+    assert "1 of 2 trials failed: lr=1000000.0" in result.output
     parent_id = result.stdout.split()[0]
     parent = MlflowClient().get_run(parent_id)
     assert parent.info.status == "FAILED" and parent.data.tags["mnist.sweep.failed"] == "1"
@@ -281,17 +282,15 @@ def test_an_interrupted_child_resumes_on_the_next_run_and_ends_as_if_never_stopp
         "dropout: [0.2, 0.0]\n"
     )
     experiment = read_experiment(path)
-    children = expand(experiment)
     calls = itertools.count()
     stopped = run_sweep(
-        experiment,
-        children,
-        sweep_name="resumable",
+        make_plan(experiment, {}),
         data_dir=data_dir,
+        storage_url=default_storage(os.environ["MLFLOW_TRACKING_URI"]),
         quiet=True,
         should_stop=lambda: next(calls) > 14,  # inside the first child's second epoch
     )
-    assert stopped.stopped and [o.status for o in stopped.outcomes] == ["KILLED", "PENDING"]
+    assert stopped.stopped and [o.state for o in stopped.outcomes] == ["WAITING", "WAITING"]
     killed_id = stopped.outcomes[0].run_id
     client = MlflowClient()
     assert client.get_run(stopped.parent_run_id).info.status == "KILLED"

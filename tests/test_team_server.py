@@ -1,6 +1,8 @@
 """The team server of scripts/team_server.py: MLflow over http with proxied artifacts, Optuna on
 PostgreSQL. One server for the module (~20 s to start)."""
 
+import os
+
 import pytest
 from team_server import team_server
 
@@ -53,3 +55,83 @@ def test_optuna_study_shared_through_storage_url(server):
     assert [t.number for t in reloaded.trials] == [0, 1, 2]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in reloaded.trials)
     assert reloaded.best_value == max(t.value for t in reloaded.trials)
+
+
+def test_one_grid_study_split_by_two_commands_survives_a_sigkill(server, tmp_path, data_dir):
+    """Two `mnist-train` processes in separate folders share only the two URLs. One is killed
+    with SIGKILL while its trial trains: its trial goes stale, the other process takes it over
+    and resumes the same run from its last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from mlflow import MlflowClient
+
+    sweep = tmp_path / "shared_grid.yaml"
+    sweep.write_text(
+        "name: shared_grid\nexperiment: team-grid\nmax_train: 1000\nmax_test: 200\n"
+        "batch_size: 50\nepochs: 6\nhidden_sizes: [64]\n"
+        "grid:\n  lr: [0.001, 0.002, 0.003, 0.004]\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": server.tracking_uri,
+        "MNIST_STUDY_GRACE_S": "10",
+    }
+    env.pop("MNIST_STUDY_STORAGE", None)
+    command = [sys.executable, "-m", "mnist_train", "run", str(sweep), "--quiet"]
+    command += ["--storage", server.storage_url, "--data-dir", str(data_dir)]
+    procs = {}
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        procs[name] = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(0.5)
+
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    victim = procs["a"]
+    killed_run = None
+    deadline = time.monotonic() + 180
+    while killed_run is None and time.monotonic() < deadline:
+        assert victim.poll() is None, "process a ended before it could be killed"
+        experiment = client.get_experiment_by_name("team-grid")
+        if experiment is not None:
+            for run in client.search_runs([experiment.experiment_id]):
+                owner = run.data.tags.get("mnist.owner", "")
+                if run.info.status == "RUNNING" and owner.endswith(f" {victim.pid}"):
+                    if client.list_artifacts(run.info.run_id, "checkpoints"):
+                        killed_run = run.info.run_id
+        time.sleep(0.2)
+    assert killed_run, "process a never trained a trial past its first checkpoint"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    out, err = procs["b"].communicate(timeout=300)
+    assert procs["b"].returncode == 0, err[-3000:]
+
+    experiment = client.get_experiment_by_name("team-grid")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mnist.sweep" in r.data.tags]
+    children = [r for r in runs if "mnist.sweep" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["lr=0.001", "lr=0.002", "lr=0.003", "lr=0.004"]  # each point once
+    assert all(r.info.status == "FINISHED" for r in children)
+    steps = 6 * 1000 // 50
+    for run in children:
+        logged = [m.step for m in client.get_metric_history(run.info.run_id, "batch_loss")]
+        assert sorted(logged) == list(range(1, steps + 1)), run.info.run_name
+
+    resumed = client.get_run(killed_run)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["mnist.trial.state"] == "COMPLETE"
+    study = optuna.load_study(study_name="shared_grid", storage=server.storage_url)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1
+    retry = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(retry) == 1 and retry[0].user_attrs["mlflow_run_id"] == killed_run
+    assert retry[0].state.name == "COMPLETE"

@@ -1,0 +1,337 @@
+"""Every sweep and search is one Optuna study: its plan, its storage, and joining it.
+
+A `grid`, `variants` or `seeds` file becomes a study whose trials are all queued when the study is
+created, one per configuration: workers pop queued trials atomically (a row lock in the storage),
+so every configuration runs exactly once however many workers and machines share the study. A
+`search` file queues `trials` empty trials whose parameters the sampler (TPE, random) picks when a
+worker takes one, with every finished trial already known; `sampler: grid` queues every point.
+
+The process that creates a study also creates its MLflow parent run and marks the study ready;
+processes that join wait for that, check the study was made from the same sweep file, and pull
+trials from it (`study_worker.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import contract
+from .config import ConfigError, ExperimentFile, RunConfig, build_config
+from .search_space import SearchSpec, label, trial_config
+from .sweep_plan import Child, varying_keys
+
+ATTR_SWEEP = "mnist.sweep"
+ATTR_FINGERPRINT = "mnist.fingerprint"
+ATTR_FILE = "mnist.sweep_file"
+ATTR_PARENT = "mnist.parent_run_id"
+ATTR_TRIALS = "mnist.trials"
+ATTR_READY = "mnist.ready"
+ATTR_CHILD = "child"  # a queued grid trial's user attribute: the child's name
+READY_TIMEOUT_S = 120
+
+
+class StudyError(ConfigError):
+    """A study cannot be created or joined; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study runs: the children of a grid file, or a search spec over a base config."""
+
+    sweep_name: str
+    experiment: ExperimentFile
+    base: dict[str, Any]  # the file's config fields with command-line overrides applied
+    children: tuple[Child, ...] = ()
+    spec: SearchSpec | None = None
+
+    @property
+    def objective(self) -> str:
+        if self.spec:
+            return self.spec.objective
+        on_val = all(c.config.validation for c in self.children)
+        return contract.VAL_ACCURACY if on_val else contract.TEST_ACCURACY
+
+    @property
+    def direction(self) -> str:
+        return self.spec.direction if self.spec else "maximize"
+
+    @property
+    def trials(self) -> int:
+        return self.spec.trials if self.spec else len(self.children)
+
+    @property
+    def experiment_name(self) -> str:
+        return build_config(self.base).experiment
+
+    def fingerprint(self) -> str:
+        """Same sweep file (up to its trial count, comments and layout) <=> same fingerprint."""
+        if self.spec:
+            what: Any = [repr(p) for p in self.spec.params]
+            what += [self.spec.objective, self.spec.direction, self.spec.sampler]
+            what += [self.spec.pruner, sorted((k, str(v)) for k, v in self.base.items())]
+        else:
+            what = [(c.name, sorted(c.config.to_params().items())) for c in self.children]
+        return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
+
+    def queued(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(params, user attributes) of each trial queued at creation ({}: the sampler picks)."""
+        if self.spec is None:
+            keys = varying_keys(self.children)
+            return [
+                ({k: label(getattr(c.config, k)) for k in keys}, {ATTR_CHILD: c.name})
+                for c in self.children
+            ]
+        if self.spec.sampler == "grid":
+            return [(point, {}) for point in self.spec.grid()]
+        return [({}, {}) for _ in range(self.spec.trials)]
+
+    def distributions(self) -> dict[str, Any]:
+        if self.spec:
+            return self.spec.distributions()
+        from optuna.distributions import CategoricalDistribution
+
+        out = {}
+        for key in varying_keys(self.children):
+            labels = {label(getattr(c.config, key)): None for c in self.children}
+            out[key] = CategoricalDistribution(list(labels))
+        return out
+
+    def config_for(self, number: int, params: dict[str, Any], attrs: dict[str, Any]) -> Child:
+        """The child a trial trains: a grid's by name, a search's from its parameters."""
+        if self.spec is None:
+            by_name = {c.name: c for c in self.children}
+            if attrs.get(ATTR_CHILD) not in by_name:
+                raise StudyError(f"trial {number} names no child of this sweep file")
+            return by_name[attrs[ATTR_CHILD]]
+        config: RunConfig = trial_config(self.spec, self.base, number, params)
+        return Child(config.name, config, self.spec.settings(params))
+
+
+def make_plan(experiment: ExperimentFile, overrides: dict[str, Any]) -> StudyPlan:
+    """The study of a sweep file with `--set` overrides: a search, or a grid of children."""
+    from .search_space import read_search
+    from .sweep_plan import expand
+
+    sweep_name = str(overrides.get("name") or experiment.base.get("name") or experiment.path.stem)
+    base = {**experiment.base, **{k: v for k, v in overrides.items() if k != "name"}}
+    base["name"] = sweep_name
+    section = experiment.sweep.get("search")
+    if section is None:
+        children = expand(experiment, overrides)
+        return StudyPlan(sweep_name, experiment, base, children=tuple(children))
+    others = sorted(set(experiment.sweep) - {"search"})
+    if others:
+        raise ConfigError(
+            f"{experiment.path}: search cannot be combined with {', '.join(others)}: "
+            "a search samples its parameters"
+        )
+    build_config(base, source=str(experiment.path))  # a bad base: one error, before the search
+    spec = read_search(experiment.path, section, base)
+    for key in overrides:
+        if any(
+            p.name == key or (key == "hidden_sizes" and p.name == "hidden_size")
+            for p in spec.params
+        ):
+            raise ConfigError(f"{experiment.path}: cannot override {key}: the search varies it")
+    return StudyPlan(sweep_name, experiment, base, spec=spec)
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+def default_storage(tracking_uri: str) -> str:
+    """$MNIST_STUDY_STORAGE, else `optuna.db` beside a SQLite tracking store, else in the
+    working directory: a local study needs no server."""
+    if os.environ.get(contract.STUDY_STORAGE_ENV):
+        return os.environ[contract.STUDY_STORAGE_ENV]
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent
+        return f"sqlite:///{folder / 'optuna.db'}"
+    return "sqlite:///optuna.db"
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by `***`."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
+
+
+def open_storage(url: str, *, retry: bool = True) -> Any:
+    """Optuna's RDB storage with the heartbeat on: a trial whose worker goes silent for
+    `STUDY_GRACE_S` is failed and queued again with its MLflow run. One line on failure, within
+    5 s for an unreachable server."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the heartbeat and its retry callback are marked experimental; they are what we rely on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if not re.match(r"^(sqlite|postgresql|mysql)(\+\w+)?://", url):
+        raise StudyError(
+            f"--storage {mask(url)}: expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
+        )
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+    elif url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for each other's writes
+        folder = Path(url.split(":///", 1)[-1]).parent
+        if not folder.is_dir():
+            raise StudyError(f"--storage {url}: folder {folder} does not exist")
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=contract.STUDY_HEARTBEAT_S,
+            grace_period=int(os.environ.get("MNIST_STUDY_GRACE_S", contract.STUDY_GRACE_S)),
+            heartbeat_stale_trial_callback=callback if retry else None,
+        )
+    except Exception as err:  # sqlalchemy's OperationalError, ImportError of a driver, ...
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise StudyError(
+            f"cannot open study storage {mask(url)}: {reason[0] if reason else type(err).__name__}"
+        ) from None
+
+
+def requeue(study: Any, trial: Any) -> None:
+    """Queue a failed (interrupted) trial again: same parameters, same MLflow run to resume."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, trial)
+
+
+# ------------------------------------------------------------------------ creating or joining
+
+
+def latest_study_name(storage: Any, sweep_name: str) -> str | None:
+    """The newest study of this sweep: `name`, or `name#N` after `--force`."""
+    import optuna
+
+    names = [
+        n
+        for n in optuna.get_all_study_names(storage)
+        if n == sweep_name or re.fullmatch(re.escape(sweep_name) + r"#\d+", n)
+    ]
+    return max(names, key=_generation, default=None)
+
+
+def _generation(name: str) -> int:
+    return int(name.rsplit("#", 1)[1]) if re.search(r"#\d+$", name) else 1
+
+
+def open_study(
+    plan: StudyPlan,
+    storage: Any,
+    *,
+    force: bool,
+    trials: int | None,
+    create_parent: Callable[[str], str],
+    say: Callable[[str], None],
+) -> tuple[Any, str]:
+    """(study, parent run id): a new study when there is none (or `force`), else the latest.
+
+    `create_parent(study_name)` makes the MLflow parent run of a new study.
+    """
+    import optuna
+
+    latest = latest_study_name(storage, plan.sweep_name)
+    name = latest or plan.sweep_name
+    if force and latest:
+        name = f"{plan.sweep_name}#{_generation(latest) + 1}"
+    created = False
+    if latest is None or force:
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, direction=plan.direction)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another machine created it first
+            study = optuna.load_study(study_name=name, storage=storage)
+    else:
+        study = optuna.load_study(study_name=name, storage=storage)
+    if created:
+        study.set_user_attr(ATTR_SWEEP, plan.sweep_name)
+        study.set_user_attr(ATTR_FINGERPRINT, plan.fingerprint())
+        study.set_user_attr(ATTR_FILE, str(plan.experiment.path))
+        study.set_user_attr(ATTR_PARENT, create_parent(name))
+        _queue(study, plan, plan.queued())
+        study.set_user_attr(ATTR_TRIALS, plan.trials)
+        study.set_user_attr(ATTR_READY, True)
+    else:
+        _wait_until_ready(study, say)
+        _check_same_sweep(study, plan)
+    _extend(study, plan, trials)
+    return study, study.user_attrs[ATTR_PARENT]
+
+
+def _queue(study: Any, plan: StudyPlan, queued: list[tuple[dict, dict]]) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    distributions = plan.distributions()
+    study.add_trials(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=params,
+            distributions={k: distributions[k] for k in params},
+            user_attrs=attrs,
+        )
+        for params, attrs in queued
+    )
+
+
+def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    told = False
+    while not _attrs(study).get(ATTR_READY):
+        if time.monotonic() > deadline:
+            raise StudyError(
+                f"study {study.study_name} was created but never set up (its creator stopped?); "
+                "start a new one with --force"
+            )
+        if not told:
+            say(f"waiting for study {study.study_name} to be set up by the machine creating it")
+            told = True
+        time.sleep(0.5)
+
+
+def _attrs(study: Any) -> dict[str, Any]:
+    return study.user_attrs  # read from the storage each time
+
+
+def _check_same_sweep(study: Any, plan: StudyPlan) -> None:
+    attrs = _attrs(study)
+    if attrs.get(ATTR_FINGERPRINT) != plan.fingerprint():
+        raise StudyError(
+            f"the storage's study {study.study_name} was made from another sweep file "
+            f"({attrs.get(ATTR_FILE, 'unknown')}, or this file before a change); "
+            "start a new study with --force, or rename the sweep (name: ...)"
+        )
+
+
+def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
+    """`--trials N` above the study's count queues the difference; below it is an error."""
+    if trials is None or plan.spec is None:
+        return
+    if plan.spec.sampler == "grid":
+        raise StudyError("--trials does not apply to sampler grid: it runs every point once")
+    have = int(_attrs(study).get(ATTR_TRIALS, plan.spec.trials))
+    if trials < have:
+        raise StudyError(
+            f"study {study.study_name} already has {have} trials; --trials can only raise it "
+            "(--force starts a new study)"
+        )
+    if trials > have:
+        _queue(study, plan, [({}, {})] * (trials - have))
+        study.set_user_attr(ATTR_TRIALS, trials)
+
+
+def is_retry(trial: Any) -> bool:
+    return "failed_trial" in trial.system_attrs
