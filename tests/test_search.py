@@ -1,0 +1,209 @@
+"""Searches (`search:` sections) on the Optuna engine: validation of the section, trials linked
+to their runs both ways, pruning, growing and restarting a study, a champion in the registry."""
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+from mlflow.tracking import MlflowClient
+
+from mnist_train.cli import cli
+from mnist_train.study import default_storage
+
+TINY_YAML = "".join(f"{key}: {value}\n" for key, value in TINY.items())
+SEARCH = (
+    "search:\n  trials: 3\n  pruner: none\n  params:\n"
+    "    lr: {type: float, low: 1.0e-3, high: 0.1, log: true}\n"
+    "    batch_size: [50, 100]\n"
+)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+def storage():
+    return default_storage(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def study_names():
+    path = Path(storage().removeprefix("sqlite:///"))
+    if not path.exists():
+        return []
+    return optuna.get_all_study_names(storage())
+
+
+def write(tmp_path, name, body, *, validation=200, **changes):
+    fields = {**TINY, "validation": validation, **changes}
+    head = "".join(f"{key}: {value}\n" for key, value in fields.items())
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nexperiment: search-{name}\n{head}{body}")
+    return path
+
+
+BAD = [
+    ("    lr: {type: normal, low: 0.1, high: 1}\n", "unknown distribution 'normal'"),
+    ("    batch_size: {choices: []}\n", "choices must be a non-empty list"),
+    ("    lr: {type: float, low: 0, high: 0.1, log: true}\n", "a log range needs low > 0"),
+    ("    lr: {type: float, low: 0.1, high: 0.01}\n", "low (0.1) must be less than high"),
+    ("    optimiser: [sgd, adam]\n", "unknown config key 'optimiser'"),
+    ("    dropout: {type: float, low: 0.0, high: 1.5}\n", "dropout must be in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("param, message", BAD)
+def test_a_bad_distribution_is_one_line_and_records_nothing(tmp_path, data_dir, param, message):
+    path = write(tmp_path, "bad_param", f"search:\n  trials: 2\n  params:\n{param}")
+    before = study_names()
+    result = invoke(path, "--data-dir", data_dir)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+    assert study_names() == before
+    assert MlflowClient().get_experiment_by_name("search-bad_param") is None
+
+
+@pytest.mark.parametrize(
+    "head, validation, message",
+    [
+        ("objective: test_accuracy\n", 200, "never chooses on the test set"),
+        ("objective: val_f1\n", 200, "no run logs that metric"),
+        ("", 0, "needs a fixed validation split"),
+        ("objective: train_time_s\n", 200, "needs a per-epoch objective"),
+    ],
+)
+def test_an_objective_no_run_can_rank_on_is_refused(tmp_path, data_dir, head, validation, message):
+    body = "search:\n" + (f"  {head}" if head else "") + "  params:\n    lr: [0.01, 0.1]\n"
+    path = write(tmp_path, "bad_objective", body, validation=validation)
+    result = invoke(path, "--data-dir", data_dir)
+    assert result.exit_code != 0 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_unreachable_storage_is_one_line_with_the_password_masked(tmp_path, data_dir):
+    path = write(tmp_path, "unreachable", SEARCH)
+    url = "postgresql://optuna:s3cret@127.0.0.1:1/optuna"
+    result = invoke(path, "--data-dir", data_dir, "--storage", url)
+    assert result.exit_code != 0
+    assert "cannot open study storage postgresql://optuna:***@127.0.0.1:1/optuna" in result.output
+    assert "s3cret" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_search_links_trials_and_runs_both_ways_grows_and_restarts(tmp_path, data_dir):
+    path = write(tmp_path, "linked", SEARCH)
+    result = invoke(path, "--data-dir", data_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    parent_id, *run_ids = result.stdout.split()
+    assert len(run_ids) == 3
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mnist.study"] == "linked"
+    assert parent.data.tags["mnist.study.objective"] == "val_accuracy maximize"
+    study = optuna.load_study(study_name="linked", storage=storage())
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["mnist.trial.number"] == str(trial.number)
+        assert run.data.tags["mnist.trial.state"] == "COMPLETE"
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        assert run.data.params["batch_size"] == str(trial.params["batch_size"])
+        assert trial.value == run.data.metrics["val_accuracy"]  # no early stopping: the last
+    best = max(study.trials, key=lambda t: t.value)
+    assert parent.data.tags["mnist.study.best_trial"] == str(best.number)
+    assert f"Best trial on val_accuracy: {best.number}" in parent.data.tags["mlflow.note.content"]
+
+    grown = invoke(path, "--data-dir", data_dir, "--quiet", "--trials", "4")
+    assert grown.exit_code == 0, grown.output
+    assert grown.stdout.split()[:4] == [parent_id, *run_ids]  # the same study, one more trial
+    assert len(grown.stdout.split()) == 5
+    assert client.get_run(parent_id).data.tags["mnist.sweep.skipped"] == "3"
+    shrink = invoke(path, "--data-dir", data_dir, "--quiet", "--trials", "2")
+    assert shrink.exit_code != 0 and "can only raise it" in shrink.output
+
+    forced = invoke(path, "--data-dir", data_dir, "--quiet", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.split()[0] != parent_id and len(forced.stdout.split()) == 4
+    assert "linked#2" in study_names()
+
+
+def test_a_study_of_another_sweep_file_under_the_same_name_is_refused(tmp_path, data_dir):
+    first = write(tmp_path, "same_name", SEARCH)
+    assert invoke(first, "--data-dir", data_dir, "--quiet").exit_code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = write(
+        other, "same_name", SEARCH.replace("batch_size: [50, 100]", "dropout: [0.0, 0.2]")
+    )
+    result = invoke(changed, "--data-dir", data_dir, "--quiet")
+    assert result.exit_code != 0 and "was made from another sweep file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_pruned_trial_stops_keeps_its_checkpoints_and_is_marked(tmp_path, data_dir):
+    # a grid sampler queues the five sensible rates first; the last rate cannot learn, and the
+    # median pruner (five trials to start from) stops it after its first epochs
+    body = (
+        "search:\n  sampler: grid\n  pruner: median\n  params:\n"
+        "    lr: [0.01, 0.02, 0.03, 0.04, 0.05, 1.0e-7]\n"
+    )
+    path = write(tmp_path, "pruning", body, epochs=3)
+    result = invoke(path, "--data-dir", data_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="pruning", storage=storage())
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE"] * 5 + ["PRUNED"]
+    pruned = study.trials[-1]
+    run = MlflowClient().get_run(pruned.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["mnist.trial.state"] == "PRUNED"
+    epochs = sorted(
+        m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+    )
+    assert epochs == sorted(pruned.intermediate_values) and len(epochs) < 3
+    checkpoints = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+    assert f"checkpoints/epoch_{epochs[-1]:03d}.pt" in checkpoints
+
+
+def test_register_makes_the_best_trial_the_champion(tmp_path, data_dir):
+    path = write(tmp_path, "champion", SEARCH)
+    result = invoke(path, "--data-dir", data_dir, "--quiet", "--register", "tiny-champion")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="champion", storage=storage())
+    best = study.best_trial.user_attrs["mlflow_run_id"]
+    version = MlflowClient().get_model_version_by_alias("tiny-champion", "champion")
+    assert version.run_id == best
+
+
+def test_register_refuses_a_grid_without_validation(tmp_path, data_dir):
+    path = tmp_path / "no_val.yaml"
+    path.write_text(
+        f"name: no_val\nexperiment: search-noval\n{TINY_YAML}grid:\n  lr: [0.01, 0.1]\n"
+    )
+    result = invoke(path, "--data-dir", data_dir, "--register", "x")
+    assert result.exit_code != 0 and "needs a validation split" in result.output
+
+
+def test_the_shipped_search_files_are_valid_and_choose_on_validation():
+    from mnist_train.config import read_experiment
+    from mnist_train.study import make_plan
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    plans = {p.name: make_plan(read_experiment(p), {}) for p in sorted(root.glob("search_*.yaml"))}
+    assert sorted(plans) == ["search_cnn.yaml", "search_mlp.yaml"]
+    assert plans["search_mlp.yaml"].trials == 30
+    names = {p.name for p in plans["search_mlp.yaml"].spec.params}
+    assert {"lr", "hidden_size", "depth", "dropout", "batch_size", "weight_decay"} <= names
+    for plan in plans.values():
+        assert plan.objective == "val_accuracy" and plan.direction == "maximize"
+
+
+def test_the_default_storage_sits_beside_a_sqlite_tracking_store(monkeypatch):
+    monkeypatch.delenv("MNIST_STUDY_STORAGE", raising=False)
+    assert default_storage("sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
+    assert default_storage("http://server:5000") == "sqlite:///optuna.db"
+    monkeypatch.setenv("MNIST_STUDY_STORAGE", "postgresql://u:p@h/db")
+    assert default_storage("sqlite:///mlflow.db") == "postgresql://u:p@h/db"
