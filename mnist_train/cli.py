@@ -83,6 +83,23 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+class OptionalInt(click.ParamType):
+    """A positive count, or nothing: the MLproject forwards `--trials=` when it is unset."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or not str(value).strip():
+            return value or None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not >= 1", param, ctx)
+        return number
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mnist-workbench")
 def cli() -> None:
@@ -141,7 +158,7 @@ def cli() -> None:
 )
 @click.option(
     "--trials",
-    type=click.IntRange(min=1),
+    type=OptionalInt(),
     default=None,
     help="Searches: run N trials in all (overrides the file's trials; can only grow a study).",
 )
@@ -153,7 +170,10 @@ def cli() -> None:
 )
 @click.option(
     "--force",
-    is_flag=True,
+    is_flag=False,
+    flag_value="true",
+    default="false",
+    metavar="[true|false]",
     help="Sweeps: start a new study (and parent run) instead of continuing the latest one.",
 )
 @click.option(
@@ -207,7 +227,8 @@ def run(
                 "--resume is for single runs; a sweep resumes its interrupted children when run "
                 "again"
             )
-        sweep = {"storage": storage, "trials": trials, "register": register, "force": force}
+        force = _flag("--force", force)
+        sweep = {"storage": storage or None, "trials": trials, "register": register, "force": force}
         if experiment.sweep:
             plan = make_plan(experiment, values)
             if dry_run:
@@ -239,6 +260,16 @@ def _echo_safely(text: str, *, err: bool = False) -> None:
         click.echo(text, err=err)
     except OSError:
         pass
+
+
+def _flag(option: str, value: str) -> bool:
+    """`--force`, `--force=true|false` (the MLproject's form); empty is false."""
+    text = str(value).strip().lower()
+    if text in ("", "false", "0", "no"):
+        return False
+    if text in ("true", "1", "yes"):
+        return True
+    raise ConfigError(f"{option} takes true or false, got {value!r}")
 
 
 def _empty_assignment(pair: str) -> bool:

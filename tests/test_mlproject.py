@@ -19,6 +19,9 @@ EXTRA = {
     "experiment": "the experiment file",
     "data_dir": "MNIST folder",
     "workers": "sweep processes",
+    "storage": "sweep: the Optuna study database",
+    "trials": "sweep: a search's trial count",
+    "force": "sweep: a new study",
     "parent": "report: the sweep's parent run",
     "out": "report: output folder",
 }
@@ -66,6 +69,8 @@ def test_every_parameter_is_a_config_field_or_a_documented_extra():
             {
                 "experiment": "experiments/try_depth.yaml",
                 "workers": "2",
+                "trials": "",
+                "force": "true",
                 "max_train": "400",
                 "validation": "100",
             },
