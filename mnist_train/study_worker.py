@@ -10,6 +10,7 @@ die and need retrying), then stops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
     load = functools.lru_cache(maxsize=2)(data.load_mnist)  # MNIST once per worker
     while not should_stop():
         fail_stale_trials(study)
-        trial = _claim(study, storage, study_id)
+        trial = _claim(study, storage, study_id, job.storage_url)
         if trial is None:
             running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
@@ -95,21 +96,41 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
     return False
 
 
-def _claim(study: Any, storage: Any, study_id: int) -> Any:
-    """The first queued trial this worker manages to mark RUNNING, or None."""
+def _claim(study: Any, storage: Any, study_id: int, url: str) -> Any:
+    """The first queued trial this worker manages to mark RUNNING, or None.
+
+    PostgreSQL and MySQL lock the trial's row while it changes state, so two workers never take
+    the same trial. SQLite has no row locks: workers on one SQLite file (one machine) take turns
+    through a file lock beside it.
+    """
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = waiting._trial_id
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                storage.record_heartbeat(trial_id)
-                return optuna.Trial(study, trial_id)
-        except UpdateFinishedTrialError:
-            continue
+    with _sqlite_turn(url):
+        for waiting in storage.get_all_trials(
+            study_id, deepcopy=False, states=(TrialState.WAITING,)
+        ):
+            trial_id = waiting._trial_id
+            try:
+                if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    storage.record_heartbeat(trial_id)
+                    return optuna.Trial(study, trial_id)
+            except UpdateFinishedTrialError:
+                continue
     return None
+
+
+@contextlib.contextmanager
+def _sqlite_turn(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(url[len("sqlite:///") :] + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _tally(storage: Any, study_id: int, say: Callable[[str], None]) -> None:
@@ -157,6 +178,7 @@ def run_trial(
 ) -> str:
     """Train one trial (or resume its run) and tell the study how it ended; returns the state:
     COMPLETE, PRUNED, FAIL or INTERRUPTED (failed now, queued again to resume)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from .data import DataError
@@ -177,13 +199,18 @@ def run_trial(
     run_id = frozen.user_attrs.get(contract.TRIAL_RUN_ID_ATTR)
 
     def tell(state: str, value: float | None = None, message: str = "") -> str:
-        if state == "INTERRUPTED":
-            study.tell(trial, state=TrialState.FAIL)
-            requeue(study, storage.get_trial(trial._trial_id))
-        elif state == "COMPLETE":
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=TrialState[state])
+        try:
+            if state == "INTERRUPTED":
+                study.tell(trial, state=TrialState.FAIL)
+                requeue(study, storage.get_trial(trial._trial_id))
+            elif state == "COMPLETE":
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=TrialState[state])
+        except (ValueError, UpdateFinishedTrialError) as err:
+            # failed as stale meanwhile (this worker was silent past the grace period) and
+            # queued again: the retry finds the run finished and records it
+            _say(job, f"trial {number}: the study no longer expected it ({err})")
         if run_id:
             store.set_trial_state(run_id, state)
         shown = f" {plan.objective} {value:.4f}" if value is not None else ""

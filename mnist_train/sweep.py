@@ -112,7 +112,14 @@ def run_sweep(
     study, parent_id = open_study(
         plan, storage, force=force, trials=trials, create_parent=create_parent, say=say
     )
-    store.resume_parent(parent_id)
+    try:
+        store.resume_parent(parent_id)
+    except Exception as err:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        raise StudyError(
+            f"study {study.study_name} in {mask(storage_url)} belongs to parent run {parent_id}, "
+            "which this tracking store does not have (another MLFLOW_TRACKING_URI?); use the "
+            "study's tracking server, or --force for a new study"
+        ) from err
     before = _outcomes(plan, study)
     done_before = sum(o.state in ("COMPLETE", "PRUNED") for o in before)
     say(

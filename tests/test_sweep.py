@@ -349,7 +349,10 @@ def http_tracking(tmp_path, monkeypatch):
     not os.environ.get("MNIST_TEST_HTTP_SERVER"),
     reason="starts an mlflow server (~60 s); set MNIST_TEST_HTTP_SERVER=1",
 )
-def test_the_same_sweep_runs_against_an_http_tracking_server(tmp_path, data_dir, http_tracking):
+def test_the_same_sweep_runs_against_an_http_tracking_server(
+    tmp_path, data_dir, http_tracking, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the study storage defaults to ./optuna.db with an http store
     path = tmp_path / "try_http.yaml"
     path.write_text(
         f"name: over_http\nexperiment: sweep-http\n{TINY_YAML}grid:\n  lr: [0.01, 0.001]\n"
