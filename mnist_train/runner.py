@@ -10,6 +10,7 @@ KILLED (after writing a checkpoint to resume from).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 import sys
@@ -72,19 +73,21 @@ class TrainingStopped(Exception):
         self.run_id, self.exit_code = run_id, exit_code
 
 
-def prepare_run(
-    config: RunConfig, data_dir: str | Path, *, load: Callable | None = None
-) -> Prepared:
+def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None = None) -> Prepared:
     """Load MNIST and normalise it for `config`, after checking that the tracking server answers.
 
-    Raises ConfigError / DataError for the user, before any MLflow run exists. `load` replaces
-    `data.load_mnist` (a worker keeps MNIST loaded between trials).
+    Raises ConfigError / DataError for the user, before any MLflow run exists. `cache` (a dict
+    the caller keeps) reuses the last inputs prepared for the same data settings: a study worker
+    loads and normalises MNIST once for trials that differ only in model or optimiser.
     """
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    train_split, test_split = (load or data.load_mnist)(data_dir)
+    key = (str(data_dir), config.max_train, config.max_test, config.validation, config.normalize)
+    if cache is not None and key + (str(device),) in cache:
+        return dataclasses.replace(cache[key + (str(device),)], config=config)
+    train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
     val_split = None
     if config.validation:
@@ -99,7 +102,7 @@ def prepare_run(
             f"batch_size ({config.batch_size}) is larger than the {len(train_split)} training "
             "images, and drop_last drops that one batch: lower batch_size or set drop_last false"
         )
-    return Prepared(
+    prepared = Prepared(
         config=config,
         tensors=prepare(train_split, test_split, config, device, validation=val_split),
         test_index=np.arange(len(test_split), dtype=np.int64),
@@ -109,6 +112,10 @@ def prepare_run(
         device=device,
         val_split=val_split,
     )
+    if cache is not None:
+        cache.clear()
+        cache[key + (str(device),)] = prepared
+    return prepared
 
 
 @dataclass

@@ -11,7 +11,6 @@ die and need retrying), then stops.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import sys
@@ -69,7 +68,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from . import data
+    from .sweep_tracking import SweepStore
 
     storage = open_storage(job.storage_url)
     study = optuna.load_study(
@@ -79,7 +78,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
         pruner=pruner_for(job.plan),
     )
     study_id = storage.get_study_id_from_name(job.study_name)
-    load = functools.lru_cache(maxsize=2)(data.load_mnist)  # MNIST once per worker
+    kept = _Kept(SweepStore(), {})  # one store client and MNIST prepared once, per worker
     while not should_stop():
         fail_stale_trials(study)
         trial = _claim(study, storage, study_id, job.storage_url)
@@ -89,7 +88,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
                 return True
             time.sleep(POLL_S)  # a running trial may yet fail and come back to the queue
             continue
-        state = run_trial(job, study, storage, trial, should_stop, load)
+        state = run_trial(job, study, storage, trial, should_stop, kept)
         _tally(storage, study_id, say)
         if state == "INTERRUPTED":
             return False
@@ -145,6 +144,14 @@ def _tally(storage: Any, study_id: int, say: Callable[[str], None]) -> None:
     )
 
 
+@dataclass
+class _Kept:
+    """What a worker keeps between trials."""
+
+    store: Any  # SweepStore
+    inputs: dict  # prepare_run's cache
+
+
 class _Heartbeat:
     """Records the trial's heartbeat in the study storage while it trains."""
 
@@ -174,7 +181,7 @@ def run_trial(
     storage: Any,
     trial: Any,
     should_stop: Callable[[], bool],
-    load: Callable | None = None,
+    kept: _Kept,
 ) -> str:
     """Train one trial (or resume its run) and tell the study how it ended; returns the state:
     COMPLETE, PRUNED, FAIL or INTERRUPTED (failed now, queued again to resume)."""
@@ -191,9 +198,8 @@ def run_trial(
         prepare_run,
         run_training,
     )
-    from .sweep_tracking import SweepStore
 
-    plan, store = job.plan, SweepStore()
+    plan, store = job.plan, kept.store
     frozen = storage.get_trial(trial._trial_id)
     number = frozen.number
     run_id = frozen.user_attrs.get(contract.TRIAL_RUN_ID_ATTR)
@@ -226,7 +232,7 @@ def run_trial(
             if run_id and not store.has_checkpoints(run_id):  # died before its first epoch
                 store.abandon(run_id, "its worker stopped before the first checkpoint")
                 run_id = None
-            prepared = prepare_run(child.config, job.data_dir, load=load)
+            prepared = prepare_run(child.config, job.data_dir, cache=kept.inputs)
             reporter = Reporter(enabled=not job.quiet, label=f"trial {number}")
             if job.line_output:
                 reporter.interactive = False

@@ -468,12 +468,17 @@ def warm_up_in_background() -> threading.Thread:
     return thread
 
 
+_OPENED: set[str] = set()  # tracking URIs this process has opened
+
+
 def open_store() -> None:
-    """Create or open the tracking store once, under `store_lock`."""
+    """Create or open the tracking store once per process, under `store_lock`."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = mlflow.get_tracking_uri()
+    if uri in _OPENED:
+        return
     with store_lock(uri):
         try:
             MlflowClient().search_experiments(max_results=1)
@@ -483,3 +488,4 @@ def open_store() -> None:
                 f"cannot open the tracking store {uri} ({type(err).__name__}: {detail}); is it "
                 "an MLflow database in a writable folder?"
             ) from None
+    _OPENED.add(uri)

@@ -1,0 +1,151 @@
+"""Studies on the Optuna engine: trials per minute and the per-trial overhead of a warm worker.
+
+Runs one grid study of `--trials` seed-MLP trials (3 epochs each, full MNIST, validation 5000)
+with 1 and 2 workers, against two setups:
+
+- local: SQLite tracking store + SQLite study storage (`optuna.db`), no server;
+- server: `mlflow server` (http, proxied artifacts) + PostgreSQL study storage, both started by
+  `scripts/team_server.py` in a temporary folder (skipped without PostgreSQL binaries).
+
+For each it prints the command's wall time, trials per minute over the whole command and over the
+steady state (first trial start to last trial end), and for warm trials (every trial of a worker
+after its first) the cycle time between consecutive trial starts in one worker, split into the
+training time the run logs (`train_time_s`) and the rest: engine (claim, tell, heartbeat) plus
+tracking (run creation, params, checkpoints, predictions, model) plus data preparation.
+
+    .venv/bin/python benchmarks/bench_study.py --data-dir ../shared/data --trials 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = """name: bench_study
+experiment: bench-study
+hidden_sizes: [100]
+batch_size: 128
+epochs: 3
+validation: 5000
+normalize: estimate
+grid:
+  seed: {seeds}
+"""
+
+
+def run_study(trials: int, workers: int, env: dict, cwd: Path, data_dir: str, storage: str):
+    path = cwd / "bench_study.yaml"
+    path.write_text(SWEEP.format(seeds=list(range(trials))))
+    command = [str(Path(sys.executable).parent / "mnist-train"), "run", str(path), "--quiet"]
+    command += ["--workers", str(workers), "--data-dir", data_dir, "--storage", storage, "--force"]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"study failed ({done.returncode}): {done.stderr[-2000:]}")
+    parent = done.stdout.split()[0]
+    return seconds, parent
+
+
+def trial_times(parent: str, tracking_uri: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    by_worker: dict[str, list] = {}
+    for run in runs:
+        owner = run.data.tags.get("mnist.owner", "?")
+        by_worker.setdefault(owner, []).append(run)
+    cycles, trains = [], []
+    for worker_runs in by_worker.values():
+        worker_runs.sort(key=lambda r: r.info.start_time)
+        for this, following in zip(worker_runs, worker_runs[1:]):
+            cycles.append((following.info.start_time - this.info.start_time) / 1000)
+            trains.append(this.data.metrics["train_time_s"])
+    first = min(r.info.start_time for r in runs) / 1000
+    last = max(r.info.end_time for r in runs) / 1000
+    return {"runs": len(runs), "span": last - first, "cycles": cycles, "trains": trains}
+
+
+def measure(label: str, args, env: dict, tracking_uri: str, storage: str, workers: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-study-") as folder:
+        seconds, parent = run_study(
+            args.trials, workers, env, Path(folder), args.data_dir, storage
+        )
+        times = trial_times(parent, tracking_uri)
+    per_min = 60 * args.trials / seconds
+    steady = 60 * times["runs"] / times["span"]
+    line = f"| {label} | {workers} | {seconds:.1f} | {per_min:.1f} | {steady:.1f} |"
+    if times["cycles"]:
+        cycle = statistics.median(times["cycles"])
+        train = statistics.median(times["trains"])
+        overhead = cycle - train
+        line += f" {cycle:.2f} | {train:.2f} | {overhead:.2f} | {100 * overhead / train:.0f}% |"
+    else:
+        line += " | | | |"
+    print(line, flush=True)
+
+
+def team_server_module():
+    spec = importlib.util.spec_from_file_location("team_server", ROOT / "scripts/team_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "data"))
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-server", action="store_true")
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+    print(
+        "| setup | workers | command s | trials/min (command) | trials/min (steady) "
+        "| warm cycle s | train s | overhead s | overhead / train |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="bench-study-store-") as store:
+        uri = f"sqlite:///{store}/mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        env.pop("MNIST_STUDY_STORAGE", None)
+        for workers in args.workers:
+            measure("local (SQLite)", args, env, uri, f"sqlite:///{store}/optuna.db", workers)
+    if args.skip_server:
+        return
+    script = team_server_module()
+    try:
+        script.pg_bin()
+    except script.ServerError as err:
+        print(f"server setup skipped: {err}")
+        return
+    root = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    root.chmod(0o755)
+    try:
+        state = script.start(root)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": state["tracking_uri"]}
+        for workers in args.workers:
+            measure(
+                "server (http + PostgreSQL)",
+                args,
+                env,
+                state["tracking_uri"],
+                state["storage_url"],
+                workers,
+            )
+    finally:
+        script.stop(root, quiet=True)
+
+
+if __name__ == "__main__":
+    main()
