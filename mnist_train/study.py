@@ -180,7 +180,7 @@ def open_storage(url: str, *, retry: bool = True) -> Any:
         )
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+        engine_kwargs["connect_args"] = {"connect_timeout": 4}  # one line within 5 s
     elif url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for each other's writes
         folder = Path(url.split(":///", 1)[-1]).parent

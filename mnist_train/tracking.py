@@ -120,6 +120,7 @@ class RunLog:
 
         self.run_id = run_id
         self.client = MlflowClient()
+        self._records: dict[int, dict[str, np.ndarray]] = {}  # per-epoch records written here
 
     @classmethod
     def open(
@@ -269,10 +270,15 @@ class RunLog:
         except Exception as err:
             raise StoreUnavailable(str(err).splitlines()[0][:300]) from None
         path.unlink()
+        self._records[epoch] = {k: np.asarray(v) for k, v in arrays.items()}  # read back at the end
 
     def load_epoch_record(self, epoch: int) -> dict[str, np.ndarray] | None:
-        """An epoch's record from the store, else from local disk (uploading it now), else None."""
+        """An epoch's record: kept from this session, else from the store, else from local disk
+        (uploading it now), else None."""
         import mlflow
+
+        if epoch in self._records:
+            return self._records[epoch]
 
         name = f"epoch_{epoch:03d}.npz"
         local = pending_checkpoints(self.run_id) / "records" / name
