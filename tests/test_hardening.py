@@ -312,3 +312,51 @@ def test_sweep_workers_end_with_the_process_that_owns_them(data_dir, tmp_path):
     assert statuses["lr=0.01"] == "KILLED"  # interrupted by its worker on the way out
     for run in MlflowClient().search_runs([experiment], "attributes.status = 'RUNNING'"):
         MlflowClient().set_terminated(run.info.run_id, "KILLED")  # the sweep's own parent run
+
+
+def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_the_rerun_resumes(data_dir, tmp_path):
+    import optuna
+
+    from mnist_train.study import default_storage
+
+    path = tmp_path / "interrupted.yaml"
+    path.write_text(
+        "name: interrupted_workers\nexperiment: hardening-ctrl-c\nhidden_sizes: [16]\n"
+        "batch_size: 100\nepochs: 40\nmax_train: 1000\nmax_test: 100\nsystem_metrics: false\n"
+        "per_example_record: false\ngrid:\n  lr: [0.01, 0.001, 0.0001]\n"
+    )
+    sweep = mnist_train(path, "--data-dir", data_dir, "--workers", "2", "--quiet")
+
+    def two_training():
+        found = MlflowClient().get_experiment_by_name("hardening-ctrl-c")
+        runs = found and MlflowClient().search_runs(
+            [found.experiment_id],
+            "attributes.status = 'RUNNING' and tags.`mnist.trial.number` != ''",
+        )
+        return (
+            runs
+            and len(runs) == 2
+            and all(MlflowClient().list_artifacts(r.info.run_id, "checkpoints") for r in runs)
+            and runs
+        )
+
+    training = wait_for(two_training, what="two trials training")
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err[-2000:]
+    assert "interrupted; run the command again" in err
+    for run in training:
+        stopped = MlflowClient().get_run(run.info.run_id)
+        assert stopped.info.status == "KILLED"
+        # the checkpoint of the step it stopped at: `_partial` inside an epoch, else the epoch's
+        last = max(m.step for m in MlflowClient().get_metric_history(run.info.run_id, "batch_loss"))
+        names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+        epoch, inside = divmod(last, 10)
+        expected = f"epoch_{epoch + 1:03d}_partial.pt" if inside else f"epoch_{epoch:03d}.pt"
+        assert f"checkpoints/{expected}" in names
+    study = optuna.load_study(
+        study_name="interrupted_workers", storage=default_storage(os.environ["MLFLOW_TRACKING_URI"])
+    )
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    resumable = {t.user_attrs.get("mlflow_run_id") for t in waiting}
+    assert {run.info.run_id for run in training} <= resumable  # queued again, with their runs
