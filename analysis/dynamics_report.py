@@ -112,7 +112,8 @@ def add_dynamics_sections(
                 ),
             ]
             for file, title, ordered, caption, keep in galleries:
-                rows = [r for r in ordered.index if keep[r]][:GALLERY]
+                ordered_index = ordered.index.to_numpy()
+                rows = list(ordered_index[np.asarray(keep)[ordered_index]][:GALLERY])
                 if rows:
                     add(
                         ImageGridDisplay(

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.figures.common import axes_or_new, new_figure, setting_colors
+from analysis.figures.common import annotated_heatmap, axes_or_new, new_figure, setting_colors
 from mnist_train import contract
 
 ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the cells
@@ -141,19 +141,19 @@ class PerClassHeatmapDisplay:
         self.per_class = per_class
 
     def plot(self, ax=None) -> PerClassHeatmapDisplay:
-        import seaborn as sns
-
         n = len(self.per_class)
         own = ax is None  # lay out only a figure of our own
         ax, fig = axes_or_new(ax, 8, 1.2 + 0.32 * n)
-        sns.heatmap(
-            self.per_class,
-            ax=ax,
+        values = self.per_class.to_numpy(dtype=float)
+        annotated_heatmap(
+            ax,
+            values,
+            annot=np.vectorize(lambda v: f"{v:.3f}")(values) if n <= 30 else None,
             cmap="viridis",
-            annot=n <= 30,
-            fmt=".3f",
-            annot_kws={"fontsize": 7},
-            cbar_kws={"label": "accuracy"},
+            cbar_label="accuracy",
+            xticklabels=list(self.per_class.columns),
+            yticklabels=list(self.per_class.index),
+            fontsize=7,
         )
         ax.set_xlabel("true digit")
         ax.set_ylabel("")

@@ -1,5 +1,5 @@
 """Figures of one run's numbers: learning curves, batch loss, confusion matrix, per-class accuracy,
-reliability diagram (Display objects, see `figures/common.py`; matplotlib and seaborn are imported
+reliability diagram (Display objects, see `figures/common.py`; matplotlib is imported
 inside the plotting methods only)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import metrics
-from analysis.figures.common import COLORS, axes_or_new, new_figure
+from analysis.figures.common import COLORS, annotated_heatmap, axes_or_new, new_figure
 from mnist_train import contract
 
 # --------------------------------------------------------------------------- learning curves
@@ -116,7 +116,7 @@ class BatchLossDisplay:
 
 
 class ConfusionHeatmapDisplay:
-    """Confusion matrix as a seaborn heatmap: cells coloured by the fraction of the true digit
+    """Confusion matrix as a heatmap: cells coloured by the fraction of the true digit
     (so that the rare mistakes stay visible next to the large diagonal), annotated with counts.
     Cells with a zero count carry no annotation.
 
@@ -134,27 +134,21 @@ class ConfusionHeatmapDisplay:
         return cls(metrics.confusion_matrix(y_true, y_pred), title=title).plot(ax=ax)
 
     def plot(self, ax=None) -> ConfusionHeatmapDisplay:
-        import seaborn as sns
-
         ax, self.figure_ = axes_or_new(ax, 7, 6, left=0.6, right=0.1)
         self.ax_ = ax
         counts = self.counts
         support = counts.sum(axis=1, keepdims=True)
         rate = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-        annot = np.where(counts > 0, counts.astype(str), "")
-        sns.heatmap(
+        annotated_heatmap(
+            ax,
             rate,
-            ax=ax,
-            annot=annot,
-            fmt="",
+            annot=np.where(counts > 0, counts.astype(str), ""),
             cmap="Blues",
             vmin=0,
             vmax=1,
             square=True,
-            linewidths=0.5,
-            linecolor="white",
-            annot_kws={"fontsize": 9},
-            cbar_kws={"label": "Fraction of the true digit"},
+            linewidth=0.5,
+            cbar_label="Fraction of the true digit",
         )
         n, correct = int(counts.sum()), int(np.trace(counts))
         ax.set_title(
