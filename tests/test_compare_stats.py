@@ -238,3 +238,13 @@ def test_findings_do_not_call_a_net_loss_a_gain():
     )
     assert "net gain" not in text.replace("gains on the baseline in net", "")
     assert "base is both the most accurate and the fastest run (1.0 s)" in text
+
+
+@pytest.mark.parametrize("b, c", [(0, 1), (9, 2), (2, 9), (5, 5), (40, 61), (480, 530), (3, 9000)])
+def test_mcnemar_p_value_equals_scipy_binomtest(b, c):
+    from scipy.stats import binomtest
+
+    base = np.array([True] * b + [False] * c + [True] * 7)
+    run = np.array([False] * b + [True] * c + [True] * 7)
+    expected = binomtest(b, b + c, p=0.5).pvalue
+    assert compare.mcnemar_exact(base, run).pvalue == pytest.approx(expected, rel=1e-9, abs=1e-300)
