@@ -25,6 +25,7 @@ from .sweep_plan import Child, best_child, summary_rows, to_csv, to_markdown
 from .sweep_tracking import SweepStore
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+DESCRIPTION_LIMIT = 7900  # MLflow truncates a tag value at 8,000 characters
 
 
 @dataclass
@@ -222,7 +223,7 @@ def _close_parent(store: SweepStore, plan: StudyPlan, study: Any, result: SweepR
     store.close_parent(
         result.parent_run_id,
         summary_csv=to_csv(rows),
-        description=to_markdown(rows, headline=_headline(result, plan, rows)),
+        description=_description(rows, _headline(result, plan, rows), plan),
         counts={
             contract.TAG_SWEEP_CHILDREN: len(result.outcomes),
             contract.TAG_SWEEP_FAILED: failed,
@@ -233,6 +234,25 @@ def _close_parent(store: SweepStore, plan: StudyPlan, study: Any, result: SweepR
         files=files,
         tags=tags,
     )
+
+
+def _description(rows: list[dict], headline: str, plan: StudyPlan) -> str:
+    """The summary as markdown within MLflow's 8,000 characters for a run description: a
+    search's trial names repeat its parameter columns and are left out; a long table keeps its
+    best rows on the objective (summary.csv has every trial)."""
+    if plan.spec is not None:
+        rows = [{k: v for k, v in row.items() if k != "name"} for row in rows]
+    text = to_markdown(rows, headline=headline)
+    if len(text) <= DESCRIPTION_LIMIT:
+        return text
+    scored = [r for r in rows if r.get(plan.objective) is not None]
+    scored.sort(key=lambda r: r[plan.objective], reverse=plan.direction == "maximize")
+    for keep in range(min(len(scored), 50), 0, -1):
+        note = f"{headline}\n\nThe best {keep} of {len(rows)} trials on {plan.objective}; "
+        text = to_markdown(scored[:keep], headline=note + "summary.csv has them all.")
+        if len(text) <= DESCRIPTION_LIMIT:
+            return text
+    return headline[:DESCRIPTION_LIMIT]
 
 
 def _importance(study: Any, plan: StudyPlan) -> dict[str, float]:

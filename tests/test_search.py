@@ -207,3 +207,18 @@ def test_the_default_storage_sits_beside_a_sqlite_tracking_store(monkeypatch):
     assert default_storage("http://server:5000") == "sqlite:///optuna.db"
     monkeypatch.setenv("MNIST_STUDY_STORAGE", "postgresql://u:p@h/db")
     assert default_storage("sqlite:///mlflow.db") == "postgresql://u:p@h/db"
+
+
+def test_a_long_summary_fits_the_description_and_keeps_the_best_rows():
+    from mnist_train.search_space import Param, SearchSpec
+    from mnist_train.study import StudyPlan
+    from mnist_train.sweep import DESCRIPTION_LIMIT, _description
+
+    spec = SearchSpec(params=(Param("lr", "float", 1e-3, 0.1),), trials=400)
+    plan = StudyPlan("s", experiment=None, base={}, spec=spec)
+    rows = [
+        {"trial": i, "name": "x" * 80, "lr": i / 1000, "val_accuracy": i / 1000} for i in range(400)
+    ]
+    text = _description(rows, "Study s: 400 of 400 trials complete.", plan)
+    assert len(text) <= DESCRIPTION_LIMIT and "x" * 80 not in text
+    assert "summary.csv has them all" in text and "| 399 |" in text and "| 0 |" not in text
