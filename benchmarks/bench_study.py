@@ -10,8 +10,10 @@ with 1 and 2 workers, against two setups:
 For each it prints the command's wall time, trials per minute over the whole command and over the
 steady state (first trial start to last trial end), and for warm trials (every trial of a worker
 after its first) the cycle time between consecutive trial starts in one worker, split into the
-training time the run logs (`train_time_s`) and the rest: engine (claim, tell, heartbeat) plus
-tracking (run creation, params, checkpoints, predictions, model) plus data preparation.
+training time the run logs (`train_time_s`), the run's own recording (its MLflow start to end
+minus training: params, per-epoch evaluation, metrics, checkpoints, per-example records,
+predictions, model) and the engine between runs (claim, tell, objective, data preparation).
+Percentages are of the training time.
 
     .venv/bin/python benchmarks/bench_study.py --data-dir ../shared/data --trials 6
 """
@@ -65,22 +67,27 @@ def trial_times(parent: str, tracking_uri: str) -> dict:
     for run in runs:
         owner = run.data.tags.get("mnist.owner", "?")
         by_worker.setdefault(owner, []).append(run)
-    cycles, trains = [], []
+    cycles, trains, inside = [], [], []
     for worker_runs in by_worker.values():
         worker_runs.sort(key=lambda r: r.info.start_time)
         for this, following in zip(worker_runs, worker_runs[1:]):
             cycles.append((following.info.start_time - this.info.start_time) / 1000)
             trains.append(this.data.metrics["train_time_s"])
+            inside.append((this.info.end_time - this.info.start_time) / 1000)
     first = min(r.info.start_time for r in runs) / 1000
     last = max(r.info.end_time for r in runs) / 1000
-    return {"runs": len(runs), "span": last - first, "cycles": cycles, "trains": trains}
+    return {
+        "runs": len(runs),
+        "span": last - first,
+        "cycles": cycles,
+        "trains": trains,
+        "inside": inside,
+    }
 
 
 def measure(label: str, args, env: dict, tracking_uri: str, storage: str, workers: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-study-") as folder:
-        seconds, parent = run_study(
-            args.trials, workers, env, Path(folder), args.data_dir, storage
-        )
+        seconds, parent = run_study(args.trials, workers, env, Path(folder), args.data_dir, storage)
         times = trial_times(parent, tracking_uri)
     per_min = 60 * args.trials / seconds
     steady = 60 * times["runs"] / times["span"]
@@ -88,8 +95,10 @@ def measure(label: str, args, env: dict, tracking_uri: str, storage: str, worker
     if times["cycles"]:
         cycle = statistics.median(times["cycles"])
         train = statistics.median(times["trains"])
-        overhead = cycle - train
-        line += f" {cycle:.2f} | {train:.2f} | {overhead:.2f} | {100 * overhead / train:.0f}% |"
+        run = statistics.median(times["inside"])
+        tracking, engine = run - train, cycle - run
+        line += f" {cycle:.2f} | {train:.2f} | {tracking:.2f} ({100 * tracking / train:.0f}%) |"
+        line += f" {engine:.2f} ({100 * engine / train:.0f}%) |"
     else:
         line += " | | | |"
     print(line, flush=True)
@@ -112,7 +121,7 @@ def main() -> None:
     args.data_dir = str(Path(args.data_dir).resolve())
     print(
         "| setup | workers | command s | trials/min (command) | trials/min (steady) "
-        "| warm cycle s | train s | overhead s | overhead / train |"
+        "| warm cycle s | train s | run's own recording s | engine + data s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-study-store-") as store:
