@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
     for key, value in contract.HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
-    cli.main(args=argv, prog_name="mnist-analysis")
+    contract.finish_process(lambda: cli.main(args=argv, prog_name="mnist-analysis"))
 
 
 if __name__ == "__main__":

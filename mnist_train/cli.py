@@ -418,7 +418,7 @@ def main() -> None:
     if "://" not in uri or uri.startswith("file:"):
         # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    cli(prog_name="mnist-train")
+    contract.finish_process(lambda: cli(prog_name="mnist-train"))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
     loads and normalises MNIST once for trials that differ only in model or optimiser.
     """
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    warm_up_in_background()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
