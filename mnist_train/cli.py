@@ -170,11 +170,14 @@ def cli() -> None:
 )
 @click.option(
     "--force",
-    is_flag=False,
-    flag_value="true",
-    default="false",
-    metavar="[true|false]",
+    is_flag=True,
     help="Sweeps: start a new study (and parent run) instead of continuing the latest one.",
+)
+@click.option(
+    "--force-study",
+    "force_value",
+    default="",
+    hidden=True,  # the MLproject's spelling of --force: true | false | empty
 )
 @click.option(
     "--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing."
@@ -193,6 +196,7 @@ def run(
     trials,
     register,
     force,
+    force_value,
     dry_run,
     quiet,
 ):
@@ -227,7 +231,7 @@ def run(
                 "--resume is for single runs; a sweep resumes its interrupted children when run "
                 "again"
             )
-        force = _flag("--force", force)
+        force = force or _flag("force", force_value)
         sweep = {"storage": storage or None, "trials": trials, "register": register, "force": force}
         if experiment.sweep:
             plan = make_plan(experiment, values)
@@ -263,7 +267,7 @@ def _echo_safely(text: str, *, err: bool = False) -> None:
 
 
 def _flag(option: str, value: str) -> bool:
-    """`--force`, `--force=true|false` (the MLproject's form); empty is false."""
+    """The MLproject's `force` parameter: true or false; empty is false."""
     text = str(value).strip().lower()
     if text in ("", "false", "0", "no"):
         return False
