@@ -16,6 +16,7 @@ import pandas as pd
 from analysis.comparison import ALPHA, EPOCH_TABLE_KEYS, FINAL_COLUMNS, Comparison
 from analysis.figures.common import image_to_base64
 from analysis.html import render
+from analysis.study import Study
 from mnist_train import contract
 
 GALLERY_PER_KIND = 6  # fixed / broke images shown per run
@@ -195,7 +196,50 @@ def gallery(c: Comparison, test_images: np.ndarray | None) -> list[dict]:
     return sections
 
 
-def render_html(c: Comparison, images: dict[str, str], gallery: list[dict], *, title: str) -> str:
+def _setting(value) -> str:
+    """A parameter value as a person reads it: floats to 3 significant digits."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _study_context(study: Study | None) -> dict | None:
+    """What the template's study section shows, or None without a study."""
+    if study is None:
+        return None
+    best = study.best()
+    counts = study.counts()
+    context = {
+        "name": study.name,
+        "objective": study.objective,
+        "direction": study.direction,
+        "counts": ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())),
+        "n_trials": len(study.trials),
+        "on_validation": study.objective.startswith("val_"),
+        "on_test": study.objective.startswith("test_"),
+        "best": None,
+    }
+    if best is not None:
+        test = best.get(contract.TEST_ACCURACY)
+        context["best"] = {
+            "trial": int(best["trial"]),
+            "name": str(best["name"]),
+            "run_id": str(best["run_id"]),
+            "value": _fmt(best[study.objective]),
+            "test": _fmt(test) if test is not None and not pd.isna(test) else "n/a",
+            "params": ", ".join(f"{p} = {_setting(best[p])}" for p in study.params),
+        }
+    return context
+
+
+def render_html(
+    c: Comparison,
+    images: dict[str, str],
+    gallery: list[dict],
+    *,
+    title: str,
+    study: Study | None = None,
+) -> str:
     """The report as one HTML string; every value goes through Jinja2's autoescape."""
     header, rows = _runs_rows(c)
     baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
@@ -225,4 +269,5 @@ def render_html(c: Comparison, images: dict[str, str], gallery: list[dict], *, t
         gallery=gallery,
         gallery_per_kind=GALLERY_PER_KIND,
         images=images,
+        study=_study_context(study),
     )

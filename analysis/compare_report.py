@@ -25,6 +25,7 @@ from analysis.comparison import (
 )
 from analysis.errors import AnalysisError
 from analysis.selection import load_comparison_runs
+from analysis.study import Study, load_study
 from mnist_train import contract
 from mnist_train.csv_safe import safe_frame
 
@@ -37,8 +38,10 @@ def write_report(
     *,
     test_images: np.ndarray | None = None,
     title: str = "Comparison report",
+    study: Study | None = None,
 ) -> Path:
-    """Write report.html, runs.csv, significance.csv and figures/*.png into `out_dir`.
+    """Write report.html, runs.csv, significance.csv and figures/*.png into `out_dir`; a
+    `study` (the runs are its trials) adds its own section.
 
     The PNGs repeat the report's figures as files, for the MLflow UI's image viewer and for
     documents. Returns the path of report.html.
@@ -51,9 +54,11 @@ def write_report(
     safe_frame(runs_table(c)).to_csv(out / "runs.csv", index=False)
     safe_frame(significance_frame(c)).to_csv(out / "significance.csv", index=False)
     images = figures(c)
+    if study is not None:
+        images.update(study_figures(study))
     for name, encoded in images.items():
         (out / "figures" / f"{name}.png").write_bytes(base64.b64decode(encoded))
-    html = render_html(c, images, gallery(c, test_images), title=title)
+    html = render_html(c, images, gallery(c, test_images), title=title, study=study)
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
@@ -175,6 +180,21 @@ def figures(c: Comparison) -> dict[str, str]:
     return out
 
 
+def study_figures(study: Study) -> dict[str, str]:
+    """The study section's figures as base64 PNG: history, importances, objective by parameter."""
+    from analysis.figures import study as fs
+    from analysis.figures.common import figure_to_base64
+
+    out = {"study_history": figure_to_base64(fs.OptimizationHistoryDisplay(study).plot().figure_)}
+    if study.importance:
+        out["study_importance"] = figure_to_base64(
+            fs.ImportanceDisplay(study.importance).plot().figure_
+        )
+    if study.params and len(study.complete):
+        out["study_slices"] = figure_to_base64(fs.SliceDisplay(study).plot().figure_, tight=False)
+    return out
+
+
 def matching_test_images(c: Comparison, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """`images` if they are the test set the predictions were made on; AnalysisError otherwise."""
     index = c.test_index
@@ -250,12 +270,16 @@ def compare_runs(
         except AnalysisError as err:
             notes = [*comparison.notes, f"flip gallery without images: {err}"]
             comparison = dataclasses.replace(comparison, notes=notes)
+    study = None
     if parent_run_id:
-        sweep_name = client.get_run(parent_run_id).info.run_name or parent_run_id[:8]
-        title = f"Sweep {sweep_name}: {len(runs)} runs compared"
+        parent = client.get_run(parent_run_id)
+        sweep_name = parent.info.run_name or parent_run_id[:8]
+        study = load_study(client, parent, cache_dir=cache_dir)
+        kind = "Study" if study is not None else "Sweep"
+        title = f"{kind} {sweep_name}: {len(runs)} runs compared"
     else:
         title = f"{len(runs)} runs compared"
-    path = write_report(comparison, out_dir, test_images=test_images, title=title)
+    path = write_report(comparison, out_dir, test_images=test_images, title=title, study=study)
     logged = None
     if log_to_mlflow:
         logged = log_comparison_report(
