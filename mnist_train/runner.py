@@ -27,17 +27,14 @@ from . import contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .progress import Reporter
 from .run_record import Prepared, datasets, log_per_example_records, run_params, run_tags
+from .store import abandoned, open_store, owner_tags, warm_up_in_background
 from .tracking import (
     RunLog,
     StoreUnavailable,
-    abandoned,
     check_tracking_server,
     load_checkpoint,
-    open_store,
-    owner_tags,
     pending_checkpoints,
     store_is_gone,
-    warm_up_in_background,
 )
 from .tracking_writer import Row
 from .train import (

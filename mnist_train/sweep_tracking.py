@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import contract
 from .config import ExperimentFile
-from .tracking import git_commit, open_store
+from .store import open_store
+from .tracking import git_commit
 
 
 class SweepStore:

@@ -18,7 +18,7 @@ from conftest import tiny_config, train_run
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port, start_server
 
-from mnist_train import contract, tracking
+from mnist_train import contract, store
 from mnist_train.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_a_run_killed_hard_is_taken_over_and_ends_like_an_uninterrupted_one(data
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody left to mark it
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags[contract.TAG_OWNER] == f"{socket.gethostname()} {process.pid}"
-    assert "is gone" in tracking.abandoned(tags)
+    assert "is gone" in store.abandoned(tags)
 
     resumed = mnist_train(experiment, "--data-dir", data_dir, "--quiet", "--resume", run_id)
     out, err = resumed.communicate(timeout=300)
@@ -141,12 +141,12 @@ def test_a_run_killed_hard_is_taken_over_and_ends_like_an_uninterrupted_one(data
 
 def test_a_live_runs_owner_is_respected(tmp_path):
     alive = {contract.TAG_OWNER: f"{socket.gethostname()} {os.getpid()}", "mnist.heartbeat": "0"}
-    assert tracking.abandoned(alive) is None
+    assert store.abandoned(alive) is None
     elsewhere = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: str(time.time())}
-    assert tracking.abandoned(elsewhere) is None
+    assert store.abandoned(elsewhere) is None
     stale = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: "0"}
-    assert "no heartbeat from other-host" in tracking.abandoned(stale)
-    assert tracking.abandoned({}) is None  # no ownership recorded: never taken over
+    assert "no heartbeat from other-host" in store.abandoned(stale)
+    assert store.abandoned({}) is None  # no ownership recorded: never taken over
 
 
 # --------------------------------------------------------------------------- 4. a fresh store
@@ -302,7 +302,8 @@ def test_sweep_workers_end_with_the_process_that_owns_them(data_dir, tmp_path):
 
     wait_for(children_training, what="a child run training")
     helpers = psutil.Process(sweep.pid).children(recursive=True)  # the two study workers
-    assert len([p for p in helpers if "spawn_main" in " ".join(p.cmdline())]) == 2
+    workers = [p for p in helpers if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) >= 2, [p.cmdline() for p in helpers]
     sweep.send_signal(signal.SIGKILL)
     sweep.wait(timeout=30)  # not communicate(): the workers hold its pipes until they end
     gone, alive = psutil.wait_procs(helpers, timeout=90)
