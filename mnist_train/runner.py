@@ -77,14 +77,15 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
     the caller keeps) reuses the last inputs prepared for the same data settings: a study worker
     loads and normalises MNIST once for trials that differ only in model or optimiser.
     """
-    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     warm_up_in_background()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     key = (str(data_dir), config.max_train, config.max_test, config.validation, config.normalize)
     if cache is not None and key + (str(device),) in cache:
+        # a worker's next trial: the server answered its last one, and the run will tell
         return dataclasses.replace(cache[key + (str(device),)], config=config)
+    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
     val_split = None

@@ -95,7 +95,7 @@ class SweepStore:
         epoch under early stopping), else the last value logged."""
         run = self.client.get_run(run_id)
         epoch = run.data.metrics.get(contract.PREDICTIONS_EPOCH)
-        if epoch is not None:
+        if epoch is not None and contract.BEST_EPOCH in run.data.metrics:  # early stopping
             at = [m.value for m in self.client.get_metric_history(run_id, key) if m.step == epoch]
             if at:
                 return at[-1]

@@ -23,7 +23,7 @@ class OptimizationHistoryDisplay:
 
     def plot(self, ax=None) -> OptimizationHistoryDisplay:
         study = self.study
-        ax, self.figure_ = axes_or_new(ax, 8, 4, left=0.8)
+        ax, self.figure_ = axes_or_new(ax, 9.5, 4, left=0.8, right=1.7)
         trials = study.trials.sort_values("trial")
         values = pd.to_numeric(trials[study.objective], errors="coerce").where(
             trials["state"] == "COMPLETE"
@@ -47,7 +47,7 @@ class OptimizationHistoryDisplay:
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{study.objective} ({study.direction}d)")
         ax.set_title("Optimisation history", fontweight="bold")
-        ax.legend(fontsize="small", loc="best")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # off the points
         self.ax_ = ax
         return self
 
