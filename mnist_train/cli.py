@@ -21,6 +21,7 @@ from .config import (
     ConfigError,
     ExperimentFile,
     RunConfig,
+    build_config,
     parse_overrides,
     read_experiment,
     resolve,
@@ -385,7 +386,7 @@ def _dry_run_plan(plan: StudyPlan, data_dir: Path) -> None:
         f"objective {spec.objective} ({spec.direction}); "
         + "; ".join(f"{p.name} {_describe(p)}" for p in spec.params)
     )
-    _dry_run(resolve(plan.experiment, {k: v for k, v in plan.base.items()}), data_dir)
+    _dry_run(build_config(plan.base, source=str(plan.experiment.path)), data_dir)
 
 
 def _describe(param) -> str:

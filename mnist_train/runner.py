@@ -82,9 +82,12 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     key = (str(data_dir), config.max_train, config.max_test, config.validation, config.normalize)
-    if cache is not None and key + (str(device),) in cache:
+    key += (str(device),)
+    if cache is not None and key in cache:
         # a worker's next trial: the server answered its last one, and the run will tell
-        return dataclasses.replace(cache[key + (str(device),)], config=config)
+        prepared = dataclasses.replace(cache[key], config=config)
+        _check_batches(config, len(prepared.train_split))
+        return prepared
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
@@ -96,11 +99,7 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
                 f"{len(train_split)} training images"
             )
         train_split, val_split = data.hold_out(train_split, config.validation)
-    if config.drop_last and config.batch_size > len(train_split):
-        raise ConfigError(
-            f"batch_size ({config.batch_size}) is larger than the {len(train_split)} training "
-            "images, and drop_last drops that one batch: lower batch_size or set drop_last false"
-        )
+    _check_batches(config, len(train_split))
     prepared = Prepared(
         config=config,
         tensors=prepare(train_split, test_split, config, device, validation=val_split),
@@ -113,8 +112,16 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
     )
     if cache is not None:
         cache.clear()
-        cache[key + (str(device),)] = prepared
+        cache[key] = prepared
     return prepared
+
+
+def _check_batches(config: RunConfig, train_images: int) -> None:
+    if config.drop_last and config.batch_size > train_images:
+        raise ConfigError(
+            f"batch_size ({config.batch_size}) is larger than the {train_images} training "
+            "images, and drop_last drops that one batch: lower batch_size or set drop_last false"
+        )
 
 
 @dataclass

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from . import contract
-from .config import FIELDS, ConfigError, RunConfig, build_config, coerce
+from .config import FIELDS, ConfigError, RunConfig, build_config
+from .sweep_plan import check_value, format_value
 
 KINDS = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")
@@ -116,9 +117,8 @@ class SearchSpec:
 
 
 def label(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return value
+    """A value as Optuna stores it: lists as their text (`[200, 100]`), the rest as they are."""
+    return format_value(value) if isinstance(value, (list, tuple)) else value
 
 
 def read_search(path: Path, section: Any, base: dict[str, Any]) -> SearchSpec:
@@ -272,12 +272,7 @@ def _check_value(at: str, name: str, value: Any, base: dict[str, Any]) -> Any:
         if name == "hidden_size":
             build_config({**base, "hidden_sizes": [value]}, source=at)
         return value
-    try:
-        value = coerce(name, value)
-    except ConfigError as err:
-        raise ConfigError(f"{at}: {err}") from None
-    build_config({**base, name: value}, source=at)
-    return value
+    return check_value(at, base, name, value)
 
 
 def trial_config(spec: SearchSpec, base: dict[str, Any], number: int, values: dict) -> RunConfig:

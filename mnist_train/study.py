@@ -290,7 +290,7 @@ def _queue(study: Any, plan: StudyPlan, queued: list[tuple[dict, dict]]) -> None
 def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     told = False
-    while not _attrs(study).get(ATTR_READY):
+    while not study.user_attrs.get(ATTR_READY):
         if time.monotonic() > deadline:
             raise StudyError(
                 f"study {study.study_name} was created but never set up (its creator stopped?); "
@@ -302,12 +302,8 @@ def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
         time.sleep(0.5)
 
 
-def _attrs(study: Any) -> dict[str, Any]:
-    return study.user_attrs  # read from the storage each time
-
-
 def _check_same_sweep(study: Any, plan: StudyPlan) -> None:
-    attrs = _attrs(study)
+    attrs = study.user_attrs
     if attrs.get(ATTR_FINGERPRINT) != plan.fingerprint():
         raise StudyError(
             f"the storage's study {study.study_name} was made from another sweep file "
@@ -322,7 +318,7 @@ def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
         return
     if plan.spec.sampler == "grid":
         raise StudyError("--trials does not apply to sampler grid: it runs every point once")
-    have = int(_attrs(study).get(ATTR_TRIALS, plan.spec.trials))
+    have = int(study.user_attrs.get(ATTR_TRIALS, plan.spec.trials))
     if trials < have:
         raise StudyError(
             f"study {study.study_name} already has {have} trials; --trials can only raise it "

@@ -86,7 +86,7 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
                 settings = {k: v for k, v in variant.items() if k != "name"}
                 settings.update(zip(grid_keys, values))
                 parts = [variant["name"]] if variant else []
-                parts += [f"{k}={_format(v)}" for k, v in zip(grid_keys, values)]
+                parts += [f"{k}={format_value(v)}" for k, v in zip(grid_keys, values)]
                 if seed is not None:
                     settings["seed"] = seed
                     parts.append(f"seed={seed}")
@@ -105,7 +105,7 @@ def varying_keys(children: Sequence[Child]) -> list[str]:
     return [k for k in FIELDS if k != "name" and len({p[k] for p in params}) > 1]
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A value as it appears in names and parameters: `0.01`, `[200]`, `True`."""
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(str(v) for v in value) + "]"
@@ -121,9 +121,9 @@ def _check_key(path: Path, where: str, key: Any) -> None:
         raise ConfigError(f"{path}: {where}: {key} cannot vary within a sweep")
 
 
-def _check_value(path: Path, where: str, base: dict, key: str, value: Any) -> Any:
-    """Coerce one swept value and check its range against the base config."""
-    source = f"{path}: {where}"
+def check_value(source: str, base: dict, key: str, value: Any) -> Any:
+    """Coerce one swept (or searched) value of field `key` and check its range against the base
+    config; errors name `source`."""
     try:
         value = coerce(key, value)
     except ConfigError as err:
@@ -145,9 +145,9 @@ def _read_grid(path: Path, grid: Any, base: dict) -> dict[str, list]:
                 f"{path}: grid.{key} must be a non-empty list of values, got {values!r}"
             )
         out[key] = [
-            _check_value(path, f"grid.{key}[{i}]", base, key, v) for i, v in enumerate(values)
+            check_value(f"{path}: grid.{key}[{i}]", base, key, v) for i, v in enumerate(values)
         ]
-        if len(set(map(_format, out[key]))) < len(out[key]):
+        if len(set(map(format_value, out[key]))) < len(out[key]):
             raise ConfigError(f"{path}: grid.{key} lists a value twice")
     return out
 
@@ -178,7 +178,7 @@ def _read_variants(path: Path, variants: Any, base: dict) -> list[dict]:
         for key, value in variant.items():
             if key != "name":
                 _check_key(path, f"{where}.{key}", key)
-                checked[key] = _check_value(path, f"{where}.{key}", base, key, value)
+                checked[key] = check_value(f"{path}: {where}.{key}", base, key, value)
         build_config(
             {**base, **{k: v for k, v in checked.items() if k != "name"}}, source=f"{path}: {where}"
         )
@@ -199,7 +199,7 @@ def _read_seeds(path: Path, seeds: Any, base: dict) -> list[int]:
         raise ConfigError(
             f"{path}: seeds must be a positive count or a non-empty list of seeds, got {seeds!r}"
         )
-    out = [_check_value(path, f"seeds[{i}]", base, "seed", s) for i, s in enumerate(seeds)]
+    out = [check_value(f"{path}: seeds[{i}]", base, "seed", s) for i, s in enumerate(seeds)]
     if len(set(out)) < len(out):
         raise ConfigError(f"{path}: seeds lists a seed twice")
     return out

@@ -222,3 +222,19 @@ def test_a_long_summary_fits_the_description_and_keeps_the_best_rows():
     text = _description(rows, "Study s: 400 of 400 trials complete.", plan)
     assert len(text) <= DESCRIPTION_LIMIT and "x" * 80 not in text
     assert "summary.csv has them all" in text and "| 399 |" in text and "| 0 |" not in text
+
+
+def test_a_worker_reusing_its_inputs_still_checks_each_trials_batches(data_dir):
+    from conftest import tiny_config
+
+    from mnist_train.config import ConfigError
+    from mnist_train.runner import prepare_run
+
+    cache = {}
+    first = prepare_run(tiny_config(max_train=300), data_dir, cache=cache)
+    again = prepare_run(tiny_config(max_train=300, lr=0.01), data_dir, cache=cache)
+    assert again.tensors is first.tensors and again.config.lr == 0.01  # MNIST prepared once
+    with pytest.raises(ConfigError, match="larger than the 300 training images"):
+        prepare_run(
+            tiny_config(max_train=300, batch_size=400, drop_last=True), data_dir, cache=cache
+        )
