@@ -20,14 +20,20 @@ from collections.abc import Callable
 from typing import Any
 
 Row = tuple[str, float, int, int]  # (key, value, timestamp ms, step)
+TRANSIENT = (  # what a parallel run's write, or a busy store, looks like in an MLflow error
+    "UNIQUE constraint failed",  # SQLite: the row another run inserted a moment ago
+    "duplicate key value violates unique constraint",  # PostgreSQL (behind `mlflow server`)
+    "database is locked",  # SQLite beyond its busy timeout
+)
 
 
 def retry_conflicts(write: Callable[[], Any], attempts: int = 6) -> Any:
     """Do an MLflow write, again after a pause if a parallel run got in the way.
 
-    Sweep children running in parallel log the same datasets at the same moment; MLflow looks a
-    dataset up, then inserts it, so one of two children can fail on the unique key although the
-    row it wanted now exists. A SQLite store can also stay locked beyond its busy timeout.
+    Trials running in parallel (on one machine or several) log the same datasets at the same
+    moment; MLflow looks a dataset up, then inserts it, so one of two can fail on the unique key
+    although the row it wanted now exists. A SQLite store can also stay locked beyond its busy
+    timeout.
     """
     from mlflow.exceptions import MlflowException
 
@@ -35,7 +41,7 @@ def retry_conflicts(write: Callable[[], Any], attempts: int = 6) -> Any:
         try:
             return write()
         except MlflowException as err:
-            transient = "UNIQUE constraint failed" in str(err) or "database is locked" in str(err)
+            transient = any(sign in str(err) for sign in TRANSIENT)
             if not transient or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt)

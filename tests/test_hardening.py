@@ -330,7 +330,7 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_the_rerun_resumes(data_
     path = tmp_path / "interrupted.yaml"
     path.write_text(
         "name: interrupted_workers\nexperiment: hardening-ctrl-c\nhidden_sizes: [16]\n"
-        "batch_size: 100\nepochs: 40\nmax_train: 1000\nmax_test: 100\nsystem_metrics: false\n"
+        "batch_size: 100\nepochs: 200\nmax_train: 1000\nmax_test: 100\nsystem_metrics: false\n"
         "per_example_record: false\ngrid:\n  lr: [0.01, 0.001, 0.0001]\n"
     )
     sweep = mnist_train(path, "--data-dir", data_dir, "--workers", "2", "--quiet")
