@@ -9,7 +9,6 @@ Reusable options (`tracking_uri_option`, ...) keep the subcommands' flags identi
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import click
 
 from analysis.errors import AnalysisError
-from mnist_train import contract
+from mnist_train import contract, process
 
 
 class AnalysisCommand(click.Command):
@@ -44,11 +43,17 @@ class AnalysisGroup(click.Group):
     command_class = AnalysisCommand
 
 
+def _settle_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    # the one place the analysis' tracking URI is decided; every later MLflow call reads it
+    return process.configure(value)
+
+
 tracking_uri_option = click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",
     default=None,
     metavar="URI",
+    callback=_settle_tracking_uri,
     help="MLflow tracking store (sqlite:///..., a path, http://...). "
     "Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.",
 )
@@ -66,7 +71,7 @@ cache_dir_option = _folder_option(
 data_dir_option = _folder_option(
     "--data-dir",
     "MNIST folder (holding MNIST/raw/) for the image galleries. Default: the run's "
-    "mnist.data_dir tag, else $MNIST_DATA_DIR, else ./data.",
+    f"{contract.TAG_DATA_DIR} tag, else $MNIST_DATA_DIR, else ./data.",
 )
 
 
@@ -132,8 +137,6 @@ def notice(message: str) -> None:
 @click.group(cls=AnalysisGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Diagnostics and reports for MNIST workbench runs tracked in MLflow."""
-    # a progress bar for every one-file download is noise in a report command's output
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @cli.command("run")
@@ -430,9 +433,8 @@ def labels_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
-    for key, value in contract.HTTP_LIMITS.items():
-        os.environ.setdefault(key, value)
-    contract.finish_process(lambda: cli.main(args=argv, prog_name="mnist-analysis"))
+    process.configure()
+    process.finish_process(lambda: cli.main(args=argv, prog_name="mnist-analysis"))
 
 
 if __name__ == "__main__":

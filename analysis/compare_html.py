@@ -36,18 +36,9 @@ def _fmt(value, kind: str = "float") -> str:
     return f"{value:.4f}"
 
 
-VALIDATION_COLUMNS = (contract.VAL_ACCURACY, contract.VAL_LOSS)
-_FINAL_KINDS = {
-    contract.VAL_ACCURACY: "pct",
-    contract.VAL_LOSS: "float",
-    contract.TEST_ACCURACY: "pct",
-    contract.TRAIN_ACCURACY: "pct",
-    contract.OVERFIT_GAP: "pct",
-    contract.TEST_LOSS: "float",
-    contract.TRAIN_LOSS: "float",
-    contract.TRAIN_TIME: "s",
-    contract.NUM_PARAMS: "int",
-}
+VALIDATION_COLUMNS = tuple(
+    k for k in FINAL_COLUMNS if contract.METRIC[k].split == contract.VALIDATION
+)
 
 
 def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
@@ -57,13 +48,13 @@ def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
 def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
     """Header and rows of the runs table; each cell {text, best, title}."""
     columns = [k for k in FINAL_COLUMNS if k not in VALIDATION_COLUMNS or c.selection is not None]
-    header = ["run", *c.varying, *columns, "epochs", "status"]
+    header = ["run", *c.varying, *columns, "epoch", "status"]
     # With a validation split, "best" is chosen on validation only: marking the best test score
     # too would invite choosing on the test set.
     marked = VALIDATION_COLUMNS if c.selection is not None else tuple(FINAL_COLUMNS)
     best = {}
     for column in marked:
-        larger = FINAL_COLUMNS[column]
+        larger = contract.higher_is_better(column)
         values = c.final[column].dropna()
         if len(values) > 1 and values.nunique() > 1:
             best[column] = values.max() if larger else values.min()
@@ -81,10 +72,12 @@ def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
             value = c.final.at[rid, column]
             cells.append(
                 _cell(
-                    _fmt(value, _FINAL_KINDS[column]), best=column in best and value == best[column]
+                    _fmt(value, contract.metric_format(column)),
+                    best=column in best and value == best[column],
                 )
             )
-        cells.append(_cell(str(c.final.at[rid, "epochs"])))
+        epoch, epochs = c.final.at[rid, "epoch"], c.final.at[rid, "epochs"]
+        cells.append(_cell(f"{epoch} of {epochs}" if epoch != epochs else str(epoch)))
         cells.append(_cell(run.status))
         rows.append({"cells": cells, "baseline": rid == c.baseline_id})
     return header, rows
@@ -98,10 +91,11 @@ def _at_epoch_rows(c: Comparison) -> list[dict]:
             {
                 "label": c.labels[rid],
                 "values": [
-                    _fmt(at[k], "pct" if "accuracy" in k else "float") if at is not None else "–"
+                    _fmt(at[k], contract.metric_format(k)) if at is not None else "–"
                     for k in EPOCH_TABLE_KEYS
                 ],
-                "final": _fmt(c.final.at[rid, contract.TEST_ACCURACY], "pct"),
+                "final": f"{_fmt(c.final.at[rid, contract.TEST_ACCURACY], 'pct')} "
+                f"(epoch {c.final.at[rid, 'epoch']})",
             }
         )
     return rows

@@ -65,8 +65,8 @@ def write_report(
 
 
 def runs_table(c: Comparison) -> pd.DataFrame:
-    """runs.csv: one row per run: id, name, varying params, final metrics, epochs, status,
-    baseline."""
+    """runs.csv: one row per run: id, name, varying params, its model of record's scores and
+    `epoch`, the epochs it trained, status, baseline."""
     table = pd.DataFrame(
         {
             "run_id": c.run_ids,
@@ -78,7 +78,7 @@ def runs_table(c: Comparison) -> pd.DataFrame:
     for param in c.varying:
         table[param] = c.params[param].reindex(c.run_ids).to_numpy()
     finals = c.final.reindex(c.run_ids)
-    for column in [*FINAL_COLUMNS, "epochs"]:
+    for column in [*FINAL_COLUMNS, "epoch", "epochs"]:
         table[column] = finals[column].to_numpy()
     table[contract.NUM_PARAMS] = table[contract.NUM_PARAMS].astype("Int64")
     table["status"] = [r.status for r in c.runs]
@@ -92,6 +92,7 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
         "run_name",
         "label",
         "baseline_id",
+        "epoch",
         "n_test",
         "accuracy",
         "ci_low",
@@ -113,6 +114,8 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
             "run_name": [names[r] for r in s.index],
             "label": [c.labels[r] for r in s.index],
             "baseline_id": c.baseline_id,
+            # the model of record whose stored predictions the test reads
+            "epoch": c.final["epoch"].reindex(s.index).to_numpy(),
             "n_test": len(c.test_labels),
             "accuracy": s["accuracy"].to_numpy(),
             "ci_low": s["ci_low"].to_numpy(float),

@@ -29,18 +29,9 @@ EPOCH_TABLE_KEYS = (
 LABEL_PARAMS = ("name",)  # the run name is shown as the label, it is not a setting
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 1000
-# Final metrics of the runs table: column -> True when larger is better.
-FINAL_COLUMNS = {
-    contract.VAL_ACCURACY: True,
-    contract.VAL_LOSS: False,
-    contract.TEST_ACCURACY: True,
-    contract.TEST_LOSS: False,
-    contract.TRAIN_ACCURACY: True,
-    contract.TRAIN_LOSS: False,
-    contract.OVERFIT_GAP: False,
-    contract.TRAIN_TIME: False,
-    contract.NUM_PARAMS: False,
-}
+# The runs table: the model of record's scores, its train-minus-test gap, then costs. The
+# directions come from the contract's metrics table.
+FINAL_COLUMNS = (*contract.SCORES, contract.OVERFIT_GAP, contract.TRAIN_TIME, contract.NUM_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -153,38 +144,29 @@ def _history_frame(runs: Sequence[RunData]) -> pd.DataFrame:
 
 
 def _final_frame(runs: Sequence[RunData]) -> pd.DataFrame:
+    """Run id x FINAL_COLUMNS, plus `epoch` (the model of record's) and `epochs` (trained): every
+    score is the model of record's, and so is the gap (its train minus test accuracy)."""
     rows = {}
     for run in runs:
-        row = {}
-        for key in FINAL_COLUMNS:
-            if key == contract.NUM_PARAMS:
-                value = run.params.get(contract.NUM_PARAMS)
-                row[key] = float(value) if value not in (None, "") else np.nan
-            elif key in run.epochs.columns and run.epochs[key].notna().any():
-                row[key] = float(run.epochs[key].dropna().iloc[-1])
-            else:
-                row[key] = float(run.metrics.get(key, np.nan))
-        row["epochs"] = int(run.epochs.index.max()) if not run.epochs.empty else 0
+        record = run.record
+        row = {key: record.scores.get(key, np.nan) for key in contract.SCORES}
+        row[contract.OVERFIT_GAP] = row[contract.TRAIN_ACCURACY] - row[contract.TEST_ACCURACY]
+        row[contract.TRAIN_TIME] = float(run.metrics.get(contract.TRAIN_TIME, np.nan))
+        value = run.params.get(contract.NUM_PARAMS)
+        row[contract.NUM_PARAMS] = float(value) if value not in (None, "") else np.nan
+        row["epoch"] = record.epoch or 0
+        row["epochs"] = record.last_epoch or 0
         rows[run.run_id] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run_id")
 
 
 def _selection_scores(runs: Sequence[RunData]) -> pd.Series | None:
-    """Validation accuracy of each run's model of record (its best epoch under early stopping,
-    else its last), or None unless every run has a validation split: a ranking that mixed
-    validation and test scores would compare different things."""
-    scores = {}
-    for run in runs:
-        if contract.VAL_ACCURACY not in run.epochs.columns:
-            return None
-        curve = run.epochs[contract.VAL_ACCURACY].dropna()
-        if curve.empty:
-            return None
-        epoch = run.metrics.get(contract.PREDICTIONS_EPOCH)
-        scores[run.run_id] = float(
-            curve.get(int(epoch), curve.iloc[-1]) if epoch else curve.iloc[-1]
-        )
-    return pd.Series(scores, name=contract.VAL_ACCURACY)
+    """Validation accuracy of each run's model of record, or None unless every run has one: a
+    ranking that mixed validation and test scores would compare different things."""
+    scores = {run.run_id: run.record.get(contract.VAL_ACCURACY) for run in runs}
+    if any(value is None for value in scores.values()):
+        return None
+    return pd.Series(scores, name=contract.VAL_ACCURACY, dtype=float)
 
 
 def _mean_curves(history: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.Series:
@@ -246,12 +228,12 @@ def build_comparison(
 
     selection = _selection_scores(runs)
     for run in runs:
-        used = run.metrics.get(contract.PREDICTIONS_EPOCH)
-        if used is not None and not run.epochs.empty and int(used) < run.epochs.index.max():
+        record = run.record
+        if record.epoch is not None and not record.is_last:
             all_notes.append(
-                f"{labels[run.run_id]}: predictions and model are those of epoch {int(used)}, its "
-                f"best on validation (early stopping), not of its last epoch "
-                f"{run.epochs.index.max()}"
+                f"{labels[run.run_id]}: its model of record is epoch {record.epoch}, its best on "
+                f"validation (early stopping), not its last epoch {record.last_epoch}; its "
+                "scores in every table are that epoch's"
             )
     groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
     # overfitting is read on the held-out curve selection uses: validation when every run has it

@@ -46,7 +46,7 @@ def _link_from_description(client: MlflowClient, run_id: str, artifact: str) -> 
         return
     link = f"#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{artifact}"
     line = f"Diagnostics report: [{artifact}]({link}) (open it from the Artifacts tab)"
-    client.set_tag(run_id, contract.TAG_NOTE, f"{note}\n\n{line}".strip()[:5000])
+    client.set_tag(run_id, contract.TAG_NOTE, contract.fit_tag(f"{note}\n\n{line}".strip()))
 
 
 def log_comparison_report(
@@ -66,7 +66,9 @@ def log_comparison_report(
     if parent_run_id is not None:
         client.log_artifacts(parent_run_id, str(out_dir), contract.COMPARISON_DIR)
         client.set_tag(
-            parent_run_id, "mnist.comparison_report", f"{contract.COMPARISON_DIR}/{REPORT_HTML}"
+            parent_run_id,
+            contract.TAG_COMPARISON_REPORT,
+            f"{contract.COMPARISON_DIR}/{REPORT_HTML}",
         )
         return parent_run_id
     if active_run_id is not None:
@@ -91,17 +93,17 @@ def log_labels_report(client: MlflowClient, run_id: str, out_dir: str | Path) ->
     """The label-issue report, under `analysis/labels/` of the sweep's parent run."""
     artifact = f"{contract.ANALYSIS_DIR}/labels/{REPORT_HTML}"
     client.log_artifacts(run_id, str(out_dir), f"{contract.ANALYSIS_DIR}/labels")
-    client.set_tag(run_id, "mnist.labels_report", artifact)
+    client.set_tag(run_id, contract.TAG_LABELS_REPORT, artifact)
     _link_from_description(client, run_id, artifact)
 
 
 def _describe_report_run(client: MlflowClient, run_id: str, c: Comparison) -> None:
     tags = {
         contract.TAG_REPORT: "comparison",
-        "mnist.baseline_run_id": c.baseline_id,
-        "mnist.compared_run_ids": ",".join(c.run_ids)[:4900],  # MLflow caps tag values at 5000
+        contract.TAG_BASELINE_RUN: c.baseline_id,
+        contract.TAG_COMPARED_RUNS: contract.fit_tag(",".join(c.run_ids)),
         # the run's description in the MLflow UI: the findings, as a list
-        contract.TAG_NOTE: "\n".join(f"- {s}" for s in c.findings)[:4900],
+        contract.TAG_NOTE: contract.fit_tag("\n".join(f"- {s}" for s in c.findings)),
     }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)

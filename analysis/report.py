@@ -48,6 +48,24 @@ class _Figure:
     caption: str
 
 
+class _Page:
+    """The files and figures of a report as they are written into `out`."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.files: list[Path] = []
+        self.figures: list[_Figure] = []
+
+    def add(self, display, name: str, heading: str, caption: str) -> None:
+        from analysis.figures.common import save_figure
+
+        self.files.append(save_figure(display.figure_, self.out / name))
+        self.figures.append(_Figure(name, heading, caption))
+
+    def csv(self, frame: pd.DataFrame, name: str, *, index: bool = True) -> None:
+        self.files.append(_write_csv(frame, self.out / name, index=index))
+
+
 def build_run_report(
     run: RunData,
     out_dir: str | Path,
@@ -67,179 +85,185 @@ def build_run_report(
     each; `train_images` uint8 (M, 28, 28) for their galleries. Raises AnalysisError when
     the run has nothing to report on.
     """
-    from analysis.figures import gallery
-    from analysis.figures import run as plots
-    from analysis.figures.common import save_figure
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(out, summary={}, notices=[*run.notices, *(notices or [])])
-    figures: list[_Figure] = []
-    title = f"{run.label} ({run.run_id[:8]})"
-
-    def add(display, name: str, heading: str, caption: str) -> None:
-        report.files.append(save_figure(display.figure_, out / name))
-        figures.append(_Figure(name, heading, caption))
-
-    epochs = run.epochs
-    overfit = None
-    if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(epochs.columns) and len(epochs):
-        overfit = metrics.overfit_summary(epochs)
-        gaps = metrics.overfit_gap(epochs)
-        report.files.append(_write_csv(epochs.join(gaps), out / "epochs.csv"))
-    if len(epochs):
-        add(
-            plots.LearningCurvesDisplay(epochs, title=title).plot(),
-            "learning_curves.png",
-            "Learning curves",
-            "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
-            "marks the epoch with the lowest test loss.",
-        )
-    if len(run.batch_loss):
-        add(
-            plots.BatchLossDisplay(run.batch_loss).plot(),
-            "batch_loss.png",
-            "Loss per step",
-            "Training loss of every optimisation step and its running mean.",
-        )
-
-    pred = run.predictions
+    page = _Page(out)
     summary = _run_header(run)
-    summary["overfit"] = overfit
-    # the contract's end-of-run metric (last train minus last test accuracy), recomputed when
-    # possible
-    summary["overfit_gap"] = (
-        overfit["final_accuracy_gap"] if overfit else run.metrics.get(contract.OVERFIT_GAP)
-    )
+    summary["overfit"] = _curve_sections(page, run)
+    # the contract's end-of-run metric (last train minus last test accuracy)
+    summary["overfit_gap"] = run.metrics.get(contract.OVERFIT_GAP)
     summary["final_epoch_metrics"] = (
-        {k: _clean(v) for k, v in epochs.iloc[-1].items()} if len(epochs) else None
+        {k: _clean(v) for k, v in run.epochs.iloc[-1].items()} if len(run.epochs) else None
     )
     tables = {}
-    if pred is not None:
-        y_true, y_pred, probs = pred.labels, pred.y_pred, pred.probs
-        counts = metrics.confusion_matrix(y_true, y_pred)
-        per_class = metrics.per_class_report(y_true, y_pred)
-        confused = metrics.most_confused_pairs(y_true, y_pred, top_k=TOP_PAIRS)
-        confidence = metrics.confidence_stats(y_true, probs)
-        wrong = metrics.wrong_predictions(y_true, probs, index=pred.index)
-        bins = metrics.reliability_bins(y_true, probs)
-        ece = metrics.expected_calibration_error(y_true, probs)
-        summary.update(
-            {
-                "n_test": int(len(pred)),
-                "accuracy": metrics.accuracy(y_true, y_pred),
-                "n_wrong": int(len(wrong)),
-                "ece": ece,
-                "most_confused_pairs": confused.to_dict(orient="records"),
-                "confidence": confidence.to_dict(orient="index"),
-                "worst_digit": int(per_class["accuracy"].idxmin()),
-            }
-        )
-        cm_frame = pd.DataFrame(
-            counts, index=pd.Index(range(10), name="true"), columns=[f"pred_{d}" for d in range(10)]
-        )
-        report.files.append(_write_csv(cm_frame, out / "confusion_matrix.csv"))
-        report.files.append(_write_csv(per_class, out / "per_class.csv"))
-        report.files.append(_write_csv(wrong, out / "wrong_predictions.csv", index=False))
-        report.files.append(_write_csv(bins, out / "reliability_bins.csv", index=False))
-        tables = {
-            "per_class": per_class,
-            "confused": confused,
-            "confidence": confidence,
-            "wrong": wrong.head(WRONG_ROWS),
-        }
-
-        add(
-            plots.ConfusionHeatmapDisplay(counts).plot(),
-            "confusion_matrix.png",
-            "Confusion matrix",
-            "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction "
-            "of "
-            "the true digit.",
-        )
-        add(
-            plots.PerClassAccuracyDisplay(
-                per_class["accuracy"].to_numpy(), summary["accuracy"]
-            ).plot(),
-            "per_class_accuracy.png",
-            "Accuracy per digit",
-            "Share of each digit's test images classified correctly; the weakest digit is red.",
-        )
-        add(
-            plots.ReliabilityDisplay(bins, ece).plot(),
-            "reliability.png",
-            "Calibration",
-            "Accuracy against top-1 confidence per bin; a bar below its red confidence mark means "
-            "over-confidence. Numbers are images per bin.",
-        )
-        if images is not None:
-            add(
-                gallery.DatasetOverviewDisplay(
-                    y_true, images[pred.index], train_labels=train_labels
-                ).plot(),
-                "dataset.png",
-                "Data set",
-                "Images per digit (as a share of the training and test sets "
-                "when the training labels are at hand) and the first test image of each digit "
-                "(seed 000, 3.3).",
-            )
-            add(
-                gallery.PredictionGalleryDisplay.from_predictions(
-                    images, y_true, probs, pred.index
-                ),
-                "predictions.png",
-                "Prediction gallery",
-                "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).",
-            )
-            if len(wrong):
-                first_wrong = int(np.flatnonzero(y_pred != y_true)[0])
-                add(
-                    gallery.ConfidenceDisplay(
-                        images[pred.index[first_wrong]],
-                        probs[first_wrong],
-                        y_true[first_wrong],
-                        y_pred[first_wrong],
-                        test_index=int(pred.index[first_wrong]),
-                    ).plot(),
-                    "confidence.png",
-                    "Confidence of a wrong prediction",
-                    "The first wrong prediction and the model's probability for every digit "
-                    "(seed 000, 5.3).",
-                )
-                add(
-                    gallery.MisclassificationGalleryDisplay.from_predictions(
-                        images, y_true, probs, pred.index, top_pairs=TOP_PAIRS
-                    ),
-                    "misclassified.png",
-                    "Misclassifications by digit pair",
-                    "Wrong predictions of the most frequent (true, predicted) pairs, with the "
-                    "model's "
-                    "confidence in its wrong answer.",
-                )
-        else:
-            add(
-                gallery.DatasetOverviewDisplay(y_true, train_labels=train_labels).plot(),
-                "dataset.png",
-                "Data set",
-                "Images per digit in the test set.",
-            )
-    elif not len(epochs) and not len(run.batch_loss):
+    if run.predictions is not None:
+        tables = _prediction_sections(page, run, summary)
+        _gallery_sections(page, run.predictions, images, train_labels)
+    elif not len(run.epochs) and not len(run.batch_loss):
         raise AnalysisError(f"run {run.run_id} has nothing to report on")
 
     if any(record is not None for record in records):
         from analysis.dynamics_report import add_dynamics_sections
 
         labels = run.predictions.labels if run.predictions is not None else None
-        summary["dynamics"] = add_dynamics_sections(add, *records, labels, images, train_images)
+        summary["dynamics"] = add_dynamics_sections(
+            page.add, *records, labels, images, train_images
+        )
     summary["notices"] = list(report.notices)
     report.summary = _clean(summary)
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(report.summary, indent=2) + "\n")
-    report.files.append(summary_path)
-    html = render_html(run, report.summary, figures, tables, out)
+    report.files = [*page.files, summary_path]
+    html = render_html(run, report.summary, page.figures, tables, out)
     report.html.write_text(html, encoding="utf-8")
     report.files.append(report.html)
     return report
+
+
+def _curve_sections(page: _Page, run: RunData) -> dict | None:
+    """epochs.csv, the learning curves and the per-step loss; the overfitting summary, or None
+    without train and test accuracy curves."""
+    from analysis.figures import run as plots
+
+    epochs = run.epochs
+    overfit = None
+    if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(epochs.columns) and len(epochs):
+        overfit = metrics.overfit_summary(epochs)
+        page.csv(epochs.join(metrics.overfit_gap(epochs)), "epochs.csv")
+    if len(epochs):
+        page.add(
+            plots.LearningCurvesDisplay(epochs, title=f"{run.label} ({run.run_id[:8]})").plot(),
+            "learning_curves.png",
+            "Learning curves",
+            "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
+            "marks the epoch with the lowest test loss.",
+        )
+    if len(run.batch_loss):
+        page.add(
+            plots.BatchLossDisplay(run.batch_loss).plot(),
+            "batch_loss.png",
+            "Loss per step",
+            "Training loss of every optimisation step and its running mean.",
+        )
+    return overfit
+
+
+def _prediction_sections(page: _Page, run: RunData, summary: dict) -> dict:
+    """The numbers of the stored predictions (the model of record's): CSVs, the confusion
+    matrix, per-digit accuracy and calibration; `summary` gains them. Returns the tables."""
+    from analysis.figures import run as plots
+
+    pred = run.predictions
+    y_true, y_pred, probs = pred.labels, pred.y_pred, pred.probs
+    counts = metrics.confusion_matrix(y_true, y_pred)
+    per_class = metrics.per_class_report(y_true, y_pred)
+    confused = metrics.most_confused_pairs(y_true, y_pred, top_k=TOP_PAIRS)
+    confidence = metrics.confidence_stats(y_true, probs)
+    wrong = metrics.wrong_predictions(y_true, probs, index=pred.index)
+    bins = metrics.reliability_bins(y_true, probs)
+    ece = metrics.expected_calibration_error(y_true, probs)
+    summary.update(
+        {
+            "n_test": int(len(pred)),
+            "accuracy": metrics.accuracy(y_true, y_pred),
+            "n_wrong": int(len(wrong)),
+            "ece": ece,
+            "most_confused_pairs": confused.to_dict(orient="records"),
+            "confidence": confidence.to_dict(orient="index"),
+            "worst_digit": int(per_class["accuracy"].idxmin()),
+        }
+    )
+    cm_frame = pd.DataFrame(
+        counts, index=pd.Index(range(10), name="true"), columns=[f"pred_{d}" for d in range(10)]
+    )
+    page.csv(cm_frame, "confusion_matrix.csv")
+    page.csv(per_class, "per_class.csv")
+    page.csv(wrong, "wrong_predictions.csv", index=False)
+    page.csv(bins, "reliability_bins.csv", index=False)
+    page.add(
+        plots.ConfusionHeatmapDisplay(counts).plot(),
+        "confusion_matrix.png",
+        "Confusion matrix",
+        "Rows are true digits, columns predictions; cells hold counts, shaded by the fraction of "
+        "the true digit.",
+    )
+    page.add(
+        plots.PerClassAccuracyDisplay(per_class["accuracy"].to_numpy(), summary["accuracy"]).plot(),
+        "per_class_accuracy.png",
+        "Accuracy per digit",
+        "Share of each digit's test images classified correctly; the weakest digit is red.",
+    )
+    page.add(
+        plots.ReliabilityDisplay(bins, ece).plot(),
+        "reliability.png",
+        "Calibration",
+        "Accuracy against top-1 confidence per bin; a bar below its red confidence mark means "
+        "over-confidence. Numbers are images per bin.",
+    )
+    return {
+        "per_class": per_class,
+        "confused": confused,
+        "confidence": confidence,
+        "wrong": wrong.head(WRONG_ROWS),
+    }
+
+
+def _gallery_sections(
+    page: _Page, pred, images: np.ndarray | None, train_labels: np.ndarray | None
+) -> None:
+    """The data set view and, with the test images at hand, the image galleries."""
+    from analysis.figures import gallery
+
+    y_true, y_pred, probs = pred.labels, pred.y_pred, pred.probs
+    if images is None:
+        page.add(
+            gallery.DatasetOverviewDisplay(y_true, train_labels=train_labels).plot(),
+            "dataset.png",
+            "Data set",
+            "Images per digit in the test set.",
+        )
+        return
+    page.add(
+        gallery.DatasetOverviewDisplay(
+            y_true, images[pred.index], train_labels=train_labels
+        ).plot(),
+        "dataset.png",
+        "Data set",
+        "Images per digit (as a share of the training and test sets when the training labels are "
+        "at hand) and the first test image of each digit (seed 000, 3.3).",
+    )
+    page.add(
+        gallery.PredictionGalleryDisplay.from_predictions(images, y_true, probs, pred.index),
+        "predictions.png",
+        "Prediction gallery",
+        "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).",
+    )
+    wrong = np.flatnonzero(y_pred != y_true)
+    if not len(wrong):
+        return
+    first = int(wrong[0])
+    page.add(
+        gallery.ConfidenceDisplay(
+            images[pred.index[first]],
+            probs[first],
+            y_true[first],
+            y_pred[first],
+            test_index=int(pred.index[first]),
+        ).plot(),
+        "confidence.png",
+        "Confidence of a wrong prediction",
+        "The first wrong prediction and the model's probability for every digit (seed 000, 5.3).",
+    )
+    page.add(
+        gallery.MisclassificationGalleryDisplay.from_predictions(
+            images, y_true, probs, pred.index, top_pairs=TOP_PAIRS
+        ),
+        "misclassified.png",
+        "Misclassifications by digit pair",
+        "Wrong predictions of the most frequent (true, predicted) pairs, with the model's "
+        "confidence in its wrong answer.",
+    )
 
 
 # --------------------------------------------------------------------------- HTML
@@ -279,6 +303,7 @@ def render_html(
 
 
 def _run_header(run: RunData) -> dict:
+    record = run.record
     return {
         "run_id": run.run_id,
         "run_name": run.run_name,
@@ -290,13 +315,20 @@ def _run_header(run: RunData) -> dict:
         contract.TRAIN_TIME: run.metrics.get(contract.TRAIN_TIME),
         "params": dict(run.params),
         "n_test": None,
-        # the epoch whose model made the stored predictions (the best one under early stopping)
-        "predictions_epoch": _int_or_none(run.metrics.get(contract.PREDICTIONS_EPOCH)),
+        # the model of record: the epoch whose weights and predictions the run stored (the best
+        # one under early stopping), and that epoch's scores; every tile states these
+        "model_of_record": {
+            "epoch": record.epoch,
+            "last_epoch": record.last_epoch,
+            "described": record.described,
+            "scores": dict(record.scores),
+        },
+        "predictions_epoch": record.epoch,
         "best_epoch": _int_or_none(run.metrics.get(contract.BEST_EPOCH)),
-        "val_accuracy": (
-            float(run.epochs[contract.VAL_ACCURACY].dropna().iloc[-1])
-            if contract.VAL_ACCURACY in run.epochs
-            and run.epochs[contract.VAL_ACCURACY].notna().any()
+        "val_accuracy": record.get(contract.VAL_ACCURACY),
+        "record_gap": (
+            record.scores[contract.TRAIN_ACCURACY] - record.scores[contract.TEST_ACCURACY]
+            if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(record.scores)
             else None
         ),
         "n_wrong": None,

@@ -11,7 +11,6 @@ MLflow is imported inside the functions that need it: `import mlflow` costs abou
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 
 from analysis.artifacts import fetch_artifact
 from analysis.errors import AnalysisError, first_line
+from mnist_train import contract
 from mnist_train.contract import (
     BATCH_LOSS,
     EPOCH_METRICS,
@@ -36,9 +36,8 @@ from mnist_train.contract import (
     TEST_BY_EPOCH_PATH,
     TRAIN_DYNAMICS_PATH,
     default_tracking_uri,
-    is_http,
-    probe_http_store,
 )
+from mnist_train.server_probe import is_http, probe_http_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -92,6 +91,54 @@ class Predictions:
             ) from None
 
 
+@dataclass(frozen=True)
+class ModelOfRecord:
+    """The epoch whose weights a run logged and whose predictions it stored, with that epoch's
+    scores (contract.SCORES: validation, test and train accuracy and loss). Every table, tile
+    and finding reads a run's scores from here; curves keep every epoch.
+
+    `epoch` is None for a run with no epoch logged; `last_epoch` is the last epoch trained
+    (later than `epoch` when early stopping kept an earlier one)."""
+
+    epoch: int | None
+    last_epoch: int | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def get(self, key: str) -> float | None:
+        return self.scores.get(key)
+
+    @property
+    def is_last(self) -> bool:
+        return self.epoch == self.last_epoch
+
+    @property
+    def described(self) -> str:
+        """`epoch 3` or `epoch 3 of 5`: which model the scores are of."""
+        if self.epoch is None:
+            return "no epoch"
+        return f"epoch {self.epoch}" + ("" if self.is_last else f" of {self.last_epoch}")
+
+
+def model_of_record(metrics: dict[str, float], epochs: pd.DataFrame) -> ModelOfRecord:
+    """A run's model of record from its final metrics and per-epoch curves: the epoch is
+    `predictions_epoch` (the last logged epoch for a run that ended before recording one); its
+    scores are those the run logged as `model/<score>`, else read off the curves at that epoch
+    (runs recorded before those were logged)."""
+    last = int(epochs.index.max()) if len(epochs) else None
+    logged = metrics.get(contract.PREDICTIONS_EPOCH)
+    epoch = int(logged) if logged is not None else last
+    scores = {}
+    for key in contract.SCORES:
+        recorded = metrics.get(contract.record_key(key))
+        if recorded is not None:
+            scores[key] = float(recorded)
+        elif epoch is not None and key in epochs.columns and epoch in epochs.index:
+            value = epochs.at[epoch, key]
+            if pd.notna(value):
+                scores[key] = float(value)
+    return ModelOfRecord(epoch, last, scores)
+
+
 @dataclass
 class RunData:
     """One run as the analysis sees it.
@@ -122,6 +169,11 @@ class RunData:
         """Short human name: the run name, else the first 8 characters of the id."""
         return self.run_name or self.run_id[:8]
 
+    @property
+    def record(self) -> ModelOfRecord:
+        """The run's model of record and its scores (see `model_of_record`)."""
+        return model_of_record(self.metrics, self.epochs)
+
 
 # --------------------------------------------------------------------------- connecting
 
@@ -139,10 +191,6 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_store_reachable(uri)
-    if urllib.parse.urlparse(uri).scheme in ("", "file"):
-        # a file path is a valid store (docs/ARCHITECTURE.md), but MLflow 3 refuses file stores
-        # unless this is set; reading one is harmless (a user's explicit "false" still wins)
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow import MlflowClient
 
     try:

@@ -60,12 +60,14 @@ def run_study(trials: int, workers: int, env: dict, cwd: Path, data_dir: str, st
 def trial_times(parent: str, tracking_uri: str) -> dict:
     from mlflow import MlflowClient
 
+    from mnist_train import contract
+
     client = MlflowClient(tracking_uri)
     experiment = client.get_run(parent).info.experiment_id
     runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
     by_worker: dict[str, list] = {}
     for run in runs:
-        owner = run.data.tags.get("mnist.owner", "?")
+        owner = run.data.tags.get(contract.TAG_OWNER, "?")
         by_worker.setdefault(owner, []).append(run)
     cycles, trains, inside = [], [], []
     for worker_runs in by_worker.values():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from . import contract
+from . import contract, process
 from .config import (
     ConfigError,
     ExperimentFile,
@@ -26,10 +26,11 @@ from .config import (
     read_experiment,
     resolve,
 )
-from .contract import DEFAULT_TRACKING_URI, default_data_dir
+from .contract import default_data_dir, default_tracking_uri
 from .data import DataError
 from .study import StudyPlan, make_plan
 from .sweep_plan import Child
+from .warmup import warm_up_in_background
 
 # Closing the terminal (SIGHUP) or `kill` (SIGTERM) must leave a run as Ctrl-C does: stopped at a
 # step boundary with a checkpoint, marked KILLED, resumable.
@@ -105,8 +106,6 @@ class OptionalInt(click.ParamType):
 @click.version_option(package_name="mnist-workbench")
 def cli() -> None:
     """Train MNIST classifiers and track them in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)."""
-    # a progress bar for each checkpoint download is noise between progress lines and errors
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @cli.command()
@@ -239,12 +238,14 @@ def run(
             if dry_run:
                 _dry_run_plan(plan, data_dir)
                 return
+            warm_up_in_background()
             _run_sweep(plan, data_dir, workers, adopt_run_id, quiet, **sweep)
             return
         config = resolve(experiment, values)
         if dry_run:
             _dry_run(config, data_dir)
             return
+        warm_up_in_background()
         if adopt_run_id:
             # MLflow logged the entry point's parameters (empty ones too) on its run, and a logged
             # parameter can never change, so the run with the resolved config is its child.
@@ -302,7 +303,7 @@ def _run_sweep(
     from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
-    storage = storage or default_storage(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    storage = storage or default_storage(default_tracking_uri())
     try:
         # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
@@ -358,13 +359,14 @@ def _run_one(
     stop = StopFlag()
     try:
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):  # as in _run_sweep
-            return run_training(
+            result = run_training(
                 prepared,
                 experiment_file=experiment,
                 resume_run_id=resume_run_id,
                 reporter=Reporter(enabled=not quiet, label=config.name),
                 should_stop=stop,
             )
+        return result.run_id
     except TrainingStopped as err:
         _echo_safely(err.run_id)  # stdout carries the run id, interrupted or not
         _echo_safely(f"Error: {err}", err=True)
@@ -417,13 +419,8 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
 
 
 def main() -> None:
-    for key, value in contract.HTTP_LIMITS.items():
-        os.environ.setdefault(key, value)
-    uri = os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    if "://" not in uri or uri.startswith("file:"):
-        # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    contract.finish_process(lambda: cli(prog_name="mnist-train"))
+    process.configure()
+    process.finish_process(lambda: cli(prog_name="mnist-train"))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ heavier than the standard library, so the analysis side can use it without impor
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 N_CLASSES = 10  # digits 0-9
@@ -19,22 +18,31 @@ N_PIXELS = 784  # the model's input: float32 (N, 784) pixels
 # --- tracking store and data
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 DATA_DIR_ENV = "MNIST_DATA_DIR"
-# MLflow retries an http store 7 times with a 2 s backoff factor and a 120 s timeout: a server
-# that stops mid-run kept a run hanging for about 20 minutes, and a server answering 503 cost
-# minutes of silence. These bound a failing call to about 30 s; a user's own settings win.
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
 DEFAULT_DATA_DIR = "./data"  # torchvision downloads MNIST here when it is missing
-HTTP_PROBE_TIMEOUT_S = (
-    5.0  # an unreachable server should fail in seconds, not after MLflow's retries
-)
+HTTP_PROBE_TIMEOUT_S = 5.0  # an unreachable server should fail in seconds, not after retries
 MAX_RUNS = 5000  # most runs one search returns (sweep children, a comparison's selection)
 
-# --- metrics, per epoch (step = epoch number from 1)
-TRAIN_LOSS = "train_loss"
+# --- metrics: one table, from which every list, direction and format below is derived
+EPOCH, STEP, FINAL, PARAM = "epoch", "step", "final", "param"  # when a metric is logged
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One number a run reports. `scope`: per epoch (step = epoch from 1), per optimisation step
+    (step = global step), once at the end, or a logged parameter read as a number.
+    `higher_is_better`: the direction every ranking, objective and "best" mark uses (None: not
+    a score). `fmt`: how tables print it (pct, float, int, s). `split`: the images it is
+    measured on, for the scores of the model of record. `optional`: logged only in some setups."""
+
+    name: str
+    scope: str
+    higher_is_better: bool | None
+    fmt: str
+    split: str | None = None
+    optional: bool = False
+
+
+TRAIN_LOSS = "train_loss"  # mean cross-entropy over the epoch's training images, as trained
 TRAIN_ACCURACY = "train_accuracy"
 TEST_LOSS = "test_loss"
 TEST_ACCURACY = "test_accuracy"
@@ -42,20 +50,76 @@ EPOCH_TIME = "epoch_time_s"
 VAL_LOSS = "val_loss"  # with a validation split: what every "best" is chosen on
 VAL_ACCURACY = "val_accuracy"
 LR = "lr"  # with a learning-rate schedule: the rate of the epoch's last step
-EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TEST_LOSS, TEST_ACCURACY, EPOCH_TIME)
-OPTIONAL_EPOCH_METRICS = (VAL_LOSS, VAL_ACCURACY, LR)
-# per optimisation step (step = global step)
 BATCH_LOSS = "batch_loss"
-# once, at the end
 OVERFIT_GAP = "overfit_gap"  # last train_accuracy - last test_accuracy
 TRAIN_TIME = "train_time_s"
 TEST_ACCURACY_UNSCALED = "test_accuracy_unscaled"  # seed 001's evaluation on raw 0-255 pixels
-BEST_EPOCH = "best_epoch"  # with early stopping: the epoch the model and predictions come from
+BEST_EPOCH = "best_epoch"  # with early stopping: the best epoch on the validation metric
 STOPPED_EPOCH = "stopped_epoch"  # with early stopping: the last epoch trained
-PREDICTIONS_EPOCH = "predictions_epoch"  # the epoch whose model made predictions/test.npz
+PREDICTIONS_EPOCH = "predictions_epoch"  # the model of record: its weights and predictions
+NUM_PARAMS = "num_params"  # a parameter, ranked like a cost
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"  # the splits scores are measured on
+# each split as the run's Dataset column and the model's metrics name it (mlflow.log_input)
+DATASET_NAMES = {TRAIN: "mnist-train", VALIDATION: "mnist-validation", TEST: "mnist-test"}
+DATASET_CONTEXTS = {TRAIN: "training", VALIDATION: "validation", TEST: "testing"}
+
+METRICS = (
+    MetricSpec(TRAIN_LOSS, EPOCH, False, "float", TRAIN),
+    MetricSpec(TRAIN_ACCURACY, EPOCH, True, "pct", TRAIN),
+    MetricSpec(TEST_LOSS, EPOCH, False, "float", TEST),
+    MetricSpec(TEST_ACCURACY, EPOCH, True, "pct", TEST),
+    MetricSpec(EPOCH_TIME, EPOCH, False, "s"),
+    MetricSpec(VAL_LOSS, EPOCH, False, "float", VALIDATION, optional=True),
+    MetricSpec(VAL_ACCURACY, EPOCH, True, "pct", VALIDATION, optional=True),
+    MetricSpec(LR, EPOCH, None, "float", optional=True),
+    MetricSpec(BATCH_LOSS, STEP, False, "float", TRAIN),
+    MetricSpec(OVERFIT_GAP, FINAL, False, "pct"),
+    MetricSpec(TRAIN_TIME, FINAL, False, "s"),
+    MetricSpec(TEST_ACCURACY_UNSCALED, FINAL, True, "pct", TEST, optional=True),
+    MetricSpec(BEST_EPOCH, FINAL, None, "int", optional=True),
+    MetricSpec(STOPPED_EPOCH, FINAL, None, "int", optional=True),
+    MetricSpec(PREDICTIONS_EPOCH, FINAL, None, "int"),
+    MetricSpec(NUM_PARAMS, PARAM, False, "int"),
+)
+METRIC = {m.name: m for m in METRICS}
+EPOCH_METRICS = tuple(m.name for m in METRICS if m.scope == EPOCH and not m.optional)
+OPTIONAL_EPOCH_METRICS = tuple(m.name for m in METRICS if m.scope == EPOCH and m.optional)
+# The model of record's scores: the per-epoch metrics measured on a split, validation first
+# (what every choice reads), then test, then train.
+SCORES = tuple(
+    m.name
+    for split in (VALIDATION, TEST, TRAIN)
+    for m in METRICS
+    if m.scope == EPOCH and m.split == split
+)
+# At the end of a run its model of record's scores are logged again as `model/<score>` (step =
+# the model's epoch): MLflow's runs table shows a metric's last epoch, so these are the columns
+# to sort by, while the per-epoch curves stay whole.
+RECORD_PREFIX = "model/"
+
+
+def record_key(score: str) -> str:
+    """`model/val_accuracy`: the final metric holding the model of record's `score`."""
+    return RECORD_PREFIX + score
+
+
+def higher_is_better(name: str) -> bool:
+    """The direction of a score (a `model/` key reads as its score); ValueError when `name` is
+    not a score at all."""
+    spec = METRIC.get(name.removeprefix(RECORD_PREFIX))
+    if spec is None or spec.higher_is_better is None:
+        raise ValueError(f"{name} is not a score with a direction")
+    return spec.higher_is_better
+
+
+def metric_format(name: str) -> str:
+    """How tables print `name` (pct, float, int, s); float for anything not in the table."""
+    spec = METRIC.get(name.removeprefix(RECORD_PREFIX))
+    return spec.fmt if spec else "float"
+
 
 # --- parameters logged beside the config fields
-NUM_PARAMS = "num_params"
 VAL_IMAGES = "val_images"  # images held out of the training set for validation
 SEED_PARAM = "seed"
 
@@ -69,12 +133,19 @@ TEST_BY_EPOCH_PATH = "predictions/test_by_epoch.npz"
 # torchvision training set; both are assembled at the end from one file per epoch:
 TRAIN_DYNAMICS_PATH = "dynamics/train.npz"
 EPOCH_RECORD_DIR = "dynamics/epochs"  # epoch_NNN.npz: correct, label_prob, test_probs
-MODEL_NAME = "model"  # mlflow.pytorch.log_model(name=...)
-MODEL_URI = "runs:/{run_id}/" + MODEL_NAME
+MODEL_URI = "models:/{model_id}"  # a logged model (the run's one: `tracking.logged_model_id`)
 ANALYSIS_DIR = "analysis"  # per-run report artifacts
 COMPARISON_DIR = "comparison"  # comparison report artifacts
 
-# --- tags
+# --- tags (MLflow caps a tag value at 8,000 characters: longer ones are cut to fit)
+TAG_VALUE_LIMIT = 8000
+
+
+def fit_tag(text: str) -> str:
+    """`text` cut to what MLflow keeps of a tag value."""
+    return text[:TAG_VALUE_LIMIT]
+
+
 TAG_DATA_DIR = "mnist.data_dir"
 TAG_SWEEP = "mnist.sweep"  # the sweep's name; marks a run as a sweep parent
 TAG_SWEEP_CHILDREN = "mnist.sweep.children"
@@ -87,6 +158,15 @@ TAG_OWNER = "mnist.owner"  # "<host> <pid>" of the process training the run
 TAG_HEARTBEAT = "mnist.heartbeat"  # unix seconds of the owner's last sign of life
 HEARTBEAT_STALE_S = 600  # a RUNNING run silent this long on another host is taken as abandoned
 TAG_EPOCHS = "mnist.epochs"  # the epochs a run was trained to, when a resume changed the param
+TAG_DEVICE = "mnist.device"  # cpu, cuda:0, ...
+TAG_GPU_NAME = "mnist.gpu_name"
+TAG_TORCH_VERSION = "mnist.torch_version"
+TAG_WORKBENCH_VERSION = "mnist.workbench_version"
+TAG_PER_EXAMPLE_RECORD = "mnist.per_example_record"  # "incomplete: ..." when epochs are missing
+TAG_COMPARISON_REPORT = "mnist.comparison_report"  # on a sweep parent: its report's artifact
+TAG_LABELS_REPORT = "mnist.labels_report"  # likewise for the label-issues report
+TAG_BASELINE_RUN = "mnist.baseline_run_id"  # on a report run
+TAG_COMPARED_RUNS = "mnist.compared_run_ids"  # on a report run: comma-separated run ids
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 
@@ -98,6 +178,13 @@ TAG_BEST_TRIAL = "mnist.study.best_trial"  # on the parent: number of the best t
 TAG_TRIAL_NUMBER = "mnist.trial.number"  # on a trial run
 TAG_TRIAL_STATE = "mnist.trial.state"  # on a trial run: RUNNING | COMPLETE | PRUNED | FAIL
 TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the Optuna trial's user attribute: its MLflow run
+# the Optuna study's own attributes (study.set_user_attr): what the study was made from
+STUDY_ATTR_SWEEP = "mnist.sweep"  # the sweep's name
+STUDY_ATTR_FINGERPRINT = "mnist.fingerprint"  # of what the study runs (see study.py)
+STUDY_ATTR_FILE = "mnist.sweep_file"
+STUDY_ATTR_PARENT = "mnist.parent_run_id"
+STUDY_ATTR_TRIALS = "mnist.trials"
+STUDY_ATTR_READY = "mnist.ready"  # set by the creator once every trial is queued
 STUDY_STORAGE_ENV = "MNIST_STUDY_STORAGE"  # default for --storage
 STUDY_TRIALS_PATH = "study/trials.csv"  # on the parent: one row per trial
 STUDY_IMPORTANCE_PATH = "study/importance.json"  # on the parent: parameter importances
@@ -122,50 +209,3 @@ def default_cache_dir() -> Path:
         return Path(os.environ["MNIST_WORKBENCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mnist-workbench"
-
-
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def probe_http_store(uri: str, timeout_s: float | None = None) -> str | None:
-    """One short request to an http(s) tracking server: None when it answers, else the reason.
-
-    MLflow's own client would retry an unreachable server for minutes. An HTTP error status
-    (401, 404, ...) still means the server is there; MLflow reports anything else itself.
-    """
-    timeout_s = HTTP_PROBE_TIMEOUT_S if timeout_s is None else timeout_s
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError:
-        return None
-    except (urllib.error.URLError, OSError) as err:
-        return str(getattr(err, "reason", err))
-
-
-def finish_process(command) -> None:
-    """Run a click `command` as the whole process, then leave without the interpreter's teardown.
-
-    Tearing down torch, MLflow and SQLAlchemy at exit took 1.5-2 s here, after all the work was
-    done and reported. The exit handlers a finished command needs (logging, MLflow's queues)
-    still run, and the streams are flushed; then the process ends with the command's exit code.
-    """
-    import atexit
-    import sys
-
-    try:
-        command()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed terminal or pipe: nothing left to tell it
-            pass
-    os._exit(code or 0)

@@ -47,34 +47,32 @@ def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
 
 def datasets(prepared: Prepared) -> list[DatasetInput]:
     raw = str(prepared.data_dir / "MNIST" / "raw")
-    splits = [
-        (prepared.train_split, "training", "mnist-train"),
-        (prepared.test_split, "testing", "mnist-test"),
-    ]
+    splits = {contract.TRAIN: prepared.train_split, contract.TEST: prepared.test_split}
     if prepared.val_split is not None:
-        splits.append((prepared.val_split, "validation", "mnist-validation"))
+        splits[contract.VALIDATION] = prepared.val_split
     return [
         DatasetInput(
-            name=name,
-            context=context,
+            name=contract.DATASET_NAMES[which],
+            context=contract.DATASET_CONTEXTS[which],
+            split=which,
             features=split.images.reshape(len(split), -1).numpy(),
             targets=split.labels.numpy(),
             source=raw,
         )
-        for split, context, name in splits
+        for which, split in splits.items()
     ]
 
 
 def run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict[str, str]:
     tags = {
         contract.TAG_DATA_DIR: str(prepared.data_dir),
-        "mnist.device": str(prepared.device),
-        "mnist.torch_version": torch.__version__,
-        "mnist.workbench_version": __version__,
+        contract.TAG_DEVICE: str(prepared.device),
+        contract.TAG_TORCH_VERSION: torch.__version__,
+        contract.TAG_WORKBENCH_VERSION: __version__,
         "mlflow.source.type": "LOCAL",
     }
     if prepared.device.type == "cuda":
-        tags["mnist.gpu_name"] = torch.cuda.get_device_name(prepared.device)
+        tags[contract.TAG_GPU_NAME] = torch.cuda.get_device_name(prepared.device)
     where = Path.cwd()
     if experiment_file is not None:
         tags["mlflow.source.name"] = str(experiment_file.path)
@@ -97,7 +95,7 @@ def log_per_example_records(
         # an epoch trained while the tracking server was away, on another machine: the run is
         # whole without these optional artifacts, and says why they are missing
         missing = [int(e) for e, r in zip(epochs, records) if r is None]
-        log.set_tag("mnist.per_example_record", f"incomplete: no record of epochs {missing}")
+        log.set_tag(contract.TAG_PER_EXAMPLE_RECORD, f"incomplete: no record of epochs {missing}")
         return
     log.log_arrays(
         contract.TEST_BY_EPOCH_PATH,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -25,14 +24,17 @@ import torch
 
 from . import contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
+from .ownership import abandoned, owner_tags
 from .progress import Reporter
 from .run_record import Prepared, datasets, log_per_example_records, run_params, run_tags
-from .store import abandoned, open_store, owner_tags, warm_up_in_background
+from .store import open_store
 from .tracking import (
     RunLog,
     StoreUnavailable,
     check_tracking_server,
+    current_tracking_uri,
     load_checkpoint,
+    model_name,
     pending_checkpoints,
     store_is_gone,
 )
@@ -70,6 +72,46 @@ class TrainingStopped(Exception):
         self.run_id, self.exit_code = run_id, exit_code
 
 
+@dataclass(frozen=True)
+class ModelOfRecord:
+    """The epoch whose weights are logged and whose predictions are stored, with that epoch's
+    metric points as logged (`rows`: key, value, timestamp, step)."""
+
+    epoch: int
+    rows: tuple[Row, ...]
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Its scores (contract.SCORES present in the run): val, test and train accuracy and
+        loss of that epoch."""
+        return {key: value for key, value, _, _ in self.rows if key in contract.SCORES}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: its id, its model of record and its final metrics."""
+
+    run_id: str
+    record: ModelOfRecord
+    final: dict[str, float]  # the run's final metrics (train_time_s, predictions_epoch, ...)
+    last_epoch: int  # the last epoch trained (later than the record's when it stopped early)
+
+    def value(self, key: str) -> float | None:
+        """`key` for the model of record: a score at its epoch, else a final metric."""
+        return self.record.scores.get(key, self.final.get(key))
+
+
+@dataclass
+class _Kept:
+    """The model of record while training goes on: the best epoch so far under early stopping,
+    else the latest. `weights`: a copy of that epoch's state dict when training has moved on
+    past it (None: the model as it stands)."""
+
+    record: EpochRecord
+    rows: list[Row]
+    weights: dict[str, torch.Tensor] | None = None
+
+
 def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None = None) -> Prepared:
     """Load MNIST and normalise it for `config`, after checking that the tracking server answers.
 
@@ -77,7 +119,6 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
     the caller keeps) reuses the last inputs prepared for the same data settings: a study worker
     loads and normalises MNIST once for trials that differ only in model or optimiser.
     """
-    warm_up_in_background()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -88,7 +129,7 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
         prepared = dataclasses.replace(cache[key], config=config)
         _check_batches(config, len(prepared.train_split))
         return prepared
-    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    check_tracking_server(current_tracking_uri())
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
     val_split = None
@@ -155,8 +196,9 @@ def run_training(
     on_start: Callable[[str], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     take_over: bool = False,
-) -> str:
-    """Train and track one run (or continue `resume_run_id`); returns the MLflow run id.
+) -> RunResult:
+    """Train and track one run (or continue `resume_run_id`); returns its id and its model of
+    record.
 
     `tags` are added to the run's; `on_start(run_id)` is called once the run exists, before
     training; `on_epoch(record)` after each epoch's metrics and checkpoint are recorded, and may
@@ -164,7 +206,6 @@ def run_training(
     """
     config = prepared.config
     open_store()
-    warm_up_in_background()
     parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
     model = parts.model
     progress = Progress()
@@ -209,7 +250,7 @@ def run_training(
                 experiment_file,
                 datasets(prepared),
             )
-        last = _train_and_log(log, parts, prepared, progress, reporter, should_stop, on_epoch)
+        last, kept = _train_and_log(log, parts, prepared, progress, reporter, should_stop, on_epoch)
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
             _save_checkpoint(log, parts, progress, config)
             log.end("KILLED")
@@ -219,11 +260,13 @@ def run_training(
                 log.run_id,
                 exit_code=EXIT_INTERRUPTED,
             )
-        if last is not None:
-            _log_results(log, model, prepared, progress, last)
+        if last is None:  # resumed with every epoch already trained: nothing new to record
+            raise ConfigError(f"run {log.run_id} has no epoch left to train")
+        result = _log_results(log, model, prepared, progress, last, kept)
         log.end("FINISHED")
         shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
-        return log.run_id
+        reporter.finish(result.record.epoch, result.record.scores, _why_this_epoch(config, result))
+        return result
     except NonFiniteLoss as err:
         log.end("FAILED", reason=str(err))
         raise TrainingStopped(
@@ -257,6 +300,19 @@ def run_training(
         raise
     finally:
         reporter.close()
+
+
+def _why_this_epoch(config: RunConfig, result: RunResult) -> str:
+    """Why the model of record is the epoch it is, for the run's last line."""
+    patience, metric = config.early_stopping_patience, config.early_stopping_metric
+    if patience is None:
+        return "the last epoch"
+    if result.last_epoch < config.epochs:
+        return (
+            f"best {metric}; stopped early after epoch {result.last_epoch} of {config.epochs}: "
+            f"no better {metric} in {patience} epochs"
+        )
+    return f"best {metric} of {result.last_epoch} epochs"
 
 
 def _resume_state(run_id: str, config: RunConfig, take_over: bool = False) -> dict[str, Any]:
@@ -296,15 +352,18 @@ def _train_and_log(
     reporter: Reporter,
     should_stop: Callable[[], bool],
     on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> EpochRecord | None:
-    """Drive the training loop; log each epoch's metrics, batch losses and checkpoint."""
+) -> tuple[EpochRecord | None, _Kept | None]:
+    """Drive the training loop; log each epoch's metrics, batch losses and checkpoint. Returns
+    the last epoch's record and the model of record as it stands (kept in memory, so the end
+    of the run needs no checkpoint read back)."""
     config = prepared.config
     per_epoch = data.num_batches(
         len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
     )
     writer = log.metric_writer((config.epochs - progress.epoch + 1) * per_epoch)
     pending: list[Row] = []  # batch losses not yet handed to the writer
-    last = None
+    last = kept = None
+    early_stopping = config.early_stopping_patience is not None
     try:
         steps = train(
             parts.model,
@@ -321,8 +380,8 @@ def _train_and_log(
                 pending.append((contract.BATCH_LOSS, record.loss, now, record.step))
                 reporter.step(record)
                 continue
-            rows = pending + [(k, v, now, record.epoch) for k, v in record.metrics().items()]
-            pending = []
+            epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
+            rows, pending = pending + epoch_rows, []
             if record.train_correct is not None:  # before the checkpoint, which vouches for it
                 log.log_epoch_record(
                     record.epoch,
@@ -340,13 +399,17 @@ def _train_and_log(
             log.beat()
             reporter.epoch(record, config.epochs)
             last = record
+            if not early_stopping:
+                kept = _Kept(record, epoch_rows)
+            elif progress.best_epoch == record.epoch:
+                kept = _Kept(record, epoch_rows, copy.deepcopy(parts.model.state_dict()))
             if on_epoch is not None:
                 on_epoch(record)
     finally:
         writer.close()
         if pending:  # an interrupted epoch resumes after these steps, so keep them
             log.write_rows(pending)
-    return last
+    return last, kept
 
 
 def _keep_locally(
@@ -394,29 +457,39 @@ def _log_results(
     prepared: Prepared,
     progress: Progress,
     last: EpochRecord,
-) -> None:
-    """Final metrics, stored test predictions and the logged model."""
+    kept: _Kept | None,
+) -> RunResult:
+    """Final metrics, the model of record's scores, its stored test predictions and the logged
+    model. The model of record is the best epoch's under early stopping, else the last's."""
     config, tensors = prepared.config, prepared.tensors
+    record_epoch = progress.best_epoch if config.early_stopping_patience is not None else last.epoch
+    if kept is not None and kept.record.epoch == record_epoch:
+        if kept.weights is not None:
+            model.load_state_dict(kept.weights)
+        probs, rows = kept.record.test_probs, kept.rows
+    else:
+        # the best epoch was trained by an earlier session of a resumed run: its checkpoint
+        # holds the weights and the metric points it logged
+        best = load_checkpoint(log.run_id, checkpoint_name(record_epoch))
+        model.load_state_dict(best["model"])
+        logits = infer(model, tensors.test_x, config.test_batch_size)
+        probs = torch.softmax(logits, 1).cpu().numpy().astype(np.float32)
+        rows = [tuple(row) for row in best.get("rows", []) if row[3] == record_epoch]
+    record = ModelOfRecord(record_epoch, tuple(r for r in rows if r[0] in contract.SCORES))
     final = {
         contract.OVERFIT_GAP: last.train_accuracy - last.test_accuracy,
         contract.TRAIN_TIME: progress.train_time_s,
+        contract.PREDICTIONS_EPOCH: record_epoch,
     }
+    if config.early_stopping_patience is not None:
+        final[contract.BEST_EPOCH], final[contract.STOPPED_EPOCH] = record_epoch, last.epoch
     if config.unscaled_eval:
         # seed 001's notebook scored raw 0-255 pixels with a model trained on [0, 1] inputs
         raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float()
         logits = infer(model, raw.to(prepared.device), config.test_batch_size)
         _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
-    probs, final[contract.PREDICTIONS_EPOCH] = last.test_probs, last.epoch
-    if config.early_stopping_patience is not None:
-        final[contract.BEST_EPOCH], final[contract.STOPPED_EPOCH] = progress.best_epoch, last.epoch
-        if progress.best_epoch != last.epoch:
-            # the model and predictions of record are the best epoch's: its checkpoint's weights
-            best = load_checkpoint(log.run_id, checkpoint_name(progress.best_epoch))
-            model.load_state_dict(best["model"])
-            logits = infer(model, tensors.test_x, config.test_batch_size)
-            probs = torch.softmax(logits, 1).cpu().numpy().astype(np.float32)
-            final[contract.PREDICTIONS_EPOCH] = progress.best_epoch
     log.log_final(final, step=last.epoch)
+    log.log_final({contract.record_key(k): v for k, v in record.scores.items()}, step=record_epoch)
     labels = prepared.test_split.labels.numpy().astype(np.int64)
     log.log_predictions(labels, probs, prepared.test_index)
     if config.per_example_record:
@@ -427,4 +500,13 @@ def _log_results(
     example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
     with torch.no_grad():
         outputs = deployable(torch.from_numpy(example)).numpy()
-    log.log_model(deployable, example, outputs)
+    log.log_model(
+        deployable,
+        example,
+        outputs,
+        name=model_name(config.name),
+        epoch=record_epoch,
+        params=config.to_params(),
+        scores=record.rows,
+    )
+    return RunResult(log.run_id, record, final, last.epoch)

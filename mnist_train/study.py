@@ -29,12 +29,6 @@ from .config import ConfigError, ExperimentFile, RunConfig, build_config
 from .search_space import SearchSpec, label, trial_config
 from .sweep_plan import Child, varying_keys
 
-ATTR_SWEEP = "mnist.sweep"
-ATTR_FINGERPRINT = "mnist.fingerprint"
-ATTR_FILE = "mnist.sweep_file"
-ATTR_PARENT = "mnist.parent_run_id"
-ATTR_TRIALS = "mnist.trials"
-ATTR_READY = "mnist.ready"
 ATTR_CHILD = "child"  # a queued grid trial's user attribute: the child's name
 READY_TIMEOUT_S = 120
 
@@ -257,18 +251,18 @@ def open_study(
     else:
         study = optuna.load_study(study_name=name, storage=storage)
     if created:
-        study.set_user_attr(ATTR_SWEEP, plan.sweep_name)
-        study.set_user_attr(ATTR_FINGERPRINT, plan.fingerprint())
-        study.set_user_attr(ATTR_FILE, str(plan.experiment.path))
-        study.set_user_attr(ATTR_PARENT, create_parent(name))
+        study.set_user_attr(contract.STUDY_ATTR_SWEEP, plan.sweep_name)
+        study.set_user_attr(contract.STUDY_ATTR_FINGERPRINT, plan.fingerprint())
+        study.set_user_attr(contract.STUDY_ATTR_FILE, str(plan.experiment.path))
+        study.set_user_attr(contract.STUDY_ATTR_PARENT, create_parent(name))
         _queue(study, plan, plan.queued())
-        study.set_user_attr(ATTR_TRIALS, plan.trials)
-        study.set_user_attr(ATTR_READY, True)
+        study.set_user_attr(contract.STUDY_ATTR_TRIALS, plan.trials)
+        study.set_user_attr(contract.STUDY_ATTR_READY, True)
     else:
         _wait_until_ready(study, say)
         _check_same_sweep(study, plan)
     _extend(study, plan, trials)
-    return study, study.user_attrs[ATTR_PARENT]
+    return study, study.user_attrs[contract.STUDY_ATTR_PARENT]
 
 
 def _queue(study: Any, plan: StudyPlan, queued: list[tuple[dict, dict]]) -> None:
@@ -290,7 +284,7 @@ def _queue(study: Any, plan: StudyPlan, queued: list[tuple[dict, dict]]) -> None
 def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     told = False
-    while not study.user_attrs.get(ATTR_READY):
+    while not study.user_attrs.get(contract.STUDY_ATTR_READY):
         if time.monotonic() > deadline:
             raise StudyError(
                 f"study {study.study_name} was created but never set up (its creator stopped?); "
@@ -304,10 +298,10 @@ def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
 
 def _check_same_sweep(study: Any, plan: StudyPlan) -> None:
     attrs = study.user_attrs
-    if attrs.get(ATTR_FINGERPRINT) != plan.fingerprint():
+    if attrs.get(contract.STUDY_ATTR_FINGERPRINT) != plan.fingerprint():
         raise StudyError(
             f"the storage's study {study.study_name} was made from another sweep file "
-            f"({attrs.get(ATTR_FILE, 'unknown')}, or this file before a change); "
+            f"({attrs.get(contract.STUDY_ATTR_FILE, 'unknown')}, or this file before a change); "
             "start a new study with --force, or rename the sweep (name: ...)"
         )
 
@@ -318,7 +312,7 @@ def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
         return
     if plan.spec.sampler == "grid":
         raise StudyError("--trials does not apply to sampler grid: it runs every point once")
-    have = int(study.user_attrs.get(ATTR_TRIALS, plan.spec.trials))
+    have = int(study.user_attrs.get(contract.STUDY_ATTR_TRIALS, plan.spec.trials))
     if trials < have:
         raise StudyError(
             f"study {study.study_name} already has {have} trials; --trials can only raise it "
@@ -326,7 +320,7 @@ def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
         )
     if trials > have:
         _queue(study, plan, [({}, {})] * (trials - have))
-        study.set_user_attr(ATTR_TRIALS, trials)
+        study.set_user_attr(contract.STUDY_ATTR_TRIALS, trials)
 
 
 def is_retry(trial: Any) -> bool:

@@ -249,7 +249,7 @@ def run_trial(
                 if trial.should_prune():
                     raise EndRun(f"pruned after epoch {record.epoch}")
 
-            run_training(
+            result = run_training(
                 prepared,
                 experiment_file=job.plan.experiment,
                 resume_run_id=run_id,
@@ -265,7 +265,7 @@ def run_trial(
                 on_epoch=epoch_done,
                 take_over=True,
             )
-            value = store.objective(run_id, plan.objective)
+            value = result.value(plan.objective)  # the model of record's, as it was computed
             if value is None:
                 return tell("FAIL", message=f"run {run_id} logged no {plan.objective}")
             return tell("COMPLETE", value)
@@ -314,8 +314,7 @@ def worker_main(job: Job, stop_event: Any, parent_pid: int, threads: int) -> Non
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout = sys.stderr  # the command's stdout carries run ids only
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # the process's settings came with it from the command
     quiet_mlflow_logs()
     orphaned = threading.Event()
     threading.Thread(target=_watch, args=(parent_pid, orphaned), daemon=True).start()

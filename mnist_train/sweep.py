@@ -25,7 +25,7 @@ from .sweep_plan import Child, best_child, summary_rows, to_csv, to_markdown
 from .sweep_tracking import SweepStore
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-DESCRIPTION_LIMIT = 7900  # MLflow truncates a tag value at 8,000 characters
+DESCRIPTION_LIMIT = contract.TAG_VALUE_LIMIT - 100  # room for the notes MLflow adds
 
 
 @dataclass
@@ -148,7 +148,17 @@ def run_sweep(
     )
     _close_parent(store, plan, study, result)
     if register and result.best and not result.unfinished:
-        version = store.register(result.best.run_id, register)
+        best = result.best
+        version = store.register(
+            best.run_id,
+            register,
+            why=f"Trial {best.number} of study {result.study_name}, the best on {plan.objective} "
+            f"({best.value:.4f}).",
+            tags={
+                contract.TAG_STUDY: result.study_name,
+                contract.TAG_TRIAL_NUMBER: str(best.number),
+            },
+        )
         say(f"registered trial {result.best.number} as {register} version {version} (@champion)")
     return result
 

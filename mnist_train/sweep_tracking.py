@@ -9,7 +9,19 @@ from __future__ import annotations
 from . import contract
 from .config import ExperimentFile
 from .store import open_store
-from .tracking import git_commit
+from .tracking import git_commit, logged_model_id
+
+
+def model_of_record(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's latest metrics (MLflow's `run.data.metrics`) with every score replaced by its
+    model of record's (`model/val_accuracy` -> `val_accuracy`, ...): what the training process
+    computed and logged once at its end, so no metric history is read."""
+    out = {k: v for k, v in metrics.items() if not k.startswith(contract.RECORD_PREFIX)}
+    for score in contract.SCORES:
+        out.pop(score, None)  # a last epoch's value is not the model's
+        if contract.record_key(score) in metrics:
+            out[score] = metrics[contract.record_key(score)]
+    return out
 
 
 class SweepStore:
@@ -43,7 +55,9 @@ class SweepStore:
 
     def abandon(self, run_id: str, why: str) -> None:
         """End a child whose owner died before its first checkpoint: it is retrained anew."""
-        self.client.set_tag(run_id, contract.TAG_FAILURE_REASON, f"abandoned: {why}"[:5000])
+        self.client.set_tag(
+            run_id, contract.TAG_FAILURE_REASON, contract.fit_tag(f"abandoned: {why}")
+        )
         self.client.set_terminated(run_id, "KILLED")
 
     def has_checkpoints(self, run_id: str) -> bool:
@@ -91,29 +105,44 @@ class SweepStore:
         return self.client.get_run(run_id).info.status
 
     def objective(self, run_id: str, key: str) -> float | None:
-        """The run's value of `key` for the model of record: at its predictions epoch (the best
-        epoch under early stopping), else the last value logged."""
-        run = self.client.get_run(run_id)
-        epoch = run.data.metrics.get(contract.PREDICTIONS_EPOCH)
-        if epoch is not None and contract.BEST_EPOCH in run.data.metrics:  # early stopping
-            at = [m.value for m in self.client.get_metric_history(run_id, key) if m.step == epoch]
-            if at:
-                return at[-1]
-        return run.data.metrics.get(key)
+        """A finished run's value of `key` for its model of record (`model/<key>`), or the final
+        metric `key` (train_time_s, ...): for a trial trained but never told (its worker died)."""
+        return model_of_record(self.client.get_run(run_id).data.metrics).get(key)
 
     def set_trial_state(self, run_id: str, state: str) -> None:
         self.client.set_tag(run_id, contract.TAG_TRIAL_STATE, state)
 
-    def register(self, run_id: str, name: str, alias: str = "champion") -> int:
-        """Register the run's logged model as a new version of `name`, aliased `alias`."""
+    def register(
+        self, run_id: str, name: str, *, why: str, tags: dict[str, str], alias: str = "champion"
+    ) -> int:
+        """Register the run's logged model (its model of record) as a new version of `name`,
+        aliased `alias`; the version's description says `why` it was chosen and states the
+        model's scores and epoch, its tags hold them (with `tags`) for the Models page."""
         import mlflow
 
-        version = mlflow.register_model(contract.MODEL_URI.format(run_id=run_id), name)
+        metrics = self.client.get_run(run_id).data.metrics
+        scores = model_of_record(metrics)
+        epoch = int(metrics.get(contract.PREDICTIONS_EPOCH, 0))
+        stated = {k: f"{scores[k]:.4f}" for k in contract.SCORES if k in scores}
+        model_id = logged_model_id(self.client, run_id)
+        version = mlflow.register_model(contract.MODEL_URI.format(model_id=model_id), name)
+        described = ", ".join(f"{k} {v}" for k, v in stated.items() if not k.startswith("train"))
+        self.client.update_model_version(
+            name,
+            version.version,
+            description=f"{why} Model of record: epoch {epoch} of run {run_id}; {described}.",
+        )
+        for key, value in {**tags, **stated, "epoch": str(epoch), "run_id": run_id}.items():
+            self.client.set_model_version_tag(name, version.version, key, value)
         self.client.set_registered_model_alias(name, alias, version.version)
         return int(version.version)
 
     def final_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
-        return {run_id: dict(self.client.get_run(run_id).data.metrics) for run_id in run_ids}
+        """Each run's final metrics, its scores those of its model of record (see
+        `model_of_record`)."""
+        return {
+            run_id: model_of_record(self.client.get_run(run_id).data.metrics) for run_id in run_ids
+        }
 
     def close_parent(
         self,
@@ -142,5 +171,5 @@ class SweepStore:
 
     def end_parent(self, parent_id: str, status: str, reason: str | None = None) -> None:
         if reason is not None:
-            self.client.set_tag(parent_id, contract.TAG_FAILURE_REASON, reason[:5000])
+            self.client.set_tag(parent_id, contract.TAG_FAILURE_REASON, contract.fit_tag(reason))
         self.client.set_terminated(parent_id, status)

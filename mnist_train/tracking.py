@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import subprocess
 import tempfile
 import warnings
@@ -22,7 +21,9 @@ import numpy as np
 
 from . import contract
 from .config import ConfigError, ExperimentFile
-from .store import owner_tags
+from .ownership import owner_tags
+from .process import scoped_env
+from .server_probe import is_http, probe_http_store
 from .tracking_writer import InlineWriter, ProcessWriter, Row, retry_conflicts, write_rows
 
 # Per-step points from which a helper process writes metrics: below it, starting the process
@@ -36,6 +37,7 @@ class DatasetInput:
 
     name: str  # "mnist-train"
     context: str  # "training" | "testing"
+    split: str  # contract.TRAIN | VALIDATION | TEST: which scores are measured on it
     features: np.ndarray
     targets: np.ndarray
     source: str  # the folder the raw files came from
@@ -54,18 +56,22 @@ def quiet_mlflow_logs() -> None:
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
+def current_tracking_uri() -> str:
+    """The tracking URI this process records to: the one its command's `main` settled
+    (`process.configure`), which MLflow reads from the environment it set."""
+    return contract.default_tracking_uri()
+
+
 def store_is_gone() -> bool:
     """True when the run's store is an http server that no longer answers."""
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    return contract.is_http(uri) and contract.probe_http_store(uri, timeout_s=3) is not None
+    uri = current_tracking_uri()
+    return is_http(uri) and probe_http_store(uri, timeout_s=3) is not None
 
 
 def check_tracking_server(uri: str) -> None:
     """ConfigError unless an http(s) tracking store answers; other stores are not probed."""
-    if contract.is_http(uri):
-        reason = contract.probe_http_store(uri)
+    if is_http(uri):
+        reason = probe_http_store(uri)
         if reason is not None:
             raise ConfigError(f"tracking server {uri} is unreachable ({reason})")
 
@@ -97,24 +103,27 @@ def pending_checkpoints(run_id: str) -> Path:
     return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
-# MLflow samples system metrics every 10 s by default, which leaves a run of a few seconds with
-# none; every 2 s fills the System metrics tab of a 5 s run at a negligible cost.
-SYSTEM_METRICS_INTERVAL_S = "2"
-
-
-def _sample_often(enabled: bool) -> None:
-    if enabled:
-        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", SYSTEM_METRICS_INTERVAL_S)
-        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+def model_name(run_name: str) -> str:
+    """The logged model's name: the run's, in the characters MLflow allows (no / : . % quotes),
+    so that MLflow's Models page tells the models of different runs apart."""
+    cleaned = "".join("_" if c in "/:.%\"'" else c for c in run_name).strip()
+    return cleaned[:200] or "model"
 
 
 class RunLog:
-    """One MLflow run being written: open (or reopen) it, log to it, end it with a status."""
+    """One MLflow run being written: open (or reopen) it, log to it, end it with a status.
 
-    def __init__(self, run_id: str):
+    `datasets`: split (contract.TRAIN, ...) -> (name, digest) of the datasets logged as the run's
+    inputs, which the model's scores are linked to."""
+
+    def __init__(
+        self, run_id: str, experiment_id: str, datasets: dict[str, tuple[str, str]] | None = None
+    ):
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.datasets = dict(datasets or {})
         self.client = MlflowClient()
         self._records: dict[int, dict[str, np.ndarray]] = {}  # per-epoch records written here
 
@@ -132,7 +141,6 @@ class RunLog:
         `system_metrics` samples CPU, memory (and GPU) into the run's System metrics tab."""
         import mlflow
 
-        _sample_often(system_metrics)
         experiment_id = mlflow.set_experiment(experiment).experiment_id
         active = mlflow.start_run(
             experiment_id=experiment_id,
@@ -142,16 +150,22 @@ class RunLog:
             tags=tags,
             log_system_metrics=system_metrics,
         )
-        return cls(active.info.run_id)
+        return cls(active.info.run_id, experiment_id)
 
     @classmethod
     def reopen(cls, run_id: str, *, system_metrics: bool = False) -> RunLog:
         """Make an existing (ended) run active again, to continue it."""
         import mlflow
 
-        _sample_often(system_metrics)
-        mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-        return cls(run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        split_of = {name: split for split, name in contract.DATASET_NAMES.items()}
+        datasets = {
+            split_of[i.dataset.name]: (i.dataset.name, i.dataset.digest)
+            for i in inputs
+            if i.dataset.name in split_of
+        }
+        return cls(run_id, run.info.experiment_id, datasets)
 
     def log_setup(
         self,
@@ -181,13 +195,12 @@ class RunLog:
                         dataset, context=context
                     )
                 )
+                self.datasets[split.split] = (dataset.name, dataset.digest)
 
     def metric_writer(self, points: int) -> InlineWriter | ProcessWriter:
         """A writer for `points` metric rows to come: a helper process when there are many."""
-        import mlflow
-
         if points >= BACKGROUND_WRITES_FROM:
-            return ProcessWriter(mlflow.get_tracking_uri(), self.run_id)
+            return ProcessWriter(current_tracking_uri(), self.run_id)
         return InlineWriter(self.client, self.run_id)
 
     def write_rows(self, rows: list[Row]) -> None:
@@ -297,48 +310,115 @@ class RunLog:
             with np.load(path) as npz:
                 return {key: npz[key] for key in npz.files}
 
-    def log_model(self, model: Any, example: np.ndarray, outputs: np.ndarray) -> None:
-        """The deployable model (`model`), with a signature from `example` -> `outputs`."""
+    def log_model(
+        self,
+        model: Any,
+        example: np.ndarray,
+        outputs: np.ndarray,
+        *,
+        name: str,
+        epoch: int,
+        params: dict[str, str],
+        scores: Sequence[Row],
+    ) -> str:
+        """The deployable model of record, with a signature from `example` -> `outputs`, as a
+        logged model named `name` (see `model_name`) made at step `epoch`; its `scores` (the
+        epoch's metric points as logged, timestamps included) are linked to it and to the
+        datasets they were measured on, so MLflow's Models page lists its accuracy and loss.
+
+        Built from the client's public calls rather than `mlflow.pytorch.log_model`: with a run
+        active, `Model.log` links every metric the run logged at the model's step to the model
+        (system samples and batch losses included) after reading each metric's whole history.
+        Returns the logged model's id."""
         from importlib.metadata import version
 
         import mlflow.pytorch
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+        from mlflow.models import Model, infer_signature
 
         def pin(version: str) -> str:
             return version.split("+")[0]
 
-        mlflow.pytorch.log_model(
-            model,
-            name=contract.MODEL_NAME,
-            signature=infer_signature(example, outputs),
-            # listed explicitly: inferring them costs seconds per run
-            pip_requirements=[
-                f"torch=={pin(torch.__version__)}",
-                # read from the installed metadata: importing torchvision costs ~2 s
-                f"torchvision=={pin(version('torchvision'))}",
-                f"numpy=={np.__version__}",
-            ],
-            code_paths=[str(Path(__file__).resolve().parent)],
-            serialization_format="pickle",
+        logged = self.client.create_logged_model(
+            self.experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            params=params,
+            model_type="pytorch",
         )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
+                model,
+                str(path),
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=logged.model_id,
+                    run_id=self.run_id,
+                    model_id=logged.model_id,
+                ),
+                signature=infer_signature(example, outputs),
+                # listed explicitly: inferring them costs seconds per run
+                pip_requirements=[
+                    f"torch=={pin(torch.__version__)}",
+                    # read from the installed metadata: importing torchvision costs ~2 s
+                    f"torchvision=={pin(version('torchvision'))}",
+                    f"numpy=={np.__version__}",
+                ],
+                code_paths=[str(Path(__file__).resolve().parent)],
+                serialization_format="pickle",
+            )
+            self.client.log_model_artifacts(logged.model_id, str(path))
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=epoch)])
+        linked = []
+        for key, value, timestamp, step in scores:
+            dataset_name, digest = self.datasets.get(contract.METRIC[key].split, (None, None))
+            linked.append(
+                Metric(
+                    key,
+                    value,
+                    timestamp,
+                    step,
+                    model_id=logged.model_id,
+                    dataset_name=dataset_name,
+                    dataset_digest=digest,
+                    run_id=self.run_id,
+                )
+            )
+        # the same points as the run's own (same key, time, step, value): the store keeps one
+        # copy in the run's history and links it to the model
+        retry_conflicts(lambda: self.client.log_batch(self.run_id, metrics=linked))
+        return logged.model_id
 
     def end_quietly(self, status: str) -> None:
-        """Try once, briefly, to mark the run; the store may be gone for good."""
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "3"
-        try:
-            self.end(status)
-        except Exception:
-            pass  # the run stays RUNNING; its owner tags let --resume take it over
+        """Try once, briefly, to mark the run; the store may be gone for good. The limits are
+        this call's only: a worker's next trial gets the usual retries again."""
+        with scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3"):
+            try:
+                self.end(status)
+            except Exception:
+                pass  # the run stays RUNNING; its owner tags let --resume take it over
 
     def end(self, status: str, reason: str | None = None) -> None:
         """End the run as FINISHED, KILLED or FAILED; a reason goes to the `failure_reason` tag."""
         import mlflow
 
         if reason is not None:
-            self.client.set_tag(self.run_id, contract.TAG_FAILURE_REASON, reason[:5000])
+            reason = contract.fit_tag(reason)
+            self.client.set_tag(self.run_id, contract.TAG_FAILURE_REASON, reason)
         mlflow.end_run(status=status)
+
+
+def logged_model_id(client: Any, run_id: str) -> str:
+    """The id of the model a run logged (its model of record), from the run's outputs; the
+    newest when a resumed run logged one again. ConfigError when it logged none."""
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise ConfigError(f"run {run_id} logged no model")
+    return max(outputs, key=lambda o: o.step).model_id
 
 
 def read_run(run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:

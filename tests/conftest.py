@@ -32,6 +32,16 @@ def full_data_dir() -> Path:
     return Path(value)
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Each test leaves the environment as it found it: the CLIs settle process settings (the
+    tracking URI among them) in `os.environ`, as a command's `main` does."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tracking_uri(tmp_path_factory) -> str:
     """One SQLite store for the whole session (creating one costs seconds), never ./mlflow.db,
@@ -62,7 +72,7 @@ def tiny_config(**changes):
 def train_run(config, data_dir, **kwargs) -> str:
     from mnist_train.runner import prepare_run, run_training
 
-    return run_training(prepare_run(config, data_dir), **kwargs)
+    return run_training(prepare_run(config, data_dir), **kwargs).run_id
 
 
 @pytest.fixture(scope="session")

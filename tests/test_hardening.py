@@ -18,7 +18,7 @@ from conftest import tiny_config, train_run
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port, start_server
 
-from mnist_train import contract, store
+from mnist_train import contract, ownership
 from mnist_train.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_a_run_killed_hard_is_taken_over_and_ends_like_an_uninterrupted_one(data
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody left to mark it
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags[contract.TAG_OWNER] == f"{socket.gethostname()} {process.pid}"
-    assert "is gone" in store.abandoned(tags)
+    assert "is gone" in ownership.abandoned(tags)
 
     resumed = mnist_train(experiment, "--data-dir", data_dir, "--quiet", "--resume", run_id)
     out, err = resumed.communicate(timeout=300)
@@ -141,12 +141,12 @@ def test_a_run_killed_hard_is_taken_over_and_ends_like_an_uninterrupted_one(data
 
 def test_a_live_runs_owner_is_respected(tmp_path):
     alive = {contract.TAG_OWNER: f"{socket.gethostname()} {os.getpid()}", "mnist.heartbeat": "0"}
-    assert store.abandoned(alive) is None
+    assert ownership.abandoned(alive) is None
     elsewhere = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: str(time.time())}
-    assert store.abandoned(elsewhere) is None
+    assert ownership.abandoned(elsewhere) is None
     stale = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: "0"}
-    assert "no heartbeat from other-host" in store.abandoned(stale)
-    assert store.abandoned({}) is None  # no ownership recorded: never taken over
+    assert "no heartbeat from other-host" in ownership.abandoned(stale)
+    assert ownership.abandoned({}) is None  # no ownership recorded: never taken over
 
 
 # --------------------------------------------------------------------------- 4. a fresh store

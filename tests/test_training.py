@@ -80,16 +80,46 @@ def test_logged_model_loads_and_reproduces_the_stored_predictions(trained_runs, 
     import mlflow.pytorch
 
     from mnist_train.data import load_split
+    from mnist_train.tracking import logged_model_id
 
     run_id = trained_runs["mlp"]
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    model_id = logged_model_id(MlflowClient(), run_id)
+    model = mlflow.pytorch.load_model(f"models:/{model_id}")
     images = load_split(data_dir, train=False, download=False).images[:200]
     with torch.no_grad():
         probs = torch.softmax(model(images.reshape(200, -1).float() / 255), 1).numpy()
     stored = np.load(download(run_id, "predictions/test.npz", tmp_path))
     np.testing.assert_allclose(probs, stored["probs"], atol=1e-6)
-    logged = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    # the run's own path to it works too, under the model's name
+    logged = mlflow.models.get_model_info(f"runs:/{run_id}/fixture_mlp")
     assert tuple(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 784)
+
+
+def test_logged_model_carries_the_model_of_record_scores_with_their_datasets(trained_runs):
+    """What MLflow's Models page lists: the model under the run's name, its accuracy and loss
+    on each dataset (the model of record's epoch), and nothing else (no system samples)."""
+    from mnist_train.tracking import logged_model_id
+
+    client = MlflowClient()
+    run_id = trained_runs["mlp"]
+    run = client.get_run(run_id)
+    logged = client.get_logged_model(logged_model_id(client, run_id))
+    assert logged.name == "fixture_mlp"
+    assert logged.source_run_id == run_id
+    assert logged.params["hidden_sizes"] == "[32]"
+    epoch = int(run.data.metrics["predictions_epoch"])
+    linked = {(m.key, m.dataset_name): m for m in logged.metrics}
+    assert set(linked) == {
+        ("train_loss", "mnist-train"),
+        ("train_accuracy", "mnist-train"),
+        ("test_loss", "mnist-test"),
+        ("test_accuracy", "mnist-test"),
+    }
+    for (key, _), metric in linked.items():
+        assert metric.step == epoch
+        at_epoch = [m.value for m in client.get_metric_history(run_id, key) if m.step == epoch]
+        assert at_epoch == [metric.value]  # linked, not logged a second time in the run
+        assert run.data.metrics[f"model/{key}"] == metric.value
 
 
 def final_state(run_id, epoch, tmp_path):
