@@ -169,6 +169,50 @@ def _selection_scores(runs: Sequence[RunData]) -> pd.Series | None:
     return pd.Series(scores, name=contract.VAL_ACCURACY, dtype=float)
 
 
+def _check_selection(runs: Sequence[RunData], baseline_id: str) -> None:
+    if len(runs) < 2:
+        raise AnalysisError(f"need at least 2 runs to compare, found {len(runs)}")
+    if len(runs) > MAX_COMPARED_RUNS:
+        raise AnalysisError(
+            f"{len(runs)} runs selected; compare at most {MAX_COMPARED_RUNS} (narrow it with "
+            "--filter)"
+        )
+    if baseline_id not in {r.run_id for r in runs}:
+        raise AnalysisError(f"baseline {baseline_id} is not among the compared runs")
+
+
+def _overfit_onsets(groups: pd.DataFrame, history: pd.DataFrame, held_out: str) -> dict:
+    """Setting -> where its mean held-out loss starts rising while training loss falls (None
+    when it does not), for each seed group with three epochs or more."""
+    onsets = {}
+    for _, group in groups.iterrows():
+        members = list(group.run_ids)
+        train = _mean_curves(history, members, contract.TRAIN_LOSS)
+        test = _mean_curves(history, members, held_out)
+        both = pd.concat({"train": train, "test": test}, axis=1).dropna()
+        if len(both) >= 3:
+            onsets[group.setting] = stats.overfit_onset(
+                both.index.to_numpy(), both["train"], both["test"]
+            )
+    return onsets
+
+
+def _at_epoch_table(
+    history: pd.DataFrame, epoch: int | None, ids: list[str], labels: pd.Series
+) -> tuple[pd.DataFrame, list[str]]:
+    """Run id x EPOCH_TABLE_KEYS at `epoch`, and a note on runs that logged nothing there."""
+    if not epoch:
+        return pd.DataFrame(index=ids, columns=list(EPOCH_TABLE_KEYS), dtype=float), []
+    table = stats.metrics_at_epoch(history, epoch, EPOCH_TABLE_KEYS)
+    short = table[contract.TEST_ACCURACY].isna()
+    if not short.any():
+        return table, []
+    return table, [
+        f"{int(short.sum())} run(s) logged no test accuracy at epoch {epoch}: "
+        + ", ".join(labels[r] for r in table.index[short])
+    ]
+
+
 def _mean_curves(history: pd.DataFrame, run_ids: Sequence[str], key: str) -> pd.Series:
     rows = history[(history["key"] == key) & history["run_id"].isin(run_ids)]
     return rows.groupby("step")["value"].mean()
@@ -183,17 +227,9 @@ def build_comparison(
     notes: Sequence[str] = (),
 ) -> Comparison:
     """Compute every table of the report from loaded runs (no MLflow, no figures)."""
-    if len(runs) < 2:
-        raise AnalysisError(f"need at least 2 runs to compare, found {len(runs)}")
-    if len(runs) > MAX_COMPARED_RUNS:
-        raise AnalysisError(
-            f"{len(runs)} runs selected; compare at most {MAX_COMPARED_RUNS} (narrow it with "
-            "--filter)"
-        )
+    _check_selection(runs, baseline_id)
     runs = list(runs)
     ids = [r.run_id for r in runs]
-    if baseline_id not in ids:
-        raise AnalysisError(f"baseline {baseline_id} is not among the compared runs")
     by_id = {r.run_id: r for r in runs}
 
     params = pd.DataFrame([r.params for r in runs], index=pd.Index(ids, name="run_id"))
@@ -214,17 +250,8 @@ def build_comparison(
     all_notes = list(notes)
     if at_epoch is not None and max_epoch is not None and at_epoch > max_epoch:
         raise AnalysisError(f"--at-epoch {at_epoch} is beyond the last logged epoch ({max_epoch})")
-    at_table = (
-        stats.metrics_at_epoch(history, epoch, EPOCH_TABLE_KEYS)
-        if epoch
-        else pd.DataFrame(index=ids, columns=list(EPOCH_TABLE_KEYS), dtype=float)
-    )
-    short = at_table[contract.TEST_ACCURACY].isna()
-    if epoch and short.any():
-        all_notes.append(
-            f"{int(short.sum())} run(s) logged no test accuracy at epoch {epoch}: "
-            + ", ".join(labels[r] for r in at_table.index[short])
-        )
+    at_table, short_notes = _at_epoch_table(history, epoch, ids, labels)
+    all_notes += short_notes
 
     selection = _selection_scores(runs)
     for run in runs:
@@ -238,16 +265,7 @@ def build_comparison(
     groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
     # overfitting is read on the held-out curve selection uses: validation when every run has it
     held_out = contract.VAL_LOSS if selection is not None else contract.TEST_LOSS
-    onsets = {}
-    for _, group in groups.iterrows():
-        members = list(group.run_ids)
-        train = _mean_curves(history, members, contract.TRAIN_LOSS)
-        test = _mean_curves(history, members, held_out)
-        both = pd.concat({"train": train, "test": test}, axis=1).dropna()
-        if len(both) >= 3:
-            onsets[group.setting] = stats.overfit_onset(
-                both.index.to_numpy(), both["train"], both["test"]
-            )
+    onsets = _overfit_onsets(groups, history, held_out)
 
     parts = _prediction_parts(runs, baseline_id, labels)
     # accuracies measured on different test sets (e.g. --max-test) are not ranked together

@@ -15,8 +15,13 @@ import numpy as np
 import pandas as pd
 
 EASY_CONFIDENCE = 0.8  # cartography: mean label probability above which an image is easy ...
-HARD_CONFIDENCE = 0.2  # ... and below which (with low variability) it is hard to learn
-AMBIGUOUS_VARIABILITY = 0.2  # an image whose label probability swings this much is ambiguous
+HARD_CONFIDENCE = 0.2  # ... and below which (when not ambiguous) it is hard to learn
+# Ambiguous: the images whose label probability swung most, relative to the run. A fixed
+# threshold (a std of 0.2) called 10-27% of the training set ambiguous after 3-5 epochs, since
+# every image starts unlearned in epoch 1; the most variable 5% is a list worth reading, and
+# the floor keeps a run whose probabilities barely move from having any.
+AMBIGUOUS_SHARE = 0.05
+AMBIGUOUS_FLOOR = 0.1
 
 
 def _check_matrix(values, name: str, dtype) -> np.ndarray:
@@ -47,8 +52,9 @@ def forgetting(correct) -> pd.DataFrame:
 def cartography(label_prob, correct) -> pd.DataFrame:
     """Per image: `confidence` (mean over epochs of the probability given to its label),
     `variability` (its population standard deviation), `correctness` (share of epochs right) and
-    `region`: easy (confident), hard (never confident, little variability) or ambiguous
-    (variability at least AMBIGUOUS_VARIABILITY), else "-". Epochs where an image was not seen
+    `region`: ambiguous (among the AMBIGUOUS_SHARE most variable, and at least AMBIGUOUS_FLOOR),
+    else easy (confidence >= EASY_CONFIDENCE) or hard (<= HARD_CONFIDENCE), else "-". The
+    variability threshold used is `attrs["ambiguous_from"]`. Epochs where an image was not seen
     (NaN) are left out of its statistics."""
     probs = _check_matrix(label_prob, "label_prob", np.float64)
     right = _check_matrix(correct, "correct", bool)
@@ -56,17 +62,38 @@ def cartography(label_prob, correct) -> pd.DataFrame:
         raise ValueError(f"label_prob {probs.shape} and correct {right.shape} differ in shape")
     confidence = np.nanmean(probs, axis=0)
     variability = np.nanstd(probs, axis=0)
+    threshold = max(AMBIGUOUS_FLOOR, float(np.nanquantile(variability, 1 - AMBIGUOUS_SHARE)))
+    ambiguous = variability >= threshold
     region = np.full(len(confidence), "-", dtype=object)
-    region[variability >= AMBIGUOUS_VARIABILITY] = "ambiguous"
-    region[(confidence >= EASY_CONFIDENCE) & (variability < AMBIGUOUS_VARIABILITY)] = "easy"
-    region[(confidence <= HARD_CONFIDENCE) & (variability < AMBIGUOUS_VARIABILITY)] = "hard"
-    return pd.DataFrame(
+    region[(confidence >= EASY_CONFIDENCE) & ~ambiguous] = "easy"
+    region[(confidence <= HARD_CONFIDENCE) & ~ambiguous] = "hard"
+    region[ambiguous] = "ambiguous"
+    table = pd.DataFrame(
         {
             "confidence": confidence,
             "variability": variability,
             "correctness": right.mean(axis=0),
             "region": region,
         }
+    )
+    table.attrs["ambiguous_from"] = threshold
+    return table
+
+
+def regions_explained(table: pd.DataFrame) -> str:
+    """One sentence on how `cartography` drew its regions and how many images each holds."""
+    counts = table["region"].value_counts()
+    n = len(table)
+
+    def share(region: str) -> str:
+        k = int(counts.get(region, 0))
+        return f"{k:,} ({k / n:.1%})" if n else "0"
+
+    return (
+        f"Regions: ambiguous, the {AMBIGUOUS_SHARE:.0%} of images whose label probability "
+        f"varied most (std ≥ {table.attrs.get('ambiguous_from', AMBIGUOUS_FLOOR):.2f}): "
+        f"{share('ambiguous')}; otherwise easy, mean probability ≥ {EASY_CONFIDENCE}: "
+        f"{share('easy')}; hard, ≤ {HARD_CONFIDENCE}: {share('hard')}."
     )
 
 

@@ -108,7 +108,7 @@ def build_run_report(
 
         labels = run.predictions.labels if run.predictions is not None else None
         summary["dynamics"] = add_dynamics_sections(
-            page.add, *records, labels, images, train_images
+            page.add, *records, labels, images, train_images, train_labels
         )
     summary["notices"] = list(report.notices)
     report.summary = _clean(summary)

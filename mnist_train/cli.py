@@ -29,7 +29,7 @@ from .config import (
 from .contract import default_data_dir, default_tracking_uri
 from .data import DataError
 from .study import StudyPlan, make_plan
-from .sweep_plan import Child
+from .study_grid import Child
 from .warmup import warm_up_in_background
 
 # Closing the terminal (SIGHUP) or `kill` (SIGTERM) must leave a run as Ctrl-C does: stopped at a
@@ -299,7 +299,7 @@ def _run_sweep(
     from mlflow.exceptions import MlflowException
 
     from .study import default_storage
-    from .sweep import run_sweep
+    from .study_run import run_study
     from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
@@ -307,7 +307,7 @@ def _run_sweep(
     try:
         # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
-            result = run_sweep(
+            result = run_study(
                 plan,
                 data_dir=data_dir,
                 storage_url=storage,

@@ -246,7 +246,7 @@ def build_config(values: dict[str, Any], *, source: str = "config") -> RunConfig
 
 @dataclass(frozen=True)
 class ExperimentFile:
-    """An experiment file: the base fields it sets, plus sweep sections handled by `sweep.py`."""
+    """An experiment file: its base fields, plus the sweep sections `study_run.py` handles."""
 
     path: Path
     base: dict[str, Any]

@@ -208,30 +208,9 @@ def run_training(
     open_store()
     parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
     model = parts.model
-    progress = Progress()
-    if resume_run_id:
-        state = _resume_state(resume_run_id, config, take_over)
-        progress = restore(state, model, parts.optimizer, parts.scheduler)
-        if progress.stopped_early:
-            raise ConfigError(
-                f"run {resume_run_id} stopped early at epoch {progress.epoch - 1} "
-                f"(no improvement in {config.early_stopping_patience} epochs); nothing to resume"
-            )
-        if progress.epoch > config.epochs:
-            raise ConfigError(
-                f"run {resume_run_id} already finished {progress.epoch - 1} epochs; "
-                f"raise epochs (--set epochs=N) to train it further"
-            )
-        log = RunLog.reopen(resume_run_id, system_metrics=config.system_metrics)
-        log.fill_metrics([tuple(row) for row in state.get("rows", [])])
-    else:
-        log = RunLog.open(
-            experiment=config.experiment,
-            run_name=config.name,
-            tags={**run_tags(prepared, experiment_file), **owner_tags(), **(tags or {})},
-            parent_run_id=parent_run_id,
-            system_metrics=config.system_metrics,
-        )
+    log, progress = _open_run(
+        prepared, parts, experiment_file, resume_run_id, parent_run_id, tags, take_over
+    )
     reporter = reporter or Reporter(enabled=False)
     try:
         if resume_run_id:
@@ -300,6 +279,44 @@ def run_training(
         raise
     finally:
         reporter.close()
+
+
+def _open_run(
+    prepared: Prepared,
+    parts: Trainable,
+    experiment_file: ExperimentFile | None,
+    resume_run_id: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    take_over: bool,
+) -> tuple[RunLog, Progress]:
+    """A new run, or `resume_run_id` reopened with `parts` restored from its last checkpoint
+    (after checking that it may be continued); where training stands."""
+    config = prepared.config
+    if not resume_run_id:
+        log = RunLog.open(
+            experiment=config.experiment,
+            run_name=config.name,
+            tags={**run_tags(prepared, experiment_file), **owner_tags(), **(tags or {})},
+            parent_run_id=parent_run_id,
+            system_metrics=config.system_metrics,
+        )
+        return log, Progress()
+    state = _resume_state(resume_run_id, config, take_over)
+    progress = restore(state, parts.model, parts.optimizer, parts.scheduler)
+    if progress.stopped_early:
+        raise ConfigError(
+            f"run {resume_run_id} stopped early at epoch {progress.epoch - 1} "
+            f"(no improvement in {config.early_stopping_patience} epochs); nothing to resume"
+        )
+    if progress.epoch > config.epochs:
+        raise ConfigError(
+            f"run {resume_run_id} already finished {progress.epoch - 1} epochs; "
+            f"raise epochs (--set epochs=N) to train it further"
+        )
+    log = RunLog.reopen(resume_run_id, system_metrics=config.system_metrics)
+    log.fill_metrics([tuple(row) for row in state.get("rows", [])])
+    return log, progress
 
 
 def _why_this_epoch(config: RunConfig, result: RunResult) -> str:

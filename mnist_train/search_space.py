@@ -29,7 +29,7 @@ from typing import Any
 
 from . import contract
 from .config import FIELDS, ConfigError, RunConfig, build_config
-from .sweep_plan import check_value, format_value
+from .study_grid import check_value, format_value
 
 KINDS = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")

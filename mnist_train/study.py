@@ -27,7 +27,7 @@ from typing import Any
 from . import contract
 from .config import ConfigError, ExperimentFile, RunConfig, build_config
 from .search_space import SearchSpec, label, trial_config
-from .sweep_plan import Child, varying_keys
+from .study_grid import Child, varying_keys
 
 ATTR_CHILD = "child"  # a queued grid trial's user attribute: the child's name
 READY_TIMEOUT_S = 120
@@ -113,7 +113,7 @@ class StudyPlan:
 def make_plan(experiment: ExperimentFile, overrides: dict[str, Any]) -> StudyPlan:
     """The study of a sweep file with `--set` overrides: a search, or a grid of children."""
     from .search_space import read_search
-    from .sweep_plan import expand
+    from .study_grid import expand
 
     sweep_name = str(overrides.get("name") or experiment.base.get("name") or experiment.path.stem)
     base = {**experiment.base, **{k: v for k, v in overrides.items() if k != "name"}}

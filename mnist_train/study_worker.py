@@ -68,7 +68,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from .sweep_tracking import SweepStore
+    from .study_tracking import StudyStore
 
     storage = open_storage(job.storage_url)
     study = optuna.load_study(
@@ -78,7 +78,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
         pruner=pruner_for(job.plan),
     )
     study_id = storage.get_study_id_from_name(job.study_name)
-    kept = _Kept(SweepStore(), {})  # one store client and MNIST prepared once, per worker
+    kept = _Kept(StudyStore(), {})  # one store client and MNIST prepared once, per worker
     while not should_stop():
         fail_stale_trials(study)
         trial = _claim(study, storage, study_id, job.storage_url)
@@ -148,7 +148,7 @@ def _tally(storage: Any, study_id: int, say: Callable[[str], None]) -> None:
 class _Kept:
     """What a worker keeps between trials."""
 
-    store: Any  # SweepStore
+    store: Any  # StudyStore
     inputs: dict  # prepare_run's cache
 
 

@@ -10,6 +10,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import checks
 import numpy as np
 import pandas as pd
 import pytest
@@ -208,12 +209,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, tracking_uri, tmp_path):
         args += ["0" * 32, "--tracking-uri", f"http://127.0.0.1:{port}"]
         expected = "unreachable"
     result = invoke(*args, "--out", str(tmp_path / "r"), cache_dir=tmp_path / "cache")
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], (
-        result.output
-    )
-    assert "Traceback" not in result.output
+    checks.assert_one_line_error(result.output, result.exit_code, expected, code=1)
     assert not (tmp_path / "r").exists()
 
 
@@ -340,9 +336,9 @@ def test_predict_without_a_logged_model_is_a_clean_error(tracking_uri, data_dir_
         str(data_dir_copy),
         cache_dir=tmp_path / "cache",
     )
-    assert result.exit_code == 1
-    assert "Error: run" in result.output and "no finished-epoch checkpoint" in result.output
-    assert "Traceback" not in result.output
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "Error: run", "no finished-epoch checkpoint", code=1
+    )
 
 
 def test_a_file_store_path_is_read_too(tmp_path, monkeypatch):
@@ -382,9 +378,9 @@ def test_an_unwritable_out_is_one_line(xss_run, tmp_path):
         "--no-log",
         cache_dir=tmp_path / "c",
     )
-    assert result.exit_code == 1
-    assert "Error: cannot write" in result.output and "choose another --out" in result.output
-    assert "Traceback" not in result.output
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "Error: cannot write", "choose another --out", code=1
+    )
 
 
 def test_a_very_long_run_name_still_gets_its_folder(tracking_uri, tmp_path):

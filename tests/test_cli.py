@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import checks
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -36,11 +37,7 @@ def running_runs():
 
 
 def assert_one_line_error(result, message):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert message in lines[0]
+    checks.assert_one_line_error(result.output, result.exit_code, message)
     assert running_runs() == []
 
 

@@ -6,6 +6,7 @@ import math
 import re
 from html.parser import HTMLParser
 
+import checks
 import numpy as np
 import pandas as pd
 import pytest
@@ -296,9 +297,7 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
 def test_bad_input_is_one_line_and_nonzero(sweep, tmp_path, args, message):
     args = [a.format(**sweep["ids"]) for a in args]
     result = CliRunner().invoke(compare_command, [*args, "--out", str(tmp_path), "--no-log"])
-    assert result.exit_code != 0
-    assert message in result.output
-    assert "Traceback" not in result.output
+    checks.assert_one_line_error(result.output, result.exit_code, message)
     assert len(result.output.strip().splitlines()) == 1
     assert isinstance(result.exception, SystemExit)
 

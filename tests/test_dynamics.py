@@ -40,6 +40,21 @@ def test_cartography_matches_a_direct_numpy_computation():
     assert table["region"][:3].tolist() == ["easy", "hard", "ambiguous"]
 
 
+def test_cartography_calls_a_minority_ambiguous_and_says_how():
+    """Every image starts unlearned, so after a few epochs most label probabilities swing; the
+    ambiguous region is the most variable share, not every image over a fixed swing."""
+    rng = np.random.default_rng(1)
+    rising = np.linspace(0.05, 0.95, 4)[:, None] + rng.normal(0, 0.1, (4, 2000))
+    probs = np.clip(rising, 0, 1)
+    table = dynamics.cartography(probs, probs > 0.5)
+    share = (table["region"] == "ambiguous").mean()
+    assert 0 < share <= dynamics.AMBIGUOUS_SHARE + 1e-3
+    assert (probs.std(axis=0) >= 0.2).mean() > 0.9  # the old fixed threshold: nearly all
+    threshold = table.attrs["ambiguous_from"]
+    assert table.loc[table["region"] == "ambiguous", "variability"].min() >= threshold
+    assert f"std ≥ {threshold:.2f}" in dynamics.regions_explained(table)
+
+
 def test_changed_predictions_and_churn():
     probs = np.zeros((3, 4, 10))
     probs[:, :, 1] = 1.0

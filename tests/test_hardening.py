@@ -179,7 +179,7 @@ def test_a_formula_run_name_stays_text_in_every_csv(data_dir, tmp_path):
     assert {r["run_name"] for r in rows} == {"'=1+2", "'@SUM(A1)"}
     assert all(float(r["test_accuracy"]) > 0 for r in rows)  # numbers stay numbers
 
-    from mnist_train.sweep_plan import Child, summary_rows, to_csv
+    from mnist_train.study_grid import Child, summary_rows, to_csv
 
     rows = summary_rows([Child("=cmd|x", tiny_config())], [("id", "FINISHED")], {})
     assert to_csv(rows).splitlines()[1].startswith("'=cmd|x,id,FINISHED")

@@ -4,6 +4,7 @@ to their runs both ways, pruning, growing and restarting a study, a champion in 
 import os
 from pathlib import Path
 
+import checks
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -59,9 +60,7 @@ def test_a_bad_distribution_is_one_line_and_records_nothing(tmp_path, data_dir, 
     path = write(tmp_path, "bad_param", f"search:\n  trials: 2\n  params:\n{param}")
     before = study_names()
     result = invoke(path, "--data-dir", data_dir)
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+    checks.assert_one_line_error(result.output, result.exit_code, message)
     assert study_names() == before
     assert MlflowClient().get_experiment_by_name("search-bad_param") is None
 
@@ -79,17 +78,16 @@ def test_an_objective_no_run_can_rank_on_is_refused(tmp_path, data_dir, head, va
     body = "search:\n" + (f"  {head}" if head else "") + "  params:\n    lr: [0.01, 0.1]\n"
     path = write(tmp_path, "bad_objective", body, validation=validation)
     result = invoke(path, "--data-dir", data_dir)
-    assert result.exit_code != 0 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    checks.assert_one_line_error(result.output, result.exit_code, message)
 
 
 def test_an_unreachable_storage_is_one_line_with_the_password_masked(tmp_path, data_dir):
     path = write(tmp_path, "unreachable", SEARCH)
     url = "postgresql://optuna:s3cret@127.0.0.1:1/optuna"
     result = invoke(path, "--data-dir", data_dir, "--storage", url)
-    assert result.exit_code != 0
-    assert "cannot open study storage postgresql://optuna:***@127.0.0.1:1/optuna" in result.output
-    assert "s3cret" not in result.output and len(result.output.strip().splitlines()) == 1
+    masked = "cannot open study storage postgresql://optuna:***@127.0.0.1:1/optuna"
+    checks.assert_one_line_error(result.output, result.exit_code, masked)
+    assert "s3cret" not in result.output
 
 
 def test_a_search_links_trials_and_runs_both_ways_grows_and_restarts(tmp_path, data_dir):
@@ -140,8 +138,9 @@ def test_a_study_of_another_sweep_file_under_the_same_name_is_refused(tmp_path, 
         other, "same_name", SEARCH.replace("batch_size: [50, 100]", "dropout: [0.0, 0.2]")
     )
     result = invoke(changed, "--data-dir", data_dir, "--quiet")
-    assert result.exit_code != 0 and "was made from another sweep file" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "was made from another sweep file"
+    )
 
 
 def test_a_pruned_trial_stops_keeps_its_checkpoints_and_is_marked(tmp_path, data_dir):
@@ -212,7 +211,7 @@ def test_the_default_storage_sits_beside_a_sqlite_tracking_store(monkeypatch):
 def test_a_long_summary_fits_the_description_and_keeps_the_best_rows():
     from mnist_train.search_space import Param, SearchSpec
     from mnist_train.study import StudyPlan
-    from mnist_train.sweep import DESCRIPTION_LIMIT, _description
+    from mnist_train.study_run import DESCRIPTION_LIMIT, _description
 
     spec = SearchSpec(params=(Param("lr", "float", 1e-3, 0.1),), trials=400)
     plan = StudyPlan("s", experiment=None, base={}, spec=spec)

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from mnist_train.cli import cli
 from mnist_train.config import ConfigError, read_experiment
 from mnist_train.study import default_storage, make_plan
-from mnist_train.sweep import run_sweep
-from mnist_train.sweep_plan import expand, varying_keys
+from mnist_train.study_grid import expand, varying_keys
+from mnist_train.study_run import run_study
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_time_s")
@@ -283,7 +283,7 @@ def test_an_interrupted_child_resumes_on_the_next_run_and_ends_as_if_never_stopp
     )
     experiment = read_experiment(path)
     calls = itertools.count()
-    stopped = run_sweep(
+    stopped = run_study(
         make_plan(experiment, {}),
         data_dir=data_dir,
         storage_url=default_storage(os.environ["MLFLOW_TRACKING_URI"]),

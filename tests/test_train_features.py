@@ -383,7 +383,7 @@ def test_a_comparison_without_validation_says_its_ranking_is_on_test(trained_run
 
 
 def test_sweep_summary_names_its_best_child_on_validation():
-    from mnist_train.sweep_plan import Child, best_child, summary_rows
+    from mnist_train.study_grid import Child, best_child, summary_rows
 
     children = [
         Child(n, build_config({"name": n, "lr": lr})) for n, lr in (("x", 0.1), ("y", 0.01))

@@ -4,7 +4,7 @@ The command creates the study (or joins it: a rerun, or the same command on anot
 the same `--storage`), then trains its trials here or in `workers` long-lived processes
 (`study_worker.py`), then writes the parent's summary from the study: a table of every trial,
 the best one on the objective, parameter importances for a search. The study's plan is
-`study.py`; the parent run's MLflow calls are in `sweep_tracking.py`.
+`study.py`; the parent run's MLflow calls are in `study_tracking.py`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 from . import contract
 from .config import ConfigError
 from .study import StudyError, StudyPlan, is_retry, mask, open_storage, open_study
+from .study_grid import Child, best_child, summary_rows, to_csv, to_markdown
+from .study_tracking import StudyStore
 from .study_worker import Job, run_workers, work
-from .sweep_plan import Child, best_child, summary_rows, to_csv, to_markdown
-from .sweep_tracking import SweepStore
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 DESCRIPTION_LIMIT = contract.TAG_VALUE_LIMIT - 100  # room for the notes MLflow adds
@@ -43,7 +43,7 @@ class Outcome:
 
 
 @dataclass
-class SweepResult:
+class StudyResult:
     parent_run_id: str
     outcomes: list[Outcome]
     stopped: bool = False  # interrupted by the user; the rest resumes on the next run
@@ -60,7 +60,7 @@ class SweepResult:
         return [o for o in self.outcomes if o.state in ("WAITING", "RUNNING")]
 
 
-def run_sweep(
+def run_study(
     plan: StudyPlan,
     *,
     data_dir: Path,
@@ -73,7 +73,7 @@ def run_sweep(
     quiet: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     say: Callable[[str], None] | None = None,
-) -> SweepResult:
+) -> StudyResult:
     """Create or join the study of `plan`, train trials until none is left, summarise."""
     from . import data
     from .tracking import check_tracking_server
@@ -90,7 +90,7 @@ def run_sweep(
     check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
     data.load_mnist(data_dir)  # download once, here, before workers race to
     storage = open_storage(storage_url)
-    store = SweepStore()
+    store = StudyStore()
     if adopt_run_id:
         experiment_id, experiment_name = store.experiment_of_run(adopt_run_id)
         plan = replace(plan, base={**plan.base, "experiment": experiment_name})
@@ -143,7 +143,7 @@ def run_sweep(
         )
         raise
     outcomes = _outcomes(plan, study)
-    result = SweepResult(
+    result = StudyResult(
         parent_id, outcomes, not finished, study.study_name, done_before, _best(outcomes, plan)
     )
     _close_parent(store, plan, study, result)
@@ -206,7 +206,7 @@ def _best(outcomes: list[Outcome], plan: StudyPlan) -> Outcome | None:
     return pick(done, key=lambda o: o.value)
 
 
-def _close_parent(store: SweepStore, plan: StudyPlan, study: Any, result: SweepResult) -> None:
+def _close_parent(store: StudyStore, plan: StudyPlan, study: Any, result: StudyResult) -> None:
     """Summary table, best trial and importances on the parent; FINISHED once every trial is
     settled, KILLED when this command was stopped, else left RUNNING for the other machines."""
     known = [(o, o.child) for o in result.outcomes if o.child is not None]
@@ -280,7 +280,7 @@ def _importance(study: Any, plan: StudyPlan) -> dict[str, float]:
         return {}
 
 
-def _headline(result: SweepResult, plan: StudyPlan, rows: list[dict]) -> str:
+def _headline(result: StudyResult, plan: StudyPlan, rows: list[dict]) -> str:
     done = sum(o.state == "COMPLETE" for o in result.outcomes)
     pruned = sum(o.state == "PRUNED" for o in result.outcomes)
     text = f"Study {result.study_name}: {done} of {len(result.outcomes)} trials complete"
@@ -305,4 +305,4 @@ def _headline(result: SweepResult, plan: StudyPlan, rows: list[dict]) -> str:
     return text.strip()
 
 
-__all__ = ["Outcome", "StudyError", "SweepResult", "run_sweep"]
+__all__ = ["Outcome", "StudyError", "StudyResult", "run_study"]

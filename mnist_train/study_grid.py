@@ -8,7 +8,7 @@ A sweep file is an experiment file with up to three extra sections:
 
 Every child is validated like a single config, and its name says what varies (`lr=0.01`,
 `layers=3,seed=2`). This module also formats the sweep's summary table; running a sweep is
-`sweep.py`'s job, and nothing here touches MLflow.
+`study_run.py`'s job, and nothing here touches MLflow.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """MLflow for a study's parent run and what it reads of its trial runs.
 
 The trials are ordinary training runs written by `tracking.py`; this module owns only what a
-study adds around them, so that `sweep.py` and `study_worker.py` never call MLflow themselves.
+study adds around them, so that `study_run.py` and `study_worker.py` never call MLflow themselves.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def model_of_record(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class SweepStore:
+class StudyStore:
     """The tracking store, as a sweep uses it."""
 
     def __init__(self) -> None:
