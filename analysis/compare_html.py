@@ -209,8 +209,8 @@ def _study_context(study: Study | None) -> dict | None:
         "direction": study.direction,
         "counts": ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())),
         "n_trials": len(study.trials),
-        "on_validation": study.objective.startswith("val_"),
-        "on_test": study.objective.startswith("test_"),
+        "on_validation": contract.measured_on(study.objective) == contract.VALIDATION,
+        "on_test": contract.measured_on(study.objective) == contract.TEST,
         "best": None,
     }
     if best is not None:

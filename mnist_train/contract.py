@@ -113,6 +113,13 @@ def higher_is_better(name: str) -> bool:
     return spec.higher_is_better
 
 
+def measured_on(name: str) -> str | None:
+    """The split a metric is measured on (a `model/` key reads as its score); None for costs
+    and unknown names."""
+    spec = METRIC.get(name.removeprefix(RECORD_PREFIX))
+    return spec.split if spec else None
+
+
 def metric_format(name: str) -> str:
     """How tables print `name` (pct, float, int, s); float for anything not in the table."""
     spec = METRIC.get(name.removeprefix(RECORD_PREFIX))

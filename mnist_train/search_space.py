@@ -35,12 +35,8 @@ KINDS = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "halving", "none")
 DERIVED = ("hidden_size", "depth")  # together: hidden_sizes = [hidden_size] * depth
-PER_EPOCH = (
-    contract.VAL_ACCURACY,
-    contract.VAL_LOSS,
-    contract.TRAIN_ACCURACY,
-    contract.TRAIN_LOSS,
-)
+# what a study may optimise: the model of record's scores except the test set's, and two costs
+PER_EPOCH = tuple(k for k in contract.SCORES if contract.measured_on(k) != contract.TEST)
 OBJECTIVES = (*PER_EPOCH, contract.OVERFIT_GAP, contract.TRAIN_TIME)
 SEARCH_KEYS = ("trials", "objective", "direction", "sampler", "pruner", "params")
 MAX_GRID = 10_000
@@ -146,7 +142,7 @@ def read_search(path: Path, section: Any, base: dict[str, Any]) -> SearchSpec:
     pruner = _choice(where, "pruner", section.get("pruner", "median"), PRUNERS)
     objective = str(section.get("objective", contract.VAL_ACCURACY))
     _check_objective(where, objective, pruner, base, params)
-    default_direction = "maximize" if objective.endswith("accuracy") else "minimize"
+    default_direction = "maximize" if contract.higher_is_better(objective) else "minimize"
     direction = _choice(
         where, "direction", section.get("direction", default_direction), ("maximize", "minimize")
     )
@@ -182,7 +178,7 @@ def _choice(where: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
 def _check_objective(
     where: str, objective: str, pruner: str, base: dict[str, Any], params: tuple[Param, ...]
 ) -> None:
-    if objective.startswith("test_"):
+    if contract.measured_on(objective) == contract.TEST:
         raise ConfigError(
             f"{where}.objective {objective}: a search never chooses on the test set "
             f"(it would overstate the winner); use {contract.VAL_ACCURACY} or {contract.VAL_LOSS}"
@@ -192,7 +188,7 @@ def _check_objective(
             f"{where}.objective {objective!r}: no run logs that metric "
             f"(objectives: {', '.join(OBJECTIVES)})"
         )
-    if objective.startswith("val_"):
+    if contract.measured_on(objective) == contract.VALIDATION:
         validation = build_config(base).validation
         if not validation or any(p.name == "validation" for p in params):
             raise ConfigError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from .contract import HTTP_PROBE_TIMEOUT_S
+from . import contract
 
 
 def is_http(uri: str) -> bool:
@@ -19,7 +19,7 @@ def probe_http_store(uri: str, timeout_s: float | None = None) -> str | None:
     MLflow's own client would retry an unreachable server for minutes. An HTTP error status
     (401, 404, ...) still means the server is there; MLflow reports anything else itself.
     """
-    timeout_s = HTTP_PROBE_TIMEOUT_S if timeout_s is None else timeout_s
+    timeout_s = contract.HTTP_PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             return None

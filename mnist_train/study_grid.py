@@ -24,15 +24,17 @@ from .config import FIELDS, SWEEP_KEYS, ConfigError, ExperimentFile, RunConfig, 
 from .csv_safe import rows_to_csv
 
 FIXED_KEYS = ("name", "experiment")  # one per sweep: the parent's name, and where all runs live
+# The summary's columns: the model of record's scores (validation left out when no child has a
+# split), which epoch it is, and the costs. Scores come from `study_tracking.model_of_record`.
 SUMMARY_METRICS = (
-    contract.VAL_ACCURACY,  # left out when no child has a validation split
+    contract.VAL_ACCURACY,
     contract.TRAIN_ACCURACY,
     contract.TEST_ACCURACY,
-    contract.OVERFIT_GAP,
-    contract.BEST_EPOCH,  # left out without early stopping
+    contract.PREDICTIONS_EPOCH,
+    contract.STOPPED_EPOCH,  # left out without early stopping
     contract.TRAIN_TIME,
 )
-OPTIONAL_SUMMARY = (contract.VAL_ACCURACY, contract.BEST_EPOCH)
+OPTIONAL_SUMMARY = (contract.VAL_ACCURACY, contract.STOPPED_EPOCH)
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,10 @@ def summary_rows(
         params = child.config.to_params()
         row.update({k: params[k] for k in keys})
         found = metrics.get(run_id or "", {})
-        row.update({k: found.get(k) for k in SUMMARY_METRICS})
+        for key in SUMMARY_METRICS:
+            value = found.get(key)
+            integral = value is not None and contract.metric_format(key) == "int"
+            row[key] = int(value) if integral else value
         rows.append(row)
     for key in OPTIONAL_SUMMARY:
         if all(row[key] is None for row in rows):

@@ -311,10 +311,12 @@ def worker_main(job: Job, stop_event: Any, parent_pid: int, threads: int) -> Non
     import torch
 
     from .tracking import quiet_mlflow_logs
+    from .warmup import warm_up_in_background
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout = sys.stderr  # the command's stdout carries run ids only
     torch.set_num_threads(threads)  # the process's settings came with it from the command
+    warm_up_in_background()
     quiet_mlflow_logs()
     orphaned = threading.Event()
     threading.Thread(target=_watch, args=(parent_pid, orphaned), daemon=True).start()

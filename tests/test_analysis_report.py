@@ -420,9 +420,9 @@ def test_a_server_that_answers_health_but_fails_its_api_is_named_as_such(tmp_pat
 
     server = HTTPServer(("127.0.0.1", 0), HalfAlive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    from mnist_train import contract
+    from mnist_train import process
 
-    for key, value in contract.HTTP_LIMITS.items():  # as mnist-analysis sets them
+    for key, value in process.HTTP_LIMITS.items():  # as mnist-analysis sets them
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     started = time.time()
