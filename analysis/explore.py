@@ -170,6 +170,7 @@ def _epoch_arrays(run: RunArrays, given: np.ndarray, final: np.ndarray) -> tuple
     first = np.where(right.any(axis=0), epochs[right.argmax(axis=0)], 0)
     flips = (predicted[1:] != predicted[:-1]).sum(axis=0)
     rows = np.arange(len(given))
+    # one byte per image keeps the page small; an epoch or a flip count beyond 255 reads as 255
     return (
         epochs,
         np.minimum(first, 255).astype(np.uint8),
@@ -226,7 +227,7 @@ def explore_runs(
     view = build_view(
         arrays, base.predictions.labels, base.predictions.index, baseline=shared.index(base)
     )
-    sprite = test_image_sprite(_test_images(base, data_dir), view.index)
+    sprite = sprite_png(_test_images(base, data_dir), view.index)
     title = f"{len(shared)} runs explored"
     if parent_run_id:
         parent = client.get_run(parent_run_id)
@@ -269,7 +270,7 @@ def _run_arrays(client, run: RunData, cache_dir, notes: list[str]) -> RunArrays:
         with np.load(path) as npz:
             probs, epochs, index = npz["probs"], npz["epochs"], npz["index"]
     except Exception as err:  # a truncated or foreign file: the page goes on without it
-        notes.append(f"{run.label}: unreadable {contract.TEST_BY_EPOCH_PATH} ({err})")
+        notes.append(f"{run.label}: unreadable {contract.TEST_BY_EPOCH_PATH} ({first_line(err)})")
         return RunArrays(run.run_id, run.label, p.probs)
     if probs.shape != (len(epochs), len(p), contract.N_CLASSES) or not np.array_equal(
         index, p.index
@@ -297,7 +298,7 @@ def _test_images(base: RunData, data_dir) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def test_image_sprite(images: np.ndarray, index: np.ndarray) -> bytes:
+def sprite_png(images: np.ndarray, index: np.ndarray) -> bytes:
     """PNG bytes of the images `images[index]`, ink dark on white, SPRITE_COLUMNS to a row in
     view order (image k at column k % SPRITE_COLUMNS, row k // SPRITE_COLUMNS).
 
