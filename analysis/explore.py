@@ -28,7 +28,9 @@ from mnist_train import contract
 
 EXPLORER_HTML = "explorer.html"
 EXPLORER_DIR = "explorer"  # the page's folder among a run's artifacts
+# tags, to move into mnist_train/contract.py with the other names (not this branch's file)
 TAG_EXPLORER = "mnist.explorer"  # on the run holding the page: its artifact path
+TAG_EXPLORED_RUNS = "mnist.explored_run_ids"  # on an explorer's own report run
 SPRITE_COLUMNS = 100  # thumbnails per sprite row: 10,000 test images make a 2800 x 2800 PNG
 QUANTA = 255  # probabilities are stored as round(p * 255) in one byte: 0.4% steps
 
@@ -406,7 +408,7 @@ def publish_explorer(
             tags={
                 contract.TAG_REPORT: "explorer",
                 TAG_EXPLORER: artifact,
-                "mnist.explored_run_ids": ",".join(view.run_ids)[:4900],  # tags hold 5000
+                TAG_EXPLORED_RUNS: ",".join(view.run_ids)[:4900],  # tags hold 5000 characters
             },
         )
         try:
