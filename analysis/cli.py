@@ -431,6 +431,62 @@ def labels_command(
         click.echo(f"logged to MLflow run {parent_run_id} ({contract.ANALYSIS_DIR}/labels/)")
 
 
+@cli.command("explore")
+@selection_options
+@click.option(
+    "--baseline",
+    metavar="RUN_ID",
+    help="Run that fixed / broken are judged against (default: as for compare).",
+)
+@report_options("Folder for explorer.html.")
+@click.option(
+    "--log/--no-log",
+    default=True,
+    show_default=True,
+    help="Log the page to MLflow (the sweep's parent run, else a new report run).",
+)
+def explore_command(
+    experiments,
+    run_ids,
+    parent_run_id,
+    filter_string,
+    baseline,
+    out_dir,
+    tracking_uri,
+    data_dir,
+    cache_dir,
+    log,
+):
+    """One offline explorer.html: every test image across the selected runs.
+
+    A sortable table of the test images (each run's prediction, confidence, first right epoch
+    and flips, agreement, margin, label-quality score), filters kept in the URL hash, confusion
+    matrices whose cells filter the table, and each image's probabilities per run and epoch.
+    """
+    from analysis.explore import explore_runs
+
+    ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    result = explore_runs(
+        out_dir=out_dir,
+        experiments=experiments,
+        run_ids=ids,
+        parent_run_id=parent_run_id,
+        filter_string=filter_string,
+        baseline=baseline,
+        tracking_uri=tracking_uri,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        log_to_mlflow=log,
+    )
+    for line in result.notes:
+        notice(line)
+    size = result.path.stat().st_size / 1e6
+    click.echo(f"explored {len(result.view)} test images of {len(result.view.run_ids)} run(s)")
+    click.echo(f"explorer: {result.path} ({size:.1f} MB)")
+    if result.logged:
+        click.echo(f"logged to MLflow run {result.logged} (explorer/explorer.html)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
     process.configure()

@@ -8,6 +8,8 @@ label got and the digit predicted; an image whose label stays improbable and who
 settles on another digit in most runs is suspect. Output columns: `index` (torchvision
 position), `given`, `suggested`, `agreement` (the share of runs whose own prediction is the
 suggested digit), `score` (label quality in [0, 1], lower is more suspect); most suspect first.
+The test-set ranking holds every image with a boolean `flagged` (confident learning's verdict):
+a score ranks, but only the verdict says where the ranking stops being suspicious.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["index", "given", "suggested", "agreement", "score"]
+RANKING_COLUMNS = [*COLUMNS, "flagged"]
 TRAIN_LABEL_PROB_BELOW = 0.2  # training set: mean label probability in the last epochs ...
 TRAIN_AGREEMENT_FROM = 0.5  # ... and the share of runs predicting the same other digit
 
 
-def test_set_issues(labels, probs_by_run, index) -> pd.DataFrame:
-    """Suspected label errors among N test images scored by R runs.
+def test_set_ranking(labels, probs_by_run, index) -> pd.DataFrame:
+    """Every one of N test images scored by R runs, most suspect label first.
 
     labels int (N,); probs_by_run float (R, N, 10), each row a softmax; index int (N,).
-    `score` is cleanlab's self-confidence of the averaged probabilities.
+    Columns RANKING_COLUMNS: `score` is cleanlab's self-confidence of the averaged probabilities
+    (the probability they give the given label), `flagged` whether `find_label_issues` (prune by
+    noise rate) calls the label an error. Ties in score keep the torchvision order.
     """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -35,12 +40,29 @@ def test_set_issues(labels, probs_by_run, index) -> pd.DataFrame:
         raise ValueError(f"probs_by_run must be (runs, {len(labels)}, 10), got {probs.shape}")
     mean = probs.mean(axis=0)
     mean /= mean.sum(axis=1, keepdims=True)
-    flagged = np.flatnonzero(find_label_issues(labels, mean))
-    score = get_label_quality_scores(labels, mean)
     suggested = mean.argmax(axis=1)
     runs_predict = probs.argmax(axis=2)  # (R, N)
-    agreement = (runs_predict == suggested[None, :]).mean(axis=0)
-    return _ranked(flagged, index, labels, suggested, agreement, score)
+    table = pd.DataFrame(
+        {
+            "index": np.asarray(index, dtype=np.int64),
+            "given": labels,
+            "suggested": suggested,
+            "agreement": (runs_predict == suggested[None, :]).mean(axis=0),
+            "score": get_label_quality_scores(labels, mean),
+            "flagged": find_label_issues(labels, mean),
+        }
+    )
+    return table.sort_values(["score", "index"]).reset_index(drop=True)[RANKING_COLUMNS]
+
+
+def test_set_issues(labels, probs_by_run, index) -> pd.DataFrame:
+    """The flagged rows of `test_set_ranking`, in COLUMNS, most suspect first."""
+    return flagged_rows(test_set_ranking(labels, probs_by_run, index))
+
+
+def flagged_rows(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a ranking that confident learning flagged, in COLUMNS, order kept."""
+    return ranking[ranking["flagged"].to_numpy(bool)].reset_index(drop=True)[COLUMNS]
 
 
 def train_set_issues(labels, label_prob_by_run, predicted_by_run, index, *, last: int = 3):

@@ -1,8 +1,9 @@
 """`mnist-analysis labels`: suspected label errors in the test and training sets, from stored runs.
 
 Reads each selected run's `predictions/test.npz` and, where it has one, `dynamics/train.npz`;
-computes `label_issues.test_set_issues` / `train_set_issues`; writes `label_issues.csv` (test
-set), `label_issues_train.csv`, `report.html` with galleries; `publish.py` logs them. The more and
+computes `label_issues.test_set_ranking` / `train_set_issues`; writes `label_issues.csv` (every
+test image ranked, with confident learning's `flagged`), `label_issues_train.csv` (the suspects
+only), `report.html` with galleries; `publish.py` logs them. The more and
 the stronger the runs (a seeds sweep, CNNs), the better the list: the report says how many it
 rests on.
 """
@@ -31,8 +32,9 @@ TABLE_ROWS = 100
 @dataclass(frozen=True)
 class LabelsResult:
     path: Path  # report.html
-    test: pd.DataFrame
+    test: pd.DataFrame  # the flagged test images (label_issues.COLUMNS)
     train: pd.DataFrame
+    ranking: pd.DataFrame  # every test image (label_issues.RANKING_COLUMNS)
     n_runs: int
     notes: list[str]
 
@@ -62,14 +64,15 @@ def run_labels(
         filter_string=filter_string,
         cache_dir=cache_dir,
     )
-    path, test, train, more = labels_report(
+    path, ranking, train, more = labels_report(
         client, runs, out_dir, data_dir=data_dir, cache_dir=cache_dir
     )
     if parent_run_id:
         log_labels_report(client, parent_run_id, out_dir)
     skipped = [f"skipped {e.label}: {e.reason}" for e in excluded]
     n_runs = len([r for r in runs if r.predictions is not None])
-    return LabelsResult(path, test, train, n_runs, [*notes, *more, *skipped])
+    test = label_issues.flagged_rows(ranking)
+    return LabelsResult(path, test, train, ranking, n_runs, [*notes, *more, *skipped])
 
 
 def labels_report(
@@ -77,7 +80,7 @@ def labels_report(
 ) -> tuple[Path, pd.DataFrame, pd.DataFrame, list[str]]:
     """Write the label-issue report of `runs` into `out_dir`.
 
-    Returns (report.html, test-set table, training-set table, notes).
+    Returns (report.html, the test-set ranking, the training-set suspects, notes).
     """
     from analysis import images as mnist_images
     from analysis.html import render
@@ -94,14 +97,15 @@ def labels_report(
     if len(same) < len(usable):
         notes.append(f"{len(usable) - len(same)} run(s) scored another test set: left out")
     first = same[0].predictions
-    test = label_issues.test_set_issues(
+    ranking = label_issues.test_set_ranking(
         first.labels, np.stack([r.predictions.probs for r in same]), first.index
     )
+    n_flagged = int(ranking["flagged"].sum())
 
     train, n_train_runs = _train_issues(client, same, cache_dir, notes, data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    safe_frame(test).to_csv(out / "label_issues.csv", index=False)
+    safe_frame(ranking).to_csv(out / "label_issues.csv", index=False)
     safe_frame(train).to_csv(out / "label_issues_train.csv", index=False)
 
     folder = mnist_images.resolve_data_dir(data_dir, same[0])
@@ -114,9 +118,10 @@ def labels_report(
     except Exception as err:  # galleries without pictures; the tables stand on their own
         notes.append(f"images unavailable, galleries show numbers only: {err}")
     summary = (
-        f"{len(test)} suspected label errors among {len(first)} test images, from the "
-        f"probabilities of {len(same)} run(s) averaged (confident learning); {len(train)} among "
-        f"the training images, from {n_train_runs} run(s) with a per-example record."
+        f"{n_flagged} suspected label errors among {len(first)} test images, flagged by "
+        f"confident learning on the probabilities of {len(same)} run(s) averaged; every test "
+        f"image is ranked by label quality in label_issues.csv. {len(train)} among the training "
+        f"images, from {n_train_runs} run(s) with a per-example record."
     )
     html = render(
         "labels.html",
@@ -127,13 +132,27 @@ def labels_report(
         summary=summary,
         notes=notes,
         sections=[
-            _section("test", "Test set", test, test_images, "label_issues.csv"),
-            _section("train", "Training set", train, train_images, "label_issues_train.csv"),
+            _section(
+                "test",
+                f"Test set: {n_flagged} flagged of {len(ranking)} ranked",
+                ranking,
+                test_images,
+                f"The top of the ranking of all {len(ranking)} test images, lowest label "
+                "quality first; flagged ones (confident learning's verdict) are marked. The "
+                "whole ranking is in label_issues.csv.",
+            ),
+            _section(
+                "train",
+                f"Training set: {len(train)} suspects",
+                train,
+                train_images,
+                "Most suspect first; all of them in label_issues_train.csv.",
+            ),
         ],
     )
     path = out / "report.html"
     path.write_text(html, encoding="utf-8")
-    return path, test, train, notes
+    return path, ranking, train, notes
 
 
 def _train_issues(client, runs, cache_dir, notes, data_dir) -> tuple[pd.DataFrame, int]:
@@ -172,26 +191,32 @@ def _train_labels(run: RunData, n: int, data_dir) -> np.ndarray:
     return mnist_images.load_train_labels(mnist_images.resolve_data_dir(data_dir, run))[:n]
 
 
-def _section(key, title, table, images, csv_name) -> dict:
+def _section(key, title, table, images, caption) -> dict:
+    """A gallery and a table of the first rows of `table`; rows without a `flagged` column are
+    all suspects."""
     from analysis.figures.common import image_to_base64
 
+    head = table.head(max(GALLERY, TABLE_ROWS)).copy()
+    if "flagged" not in head:
+        head["flagged"] = True
     tiles = [
         {
             "index": int(row.index),
             "given": int(row.given),
             "suggested": int(row.suggested),
             "agreement": float(row.agreement),
+            "flagged": bool(row.flagged),
             "image": image_to_base64(images[int(row.index)], scale=3)
             if images is not None
             else None,
         }
-        for row in table.head(GALLERY).itertuples()
+        for row in head.head(GALLERY).itertuples()
     ]
     return {
         "id": key,
-        "title": f"{title}: {len(table)} suspects",
-        "caption": f"Most suspect first; all of them in {csv_name}. A tile reads "
-        "#index: given label → suggested label, and the share of runs predicting the suggestion.",
+        "title": title,
+        "caption": f"{caption} A tile reads #index: given label → suggested label, and the "
+        "share of runs predicting the suggestion.",
         "tiles": tiles,
-        "rows": table.head(TABLE_ROWS).to_dict("records"),
+        "rows": head.head(TABLE_ROWS).to_dict("records"),
     }

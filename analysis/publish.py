@@ -111,3 +111,45 @@ def _describe_report_run(client: MlflowClient, run_id: str, c: Comparison) -> No
     client.log_param(run_id, "baseline", c.baseline_id)
     if c.epoch:
         client.log_param(run_id, "at_epoch", str(c.epoch))
+
+
+def log_explorer(
+    client: MlflowClient,
+    path: Path,
+    run_ids: list[str],
+    *,
+    parent_run_id: str | None,
+    experiment_id: str,
+) -> str:
+    """Log the explorer page (as `contract.EXPLORER_PATH`): to the sweep's parent, next to the
+    runs it shows, else to a run of its own tagged `mnist.report=explorer` (so later selections
+    skip it); returns the id of the run holding it."""
+    from mlflow.exceptions import MlflowException
+
+    folder = str(Path(contract.EXPLORER_PATH).parent)
+    try:
+        if parent_run_id is not None:
+            client.log_artifact(parent_run_id, str(path), folder)
+            client.set_tag(parent_run_id, contract.TAG_EXPLORER, contract.EXPLORER_PATH)
+            return parent_run_id
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run = client.create_run(
+            experiment_id,
+            run_name=f"explore-{len(run_ids)}-runs-{stamp}",
+            tags={
+                contract.TAG_REPORT: "explorer",
+                contract.TAG_EXPLORER: contract.EXPLORER_PATH,
+                contract.TAG_EXPLORED_RUNS: contract.fit_tag(",".join(run_ids)),
+            },
+        )
+        try:
+            client.log_artifact(run.info.run_id, str(path), folder)
+            client.set_terminated(run.info.run_id)
+        except Exception:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        return run.info.run_id
+    except (MlflowException, OSError) as err:
+        raise AnalysisError(
+            f"explorer written to {path} but not logged: {first_line(err)}"
+        ) from None

@@ -143,6 +143,7 @@ EPOCH_RECORD_DIR = "dynamics/epochs"  # epoch_NNN.npz: correct, label_prob, test
 MODEL_URI = "models:/{model_id}"  # a logged model (the run's one: `tracking.logged_model_id`)
 ANALYSIS_DIR = "analysis"  # per-run report artifacts
 COMPARISON_DIR = "comparison"  # comparison report artifacts
+EXPLORER_PATH = "explorer/explorer.html"  # the explorer page, on a sweep parent or report run
 
 # --- tags (MLflow caps a tag value at 8,000 characters: longer ones are cut to fit)
 TAG_VALUE_LIMIT = 8000
@@ -172,6 +173,8 @@ TAG_WORKBENCH_VERSION = "mnist.workbench_version"
 TAG_PER_EXAMPLE_RECORD = "mnist.per_example_record"  # "incomplete: ..." when epochs are missing
 TAG_COMPARISON_REPORT = "mnist.comparison_report"  # on a sweep parent: its report's artifact
 TAG_LABELS_REPORT = "mnist.labels_report"  # likewise for the label-issues report
+TAG_EXPLORER = "mnist.explorer"  # on the run holding an explorer page: its artifact path
+TAG_EXPLORED_RUNS = "mnist.explored_run_ids"  # on an explorer's own report run
 TAG_BASELINE_RUN = "mnist.baseline_run_id"  # on a report run
 TAG_COMPARED_RUNS = "mnist.compared_run_ids"  # on a report run: comma-separated run ids
 TAG_PARENT = "mlflow.parentRunId"

@@ -111,6 +111,19 @@ def test_label_issues_find_flipped_labels_with_known_precision_and_recall():
     assert ((table["agreement"] >= 0) & (table["agreement"] <= 1)).all()
 
 
+def test_the_test_set_ranking_holds_every_image_and_the_flagged_ones_on_top():
+    given, _, probs, flipped = synthetic()
+    ranking = label_issues.test_set_ranking(given, probs, np.arange(len(given)) + 7)
+    assert list(ranking.columns) == [*label_issues.COLUMNS, "flagged"]
+    assert sorted(ranking["index"]) == list(range(7, len(given) + 7))
+    assert ranking["score"].is_monotonic_increasing
+    # the verdict is the same as the suspects' list, and a flipped label ranks high
+    issues = label_issues.test_set_issues(given, probs, np.arange(len(given)) + 7)
+    pd.testing.assert_frame_equal(label_issues.flagged_rows(ranking), issues)
+    top = ranking.head(len(flipped))
+    assert (top["index"] - 7).isin(flipped).mean() > 0.75
+
+
 def test_training_set_issues_from_per_example_records():
     labels = np.array([3, 3, 5, 5])
     prob = np.full((2, 3, 4), 0.9)  # 2 runs, 3 epochs, 4 images
@@ -153,17 +166,30 @@ def test_labels_command_writes_the_csv_and_a_report(trained_runs, data_dir, tmp_
     )
     assert result.exit_code == 0, result.output
     test = pd.read_csv(out / "label_issues.csv")
-    assert list(test.columns) == ["index", "given", "suggested", "agreement", "score"]
+    assert list(test.columns) == ["index", "given", "suggested", "agreement", "score", "flagged"]
+    # every test image the runs scored is ranked, most suspect first
+    stored = np.load(trained_runs_predictions(trained_runs["mlp"], tmp_path))
+    assert sorted(test["index"]) == sorted(stored["index"].tolist())
     assert test["score"].is_monotonic_increasing
-    assert (test["given"] != test["suggested"]).all()
+    assert test["flagged"].dtype == bool and 0 < test["flagged"].sum() < len(test)
+    flagged = test[test["flagged"]]
+    assert (flagged["given"] != flagged["suggested"]).all()
     train = pd.read_csv(out / "label_issues_train.csv")
-    assert list(train.columns) == list(test.columns)
+    assert list(train.columns) == ["index", "given", "suggested", "agreement", "score"]
     html = (out / "report.html").read_text()
-    assert "Based on 2 run(s)" in html and "Test set:" in html and "Training set:" in html
+    assert "Based on 2 run(s)" in html and "Training set:" in html
+    assert f"Test set: {len(flagged)} flagged of {len(test)} ranked" in html
     assert (
-        f"{len(test)} test and {len(train)} training images suspected, from 2 run(s)"
+        f"{len(flagged)} test and {len(train)} training images suspected, from 2 run(s)"
         in result.output
     )
+
+
+def trained_runs_predictions(run_id: str, tmp_path):
+    """The run's stored predictions/test.npz, downloaded straight from MLflow."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().download_artifacts(run_id, "predictions/test.npz", str(tmp_path))
 
 
 def test_the_run_report_shows_how_images_moved_during_training(trained_runs, data_dir, tmp_path):
