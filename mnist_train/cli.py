@@ -108,7 +108,10 @@ def cli() -> None:
     """Train MNIST classifiers and track them in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)."""
 
 
-@cli.command()
+# `mlflow run -P key=value` appends `--key value` to the command for every parameter the MLproject
+# does not declare; the MLproject declares almost none, so that MLflow logs on its run only the
+# parameters given (a declared one is logged with its default, empty or not).
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("experiment_file", type=click.Path(path_type=Path))
 @click.option(
     "--set",
@@ -183,7 +186,9 @@ def cli() -> None:
     "--dry-run", is_flag=True, help="Check config and data, train one batch, log nothing."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
 def run(
+    ctx,
     experiment_file,
     overrides,
     data_dir,
@@ -214,8 +219,19 @@ def run(
     adopt_run_id = os.environ.pop("MLFLOW_RUN_ID", None) or None
     try:
         experiment = read_experiment(experiment_file)
-        # `--set lr=` (no value) overrides nothing: the MLproject forwards every parameter this way
-        values = parse_overrides(pair for pair in overrides if not _empty_assignment(pair))
+        given = _project_parameters(ctx.args)
+        if adopt_run_id and storage:
+            raise ConfigError(
+                "the study storage is not a project parameter (MLflow logs parameters, passwords "
+                f"included): set {contract.STUDY_STORAGE_ENV} in the environment instead"
+            )
+        data_dir = given.pop("data_dir", data_dir)
+        max_train = int(given.pop("max_train")) if "max_train" in given else max_train
+        max_test = int(given.pop("max_test")) if "max_test" in given else max_test
+        trials = int(given.pop("trials")) if "trials" in given else trials
+        # `--set lr=` (no value) overrides nothing
+        pairs = [*overrides, *(f"{k}={v}" for k, v in given.items())]
+        values = parse_overrides(pair for pair in pairs if not _empty_assignment(pair))
         for key, value in (
             ("experiment", experiment_name),
             ("max_train", max_train),
@@ -266,6 +282,31 @@ def _echo_safely(text: str, *, err: bool = False) -> None:
         click.echo(text, err=err)
     except OSError:
         pass
+
+
+PROJECT_OPTIONS = ("data_dir", "max_train", "max_test", "trials")  # -P names of CLI options
+
+
+def _project_parameters(args: list[str]) -> dict[str, str]:
+    """`--key value` pairs that `mlflow run -P key=value` appended: config fields and the
+    options in PROJECT_OPTIONS, by name; anything else is a ConfigError."""
+    from .config import FIELDS
+
+    given, rest = {}, list(args)
+    while rest:
+        token = rest.pop(0)
+        key, sep, value = token.removeprefix("--").partition("=")
+        key = key.replace("-", "_")
+        if not token.startswith("--") or not key:
+            raise ConfigError(f"unexpected argument {token!r}")
+        if key not in FIELDS and key not in PROJECT_OPTIONS:
+            raise ConfigError(f"no such option or config field: --{key}")
+        if not sep:
+            if not rest:
+                raise ConfigError(f"--{key} needs a value")
+            value = rest.pop(0)
+        given[key] = value
+    return given
 
 
 def _flag(option: str, value: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from . import contract
 from .config import ConfigError, ExperimentFile, RunConfig, build_config
 from .search_space import SearchSpec, label, trial_config
-from .study_grid import Child, varying_keys
+from .study_grid import FIXED_KEYS, Child, varying_keys
 
 ATTR_CHILD = "child"  # a queued grid trial's user attribute: the child's name
 READY_TIMEOUT_S = 120
@@ -67,13 +67,21 @@ class StudyPlan:
         return build_config(self.base).experiment
 
     def fingerprint(self) -> str:
-        """Same sweep file (up to its trial count, comments and layout) <=> same fingerprint."""
+        """What the study runs (up to its trial count, comments and layout) <=> its fingerprint.
+
+        The run names and the MLflow experiment are left out: they say where the runs are
+        filed, not what they try, and `mlflow run --experiment-name` files the same sweep file
+        elsewhere than `mnist-train run` does."""
+
+        def settings(values: dict[str, Any]) -> list[tuple[str, str]]:
+            return sorted((k, str(v)) for k, v in values.items() if k not in FIXED_KEYS)
+
         if self.spec:
             what: Any = [repr(p) for p in self.spec.params]
             what += [self.spec.objective, self.spec.direction, self.spec.sampler]
-            what += [self.spec.pruner, sorted((k, str(v)) for k, v in self.base.items())]
+            what += [self.spec.pruner, settings(self.base)]
         else:
-            what = [(c.name, sorted(c.config.to_params().items())) for c in self.children]
+            what = [settings(c.config.to_params()) for c in self.children]
         return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
 
     def queued(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -245,6 +253,8 @@ def open_study(
     if latest is None or force:
         try:
             study = optuna.create_study(study_name=name, storage=storage, direction=plan.direction)
+            # dashboards (optuna-dashboard) label the value with the metric, not "Objective 0"
+            study.set_metric_names([plan.objective])
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another machine created it first
             study = optuna.load_study(study_name=name, storage=storage)

@@ -10,7 +10,6 @@ the best one on the objective, parameter importances for a search. The study's p
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,6 +24,7 @@ from .study_tracking import StudyStore
 from .study_worker import Job, run_workers, work
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+SETTLED = tuple(RUN_STATUS)  # trial states no worker will change
 DESCRIPTION_LIMIT = contract.TAG_VALUE_LIMIT - 100  # room for the notes MLflow adds
 
 
@@ -76,7 +76,7 @@ def run_study(
 ) -> StudyResult:
     """Create or join the study of `plan`, train trials until none is left, summarise."""
     from . import data
-    from .tracking import check_tracking_server
+    from .tracking import check_tracking_server, current_tracking_uri
 
     say = say or (lambda text: None if quiet else print(text, file=sys.stderr, flush=True))
     if register and plan.objective.startswith("test_"):
@@ -87,7 +87,7 @@ def run_study(
         plan = replace(plan, spec=replace(plan.spec, trials=trials))
     elif trials is not None:
         raise ConfigError("--trials is for a search (a search: section with sampler tpe/random)")
-    check_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    check_tracking_server(current_tracking_uri())
     data.load_mnist(data_dir)  # download once, here, before workers race to
     storage = open_storage(storage_url)
     store = StudyStore()
@@ -113,6 +113,18 @@ def run_study(
     study, parent_id = open_study(
         plan, storage, force=force, trials=trials, create_parent=create_parent, say=say
     )
+    before = _outcomes(plan, study)
+    done_before = sum(o.state in ("COMPLETE", "PRUNED") for o in before)
+    if all(o.state in SETTLED for o in before):
+        # nothing left to train: the parent stays as it was (no new start, no stretched end)
+        result = StudyResult(
+            parent_id, before, False, study.study_name, done_before, _best(before, plan)
+        )
+        say(f"study {study.study_name} is complete ({_counts(before)}): nothing to train")
+        if adopt_run_id and adopt_run_id != parent_id:
+            store.point_to_parent(adopt_run_id, study.study_name, parent_id)
+        say(_closing_line(store, plan, result))
+        return result
     try:
         store.resume_parent(parent_id)
     except Exception as err:  # MlflowException: RESOURCE_DOES_NOT_EXIST
@@ -121,8 +133,8 @@ def run_study(
             "which this tracking store does not have (another MLFLOW_TRACKING_URI?); use the "
             "study's tracking server, or --force for a new study"
         ) from err
-    before = _outcomes(plan, study)
-    done_before = sum(o.state in ("COMPLETE", "PRUNED") for o in before)
+    if adopt_run_id and adopt_run_id != parent_id:
+        store.point_to_parent(adopt_run_id, study.study_name, parent_id)
     say(
         f"study {study.study_name}: {len(before)} trials ({done_before} done before), "
         f"objective {plan.objective} ({plan.direction}), storage {mask(storage_url)}, "
@@ -160,7 +172,34 @@ def run_study(
             },
         )
         say(f"registered trial {result.best.number} as {register} version {version} (@champion)")
+    say(_closing_line(store, plan, result))
     return result
+
+
+def _counts(outcomes: list[Outcome]) -> str:
+    states = [o.state.lower() for o in outcomes]
+    return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+
+
+def _closing_line(store: StudyStore, plan: StudyPlan, result: StudyResult) -> str:
+    """The study's last words: its best trial so far on the objective, that trial's model of
+    record, and where to look next."""
+    where = (
+        f"parent run {result.parent_run_id}; report: mnist-analysis compare --parent "
+        f"{result.parent_run_id}"
+    )
+    best = result.best
+    if best is None:
+        return f"study {result.study_name}: no trial has a {plan.objective} yet; {where}"
+    scores = store.final_metrics([best.run_id])[best.run_id] if best.run_id else {}
+    test = scores.get(contract.TEST_ACCURACY)
+    epoch = scores.get(contract.PREDICTIONS_EPOCH)
+    stated = f"{plan.objective} {best.value:.4f}"
+    if test is not None and plan.objective != contract.TEST_ACCURACY:
+        stated += f", test_accuracy {test:.4f}"
+    if epoch is not None:
+        stated += f" (epoch {int(epoch)})"
+    return f"study {result.study_name}: best trial {best.number} ({best.name}): {stated}; {where}"
 
 
 def _in_experiment(child: Child, experiment: str) -> Child:

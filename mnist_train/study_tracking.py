@@ -101,6 +101,19 @@ class StudyStore:
         if contract.TAG_FAILURE_REASON in run.data.tags:
             self.client.delete_tag(parent_id, contract.TAG_FAILURE_REASON)
 
+    def point_to_parent(self, run_id: str, study_name: str, parent_id: str) -> None:
+        """The run `mlflow run` opened, for a command that continued an existing study: its
+        description says where the study's trials are recorded."""
+        experiment_id = self.client.get_run(parent_id).info.experiment_id
+        link = f"#/experiments/{experiment_id}/runs/{parent_id}"
+        self.client.set_tag(run_id, contract.TAG_STUDY, study_name)
+        self.client.set_tag(
+            run_id,
+            contract.TAG_NOTE,
+            f"Continued study {study_name}; its trials are recorded under its parent run "
+            f"[{parent_id}]({link}).",
+        )
+
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 

@@ -25,6 +25,7 @@ from typing import Any
 from . import contract
 from .config import ConfigError
 from .study import StudyPlan, open_storage, requeue
+from .study_grid import format_value
 
 POLL_S = 2.0
 
@@ -233,6 +234,7 @@ def run_trial(
                 store.abandon(run_id, "its worker stopped before the first checkpoint")
                 run_id = None
             prepared = prepare_run(child.config, job.data_dir, cache=kept.inputs)
+            _say(job, f"trial {number}: {tried(child)}" + (f" (run {run_id})" if run_id else ""))
             reporter = Reporter(enabled=not job.quiet, label=f"trial {number}")
             if job.line_output:
                 reporter.interactive = False
@@ -281,6 +283,17 @@ def run_trial(
             where = traceback.extract_tb(err.__traceback__)[-1]
             text = f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})"
             return tell("FAIL", message=text)
+
+
+def tried(child: Any) -> str:
+    """What a trial tries, as `lr=0.00045 hidden_size=900 ...` (its settings; its name when it
+    varies nothing)."""
+    if not child.settings:
+        return child.name
+    def shown(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else format_value(value)
+
+    return " ".join(f"{k}={shown(v)}" for k, v in child.settings.items())
 
 
 def _suggest(trial: Any, plan: StudyPlan) -> dict[str, Any]:
