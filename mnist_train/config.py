@@ -151,6 +151,27 @@ class RunConfig:
             out[key] = str(value)
         return out
 
+    def applies(self, key: str) -> bool:
+        """Whether field `key` changes what this run trains: `conv_channels` applies to a CNN
+        only, `momentum` to SGD only, `step_size` to a step schedule only, ..."""
+        when = {
+            "hidden_sizes": self.model != "softmax",
+            "activation": self.model != "softmax",
+            "dropout": self.model != "softmax",
+            "conv_channels": self.model == "cnn",
+            "momentum": self.optimizer == "sgd",
+            "step_size": self.scheduler == "step",
+            "gamma": self.scheduler == "step",
+            "min_lr": self.scheduler == "cosine",
+            "early_stopping_metric": self.early_stopping_patience is not None,
+        }
+        return when.get(key, True)
+
+    def applied_params(self) -> dict[str, str]:
+        """`to_params` without the fields that do not apply to this run (`applies`): what a run
+        logs, so that MLflow's runs table shows no `conv_channels` for an MLP."""
+        return {k: v for k, v in self.to_params().items() if self.applies(k)}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples) for YAML and checkpoints."""
         out = dataclasses.asdict(self)

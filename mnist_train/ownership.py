@@ -6,15 +6,33 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import datetime, timezone
 
 from . import contract
+
+
+HEARTBEAT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC, as the runs table shows it: 2026-11-25T15:20:31Z
+
+
+def heartbeat_seconds(value: str) -> float | None:
+    """Unix seconds of a heartbeat tag (ISO 8601 UTC, or the unix seconds older runs wrote);
+    None when it cannot be read."""
+    try:
+        when = datetime.strptime(value, HEARTBEAT_FORMAT).replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def owner_tags() -> dict[str, str]:
     """Who trains a run, and when it last said so (tags refreshed every epoch)."""
     return {
         contract.TAG_OWNER: f"{socket.gethostname()} {os.getpid()}",
-        contract.TAG_HEARTBEAT: str(int(time.time())),
+        contract.TAG_HEARTBEAT: datetime.now(timezone.utc).strftime(HEARTBEAT_FORMAT),
     }
 
 
@@ -33,7 +51,10 @@ def abandoned(tags: dict[str, str], *, now: float | None = None) -> str | None:
         except PermissionError:
             pass  # alive, someone else's
         return None
-    silent = (now or time.time()) - float(beat)
+    seconds = heartbeat_seconds(beat)
+    if seconds is None:
+        return f"its heartbeat tag {beat[:40]!r} cannot be read"
+    silent = (now or time.time()) - seconds
     if silent > contract.HEARTBEAT_STALE_S:
         return f"no heartbeat from {host} for {silent / 60:.0f} min"
     return None

@@ -31,9 +31,10 @@ class Prepared:
 
 
 def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
-    """Every config field, flat, plus what the data and the model turned out to be."""
+    """Every config field that applies to the run, flat, plus what the data and the model turned
+    out to be."""
     tensors = prepared.tensors
-    params = prepared.config.to_params()
+    params = prepared.config.applied_params()
     params.update(
         normalize_mean=f"{tensors.mean:.6g}",
         normalize_std=f"{tensors.std:.6g}",

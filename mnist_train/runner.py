@@ -523,7 +523,7 @@ def _log_results(
         outputs,
         name=model_name(config.name),
         epoch=record_epoch,
-        params=config.to_params(),
+        params=config.applied_params(),
         scores=record.rows,
     )
     return RunResult(log.run_id, record, final, last.epoch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -147,6 +148,19 @@ def test_a_live_runs_owner_is_respected(tmp_path):
     stale = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: "0"}
     assert "no heartbeat from other-host" in ownership.abandoned(stale)
     assert ownership.abandoned({}) is None  # no ownership recorded: never taken over
+
+
+def test_the_heartbeat_is_a_readable_utc_time_and_a_garbled_one_lets_a_run_be_taken_over():
+    beat = ownership.owner_tags()[contract.TAG_HEARTBEAT]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", beat)
+    assert abs(ownership.heartbeat_seconds(beat) - time.time()) < 5
+    fresh = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: beat}
+    assert ownership.abandoned(fresh) is None
+    an_hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    old = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: an_hour_ago}
+    assert "no heartbeat from other-host for 60 min" in ownership.abandoned(old)
+    garbled = {contract.TAG_OWNER: "other-host 12", contract.TAG_HEARTBEAT: "yesterday"}
+    assert "cannot be read" in ownership.abandoned(garbled)
 
 
 # --------------------------------------------------------------------------- 4. a fresh store

@@ -236,3 +236,17 @@ def test_background_writer_works_from_an_unguarded_script(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.strip().splitlines()[-1]
     assert len(history(MlflowClient(), run_id, "batch_loss")) == 20
+
+
+def test_a_run_logs_only_the_fields_that_apply_to_it(trained_runs):
+    client = MlflowClient()
+    mlp = client.get_run(trained_runs["mlp"]).data.params
+    softmax = client.get_run(trained_runs["softmax"]).data.params
+    for absent in ("conv_channels", "momentum", "step_size", "gamma", "min_lr"):
+        assert absent not in mlp
+    assert mlp["hidden_sizes"] == "[32]" and mlp["optimizer"] == "adam"
+    assert "early_stopping_metric" not in mlp  # no early stopping
+    for absent in ("hidden_sizes", "activation", "dropout", "conv_channels"):
+        assert absent not in softmax
+    assert softmax["optimizer"] == "sgd" and "momentum" in softmax
+    assert "" not in {*mlp.values(), *softmax.values()}
