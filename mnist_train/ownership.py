@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 
 from . import contract
 
-
 HEARTBEAT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC, as the runs table shows it: 2026-11-25T15:20:31Z
 
 

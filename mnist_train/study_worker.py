@@ -290,6 +290,7 @@ def tried(child: Any) -> str:
     varies nothing)."""
     if not child.settings:
         return child.name
+
     def shown(value: Any) -> str:
         return f"{value:.3g}" if isinstance(value, float) else format_value(value)
 
