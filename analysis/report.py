@@ -90,7 +90,7 @@ def build_run_report(
     report = RunReport(out, summary={}, notices=[*run.notices, *(notices or [])])
     page = _Page(out)
     summary = _run_header(run)
-    summary["overfit"] = _curve_sections(page, run)
+    summary["overfit"], summary["marked_epoch"] = _curve_sections(page, run)
     # the contract's end-of-run metric (last train minus last test accuracy)
     summary["overfit_gap"] = run.metrics.get(contract.OVERFIT_GAP)
     summary["final_epoch_metrics"] = (
@@ -121,9 +121,9 @@ def build_run_report(
     return report
 
 
-def _curve_sections(page: _Page, run: RunData) -> dict | None:
-    """epochs.csv, the learning curves and the per-step loss; the overfitting summary, or None
-    without train and test accuracy curves."""
+def _curve_sections(page: _Page, run: RunData) -> tuple[dict | None, int | None]:
+    """epochs.csv, the learning curves and the per-step loss; the overfitting summary (None
+    without train and test accuracy curves) and the epoch the curves mark as best."""
     from analysis.figures import run as plots
 
     epochs = run.epochs
@@ -131,13 +131,24 @@ def _curve_sections(page: _Page, run: RunData) -> dict | None:
     if {contract.TRAIN_ACCURACY, contract.TEST_ACCURACY} <= set(epochs.columns) and len(epochs):
         overfit = metrics.overfit_summary(epochs)
         page.csv(epochs.join(metrics.overfit_gap(epochs)), "epochs.csv")
+    marked = None
     if len(epochs):
+        curves = plots.LearningCurvesDisplay(epochs, title=f"{run.label} ({run.run_id[:8]})")
+        marked = curves.plot().best_
+        on_val = contract.VAL_LOSS in epochs and epochs[contract.VAL_LOSS].notna().any()
         page.add(
-            plots.LearningCurvesDisplay(epochs, title=f"{run.label} ({run.run_id[:8]})").plot(),
+            curves,
             "learning_curves.png",
             "Learning curves",
-            "Loss and train/test accuracy per epoch (seed 000, 5.1); the dotted line "
-            "marks the epoch with the lowest test loss.",
+            "Loss and accuracy per epoch on the training images (as trained)"
+            + (", the validation images" if on_val else "")
+            + " and the test images; the dotted line marks the epoch with the lowest "
+            + (
+                "validation loss."
+                if on_val
+                else "test loss (there is no validation split, so this choice reads the test "
+                "set and flatters it)."
+            ),
         )
     if len(run.batch_loss):
         page.add(
@@ -146,7 +157,7 @@ def _curve_sections(page: _Page, run: RunData) -> dict | None:
             "Loss per step",
             "Training loss of every optimisation step and its running mean.",
         )
-    return overfit
+    return overfit, marked
 
 
 def _prediction_sections(page: _Page, run: RunData, summary: dict) -> dict:
@@ -231,13 +242,13 @@ def _gallery_sections(
         "dataset.png",
         "Data set",
         "Images per digit (as a share of the training and test sets when the training labels are "
-        "at hand) and the first test image of each digit (seed 000, 3.3).",
+        "at hand) and the first test image of each digit.",
     )
     page.add(
         gallery.PredictionGalleryDisplay.from_predictions(images, y_true, probs, pred.index),
         "predictions.png",
         "Prediction gallery",
-        "The first 7 correct and first 3 wrong test predictions (seed 000, 5.2).",
+        "The first 7 correct and first 3 wrong test predictions of the model of record.",
     )
     wrong = np.flatnonzero(y_pred != y_true)
     if not len(wrong):
@@ -253,7 +264,7 @@ def _gallery_sections(
         ).plot(),
         "confidence.png",
         "Confidence of a wrong prediction",
-        "The first wrong prediction and the model's probability for every digit (seed 000, 5.3).",
+        "The first wrong prediction and the model's probability for every digit.",
     )
     page.add(
         gallery.MisclassificationGalleryDisplay.from_predictions(

@@ -96,6 +96,29 @@ def test_learning_curves_plot_the_logged_values_in_percent():
     np.testing.assert_allclose(lines["Test accuracy"].get_ydata(), [91, 93])
     assert to_hex(lines["Train accuracy"].get_color()) == common.COLORS["train"]
     assert any("epoch 2" in line.get_label() for line in ax_loss.lines)  # lowest test loss marked
+    assert any("no validation split" in line.get_label() for line in ax_loss.lines)
+
+
+def test_learning_curves_draw_validation_and_mark_its_best_epoch_not_tests():
+    epochs = pd.DataFrame(
+        {
+            "train_loss": [0.5, 0.3, 0.2],
+            "val_loss": [0.45, 0.38, 0.40],  # lowest at epoch 2
+            "test_loss": [0.44, 0.39, 0.36],  # lowest at epoch 3: not the one marked
+            "train_accuracy": [0.9, 0.95, 0.97],
+            "val_accuracy": [0.90, 0.92, 0.91],
+            "test_accuracy": [0.91, 0.93, 0.94],
+        },
+        index=pd.Index([1, 2, 3], name="epoch"),
+    )
+    display = plots.LearningCurvesDisplay(epochs).plot()
+    ax_loss, ax_acc = display.axes_
+    lines = {line.get_label(): line for line in ax_acc.lines}
+    np.testing.assert_allclose(lines["Validation accuracy"].get_ydata(), [90, 92, 91])
+    assert to_hex(lines["Validation accuracy"].get_color()) == common.COLORS["validation"]
+    assert display.best_ == 2
+    marks = [line.get_label() for line in ax_loss.lines if "Lowest" in line.get_label()]
+    assert marks == ["Lowest validation loss (epoch 2)"]
 
 
 def test_prediction_gallery_titles_are_green_when_right_and_red_when_wrong(case):

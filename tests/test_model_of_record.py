@@ -161,6 +161,12 @@ def test_the_comparison_and_the_run_report_state_the_same(study, tmp_path):
         described = f"epoch {record['epoch']} of {int(run.data.metrics['stopped_epoch'])}"
         assert f"validation accuracy, {described}" in html
         assert f"{100 * record['val']:.2f}%" in html
+        # the report marks its best epoch on validation, never on test, and says so
+        val_loss = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val_loss")}
+        assert summary["marked_epoch"] == min(val_loss, key=val_loss.get)
+        assert "epoch with the lowest validation loss" in html and "lowest test loss" not in html
+        assert '<nav class="toc">' in html and 'href="#learning_curves.png"' in html
+        assert "given label → digit predicted" in html  # the training-image galleries
 
 
 def test_stored_predictions_are_the_model_of_records(study, tmp_path):

@@ -21,6 +21,7 @@ import numpy as np
 COLORS = {
     "train": "#1f77b4",  # blue
     "test": "#ff7f0e",  # orange
+    "validation": "#9467bd",  # purple
     "correct": "#2ca02c",  # green: right predictions, the true class
     "wrong": "#d62728",  # red: wrong predictions, the predicted class
     "neutral": "#9ecae1",  # light blue: everything else

@@ -15,11 +15,12 @@ from mnist_train import contract
 
 
 class LearningCurvesDisplay:
-    """Seed 000 section 5.1: loss per epoch, and train vs test accuracy per epoch.
+    """Loss per epoch, and accuracy per epoch, on the training, validation and test images.
 
-    `epochs`: DataFrame indexed by epoch with any of train_loss, test_loss, train_accuracy,
-    test_accuracy (accuracies as fractions; drawn in percent). The epoch with the lowest test loss
-    is marked in both panels.
+    `epochs`: DataFrame indexed by epoch with any of train_loss, val_loss, test_loss,
+    train_accuracy, val_accuracy, test_accuracy (accuracies as fractions; drawn in percent). The
+    epoch with the lowest validation loss is marked in both panels (`best_`); without validation
+    curves, the lowest test loss, and the label says that this choice reads the test set.
     """
 
     def __init__(self, epochs: pd.DataFrame, *, title: str = ""):
@@ -34,35 +35,38 @@ class LearningCurvesDisplay:
         self.axes_, self.figure_ = axes, ax_loss.figure
         epochs = self.epochs
         x = epochs.index.to_numpy()
-        for split, marker in (("train", "o"), ("test", "^")):
-            if f"{split}_loss" in epochs:
-                ax_loss.plot(
-                    x,
-                    epochs[f"{split}_loss"],
-                    marker=marker,
-                    lw=2,
-                    color=COLORS[split],
-                    label=f"{split.capitalize()} loss",
-                )
-            if f"{split}_accuracy" in epochs:
-                ax_acc.plot(
-                    x,
-                    100 * epochs[f"{split}_accuracy"],
-                    marker=marker,
-                    lw=2,
-                    color=COLORS[split],
-                    label=f"{split.capitalize()} accuracy",
-                )
-        if contract.TEST_LOSS in epochs and epochs[contract.TEST_LOSS].notna().any():
-            best = int(epochs[contract.TEST_LOSS].idxmin())
-            for ax in axes:
-                ax.axvline(
-                    best,
-                    color=COLORS["reference"],
-                    ls=":",
-                    lw=1.5,
-                    label=f"Lowest test loss (epoch {best})",
-                )
+        for split, prefix, marker in (
+            ("train", "train", "o"),
+            ("validation", "val", "s"),
+            ("test", "test", "^"),
+        ):
+            for ax, kind, scale in ((ax_loss, "loss", 1), (ax_acc, "accuracy", 100)):
+                key = f"{prefix}_{kind}"
+                if key in epochs and epochs[key].notna().any():
+                    ax.plot(
+                        x,
+                        scale * epochs[key],
+                        marker=marker,
+                        lw=2,
+                        color=COLORS[split],
+                        label=f"{split.capitalize()} {kind}",
+                    )
+        self.best_ = None
+        for key, what in (
+            (contract.VAL_LOSS, "Lowest validation loss"),
+            (contract.TEST_LOSS, "Lowest test loss (no validation split)"),
+        ):
+            if key in epochs and epochs[key].notna().any():
+                self.best_ = int(epochs[key].idxmin())
+                for ax in axes:
+                    ax.axvline(
+                        self.best_,
+                        color=COLORS["reference"],
+                        ls=":",
+                        lw=1.5,
+                        label=f"{what} (epoch {self.best_})",
+                    )
+                break
         for ax, name, unit in (
             (ax_loss, "Loss", "Cross-entropy loss"),
             (ax_acc, "Accuracy", "Accuracy (%)"),
