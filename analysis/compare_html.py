@@ -41,6 +41,11 @@ VALIDATION_COLUMNS = tuple(
 )
 
 
+# fANOVA fits a random forest to the complete trials: below this many its importances move a lot
+# from one added trial to the next, a rough guide rather than a finding
+FEW_FOR_IMPORTANCE = 20
+
+
 def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
     return {"text": text, "best": best, "title": title}
 
@@ -48,7 +53,9 @@ def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
 def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
     """Header and rows of the runs table; each cell {text, best, title}."""
     columns = [k for k in FINAL_COLUMNS if k not in VALIDATION_COLUMNS or c.selection is not None]
-    header = ["run", *c.varying, *columns, "epoch", "status"]
+    named = c.legend is not None  # short labels (T07): the run's own name beside each
+    header = ["label", "run"] if named else ["run"]
+    header += [*c.varying, *columns, "epoch", "status"]
     # With a validation split, "best" is chosen on validation only: marking the best test score
     # too would invite choosing on the test set.
     marked = VALIDATION_COLUMNS if c.selection is not None else tuple(FINAL_COLUMNS)
@@ -64,6 +71,8 @@ def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
         chosen = c.selection is not None and rid == c.selection.idxmax()
         name = c.labels[rid] + (" (baseline)" if rid == c.baseline_id else "")
         cells = [_cell(name + (" (best on validation)" if chosen else ""), best=chosen, title=rid)]
+        if named:
+            cells.append(_cell(str(c.legend.at[rid, "run"])))
         cells += [
             _cell(str(c.params.at[rid, p]) if pd.notna(c.params.at[rid, p]) else "–")
             for p in c.varying
@@ -209,6 +218,8 @@ def _study_context(study: Study | None) -> dict | None:
         "direction": study.direction,
         "counts": ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())),
         "n_trials": len(study.trials),
+        "n_complete": len(study.complete),
+        "few_for_importance": len(study.complete) < FEW_FOR_IMPORTANCE,
         "on_validation": contract.measured_on(study.objective) == contract.VALIDATION,
         "on_test": contract.measured_on(study.objective) == contract.TEST,
         "best": None,
@@ -264,4 +275,15 @@ def render_html(
         gallery_per_kind=GALLERY_PER_KIND,
         images=images,
         study=_study_context(study),
+        shown_note=_shown_note(c),
+    )
+
+
+def _shown_note(c: Comparison) -> str:
+    """What the per-run figures leave out, when they show only the best runs."""
+    if len(c.shown) == len(c.runs):
+        return ""
+    return (
+        f"Figures with a line or panel per run show the best {len(c.shown)} of the {len(c.runs)} "
+        f"runs on {c.ranked_on} (the baseline included); the tables list them all."
     )

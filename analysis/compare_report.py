@@ -133,14 +133,30 @@ def significance_frame(c: Comparison) -> pd.DataFrame:
 
 def figures(c: Comparison) -> dict[str, str]:
     """Every figure of the report as base64 PNG, by name (absent when its data is missing)."""
-    from analysis.figures import compare as fc
     from analysis.figures.common import figure_to_base64
 
+    # grids are laid out by hand: no tight trim (its extra draw costs seconds with many panels)
+    return {
+        name: figure_to_base64(figure, tight=not name.startswith("confusion"))
+        for name, figure in figure_objects(c).items()
+    }
+
+
+def figure_objects(c: Comparison) -> dict:
+    """Every figure of the report as a matplotlib Figure, by name."""
+    from analysis.figures import compare as fc
+
     labels, settings = c.labels.to_dict(), c.settings.to_dict()
+    shown = c.shown  # one line or panel per run: the best few when there are many
     out = {}
     if not c.history.empty:
-        out["curves"] = figure_to_base64(
-            fc.CurveOverlayDisplay(c.history, labels, settings)
+        history = c.history[c.history["run_id"].isin(shown)]
+        out["curves"] = (
+            fc.CurveOverlayDisplay(
+                history,
+                {r: labels[r] for r in shown},
+                {r: settings[r] for r in shown},
+            )
             .plot(CURVE_KEYS, at_epoch=c.epoch)
             .figure_
         )
@@ -149,7 +165,7 @@ def figures(c: Comparison) -> dict[str, str]:
         c.final[contract.TEST_ACCURACY].reindex(c.at_epoch.index),
     )
     if c.epoch and at.notna().any() and not np.allclose(at, final, equal_nan=True):
-        out["at_epoch"] = figure_to_base64(
+        out["at_epoch"] = (
             fc.EpochComparisonDisplay(
                 c.at_epoch[contract.TEST_ACCURACY], c.final[contract.TEST_ACCURACY], labels, c.epoch
             )
@@ -158,18 +174,18 @@ def figures(c: Comparison) -> dict[str, str]:
         )
     if c.per_class is not None and len(c.per_class):
         heat = c.per_class.rename(index=labels)
-        out["per_class"] = figure_to_base64(fc.PerClassHeatmapDisplay(heat).plot().figure_)
+        out["per_class"] = fc.PerClassHeatmapDisplay(heat).plot().figure_
     if c.confusions:
-        out["confusion"] = figure_to_base64(
-            fc.ConfusionGridDisplay({labels[r]: m for r, m in c.confusions.items()}).plot().figure_,
-            tight=False,
-        )
+        grid = {labels[r]: c.confusions[r] for r in shown if r in c.confusions}
+        out["confusion"] = fc.ConfusionGridDisplay(grid).plot().figure_
         base = c.confusions[c.baseline_id]
-        diffs = {labels[r]: m - base for r, m in c.confusions.items() if r != c.baseline_id}
+        diffs = {
+            labels[r]: c.confusions[r] - base
+            for r in shown
+            if r in c.confusions and r != c.baseline_id
+        }
         if diffs:
-            out["confusion_diff"] = figure_to_base64(
-                fc.ConfusionGridDisplay(diffs, kind="difference").plot().figure_, tight=False
-            )
+            out["confusion_diff"] = fc.ConfusionGridDisplay(diffs, kind="difference").plot().figure_
     cost = c.final[[contract.TRAIN_TIME]].copy()
     cost["accuracy"] = c.final[contract.TEST_ACCURACY]
     if c.significance is not None:
@@ -177,24 +193,28 @@ def figures(c: Comparison) -> dict[str, str]:
         cost = cost.join(c.significance[["accuracy", "ci_low", "ci_high"]], rsuffix="_predictions")
         cost["accuracy"] = cost["accuracy_predictions"].fillna(cost["accuracy"])
     if cost[[contract.TRAIN_TIME, "accuracy"]].notna().all(axis=1).sum() >= 2:
-        out["cost"] = figure_to_base64(
-            fc.AccuracyCostDisplay(cost, labels, settings).plot().figure_
-        )
+        out["cost"] = fc.AccuracyCostDisplay(cost, labels, settings, annotate=shown).plot().figure_
     return out
 
 
 def study_figures(study: Study) -> dict[str, str]:
     """The study section's figures as base64 PNG: history, importances, objective by parameter."""
-    from analysis.figures import study as fs
     from analysis.figures.common import figure_to_base64
 
-    out = {"study_history": figure_to_base64(fs.OptimizationHistoryDisplay(study).plot().figure_)}
+    return {
+        name: figure_to_base64(figure, tight=name != "study_slices")
+        for name, figure in study_figure_objects(study).items()
+    }
+
+
+def study_figure_objects(study: Study) -> dict:
+    from analysis.figures import study as fs
+
+    out = {"study_history": fs.OptimizationHistoryDisplay(study).plot().figure_}
     if study.importance:
-        out["study_importance"] = figure_to_base64(
-            fs.ImportanceDisplay(study.importance).plot().figure_
-        )
+        out["study_importance"] = fs.ImportanceDisplay(study.importance).plot().figure_
     if study.params and len(study.complete):
-        out["study_slices"] = figure_to_base64(fs.SliceDisplay(study).plot().figure_, tight=False)
+        out["study_slices"] = fs.SliceDisplay(study).plot().figure_
     return out
 
 
@@ -261,7 +281,15 @@ def compare_runs(
         raise AnalysisError(
             f"only one run found ({runs[0].label}, {runs[0].run_id}); need at least 2 to compare"
         )
-    baseline_id = choose_baseline(runs, baseline)
+    study = parent = None
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        study = load_study(client, parent, cache_dir=cache_dir)
+    # a study's baseline is its best trial on the objective: what every other trial is measured
+    # against (its first trial is a random start)
+    best = study.best() if study is not None else None
+    preferred = str(best["run_id"]) if best is not None else None
+    baseline_id = choose_baseline(runs, baseline, preferred)
     comparison = build_comparison(
         runs, baseline_id=baseline_id, at_epoch=at_epoch, excluded=excluded, notes=notes
     )
@@ -273,11 +301,8 @@ def compare_runs(
         except AnalysisError as err:
             notes = [*comparison.notes, f"flip gallery without images: {err}"]
             comparison = dataclasses.replace(comparison, notes=notes)
-    study = None
-    if parent_run_id:
-        parent = client.get_run(parent_run_id)
+    if parent is not None:
         sweep_name = parent.info.run_name or parent_run_id[:8]
-        study = load_study(client, parent, cache_dir=cache_dir)
         kind = "Study" if study is not None else "Sweep"
         title = f"{kind} {sweep_name}: {len(runs)} runs compared"
     else:

@@ -20,6 +20,7 @@ from analysis.runs import RunData
 from mnist_train import contract
 
 MAX_COMPARED_RUNS = 100  # most runs one report compares (a readable page), not a search limit
+TOP_RUNS = 8  # figures that draw one line or panel per run show the best this many (+ baseline)
 EPOCH_TABLE_KEYS = (
     contract.TEST_ACCURACY,
     contract.TRAIN_ACCURACY,
@@ -85,6 +86,21 @@ class Comparison:
     findings: list[str]
     excluded: list[Excluded] = field(default_factory=list)  # left out entirely
     notes: list[str] = field(default_factory=list)
+    # run id -> (run name, setting) behind each short label (T07); None when labels are names
+    legend: pd.DataFrame | None = None
+    ranked: list[str] = field(default_factory=list)  # run ids, best first (validation, else test)
+
+    @property
+    def shown(self) -> list[str]:
+        """The runs a per-run figure draws: every run, or the best TOP_RUNS and the baseline."""
+        if len(self.ranked) <= TOP_RUNS + 1:
+            return list(self.ranked)
+        top = self.ranked[:TOP_RUNS]
+        return top if self.baseline_id in top else [*top, self.baseline_id]
+
+    @property
+    def ranked_on(self) -> str:
+        return contract.VAL_ACCURACY if self.selection is not None else contract.TEST_ACCURACY
 
     @property
     def run_ids(self) -> list[str]:
@@ -103,11 +119,12 @@ class Comparison:
     predicted = property(lambda self: self.predictions.predicted)
 
 
-def choose_baseline(runs: Sequence[RunData], requested: str | None) -> str:
-    """The requested baseline (must be among the runs), else the earliest-started run with
+def choose_baseline(
+    runs: Sequence[RunData], requested: str | None, preferred: str | None = None
+) -> str:
+    """The requested baseline (must be among the runs), else `preferred` (a study's best trial on
+    its objective) when it is among them with predictions, else the earliest-started run with
     predictions.
-
-    For a sweep the runs are its children, so this is the sweep's first child.
     """
     ids = [r.run_id for r in runs]
     if requested is not None:
@@ -117,6 +134,8 @@ def choose_baseline(runs: Sequence[RunData], requested: str | None) -> str:
         if len(matches) != 1:
             raise AnalysisError(f"baseline {requested} is not among the {len(ids)} compared runs")
         return matches[0]
+    if any(r.run_id == preferred and r.predictions is not None for r in runs):
+        return preferred
     ordered = sorted(runs, key=lambda r: (r.start_time or 0, r.run_id))
     with_predictions = [r for r in ordered if r.predictions is not None]
     return (with_predictions or ordered)[0].run_id
@@ -167,6 +186,14 @@ def _selection_scores(runs: Sequence[RunData]) -> pd.Series | None:
     if any(value is None for value in scores.values()):
         return None
     return pd.Series(scores, name=contract.VAL_ACCURACY, dtype=float)
+
+
+def _trial_numbers(runs: Sequence[RunData]) -> dict[str, int | None]:
+    numbers = {}
+    for run in runs:
+        value = run.tags.get(contract.TAG_TRIAL_NUMBER, "")
+        numbers[run.run_id] = int(value) if value.isdigit() else None
+    return numbers
 
 
 def _check_selection(runs: Sequence[RunData], baseline_id: str) -> None:
@@ -237,6 +264,11 @@ def build_comparison(
     params = params.reindex(columns=sorted(params.columns))
     varying = stats.varying_params(params)
     labels = stats.run_labels(params, {r.run_id: r.label for r in runs})
+    legend = None
+    short = stats.short_labels(labels, _trial_numbers(runs))
+    if short is not None:
+        legend = pd.DataFrame({"label": short, "run": labels}).rename_axis("run_id")
+        labels = short
     groups_input = stats.seed_groups(params, pd.Series(0.0, index=ids))
     settings = pd.Series(
         {rid: row.setting for _, row in groups_input.iterrows() for rid in row.run_ids}
@@ -276,7 +308,10 @@ def build_comparison(
             f"{len(runs) - len(ranked)} run(s) were scored on another test set than the "
             f"baseline's ({test_set} images) and are left out of the findings' rankings"
         )
+    ranking = selection if selection is not None else final[contract.TEST_ACCURACY]
     return Comparison(
+        legend=legend,
+        ranked=list(ranking.sort_values(ascending=False, kind="stable").index),
         runs=runs,
         baseline_id=baseline_id,
         labels=labels,
@@ -313,6 +348,7 @@ def build_comparison(
             churn=parts.churn,
             per_image=parts.per_image_accuracy,
             suspects=parts.label_issues,
+            epochs=final.loc[ranked, "epochs"],
         ),
         excluded=list(excluded),
         notes=all_notes + parts.notes,

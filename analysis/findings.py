@@ -37,6 +37,20 @@ TEST_SET_RANKING = (
 )
 
 
+def _replicates_finding(selection: pd.Series, significance) -> str:
+    """Runs that differ only in their seed: their spread, not a best seed (which is chance)."""
+    n = len(selection)
+    text = (
+        f"These {n} runs differ only in their seed: validation accuracy {_pct(selection.mean())} "
+        f"± {100 * selection.std(ddof=1):.2f} points (mean ± std, from {_pct(selection.min())} "
+        f"to {_pct(selection.max())}); which seed does best is chance, so no run is named best."
+    )
+    if significance is not None and len(significance) == n:
+        accuracy = significance["accuracy"]
+        text += f" Test accuracy: {_pct(accuracy.mean())} ± {100 * accuracy.std(ddof=1):.2f}."
+    return text
+
+
 def _selected_run_finding(selection: pd.Series, significance, labels) -> str:
     best = selection.idxmax()
     text = (
@@ -212,41 +226,59 @@ def _overfit_findings(
 
 
 def _gap_finding(overfit_gap: pd.Series, labels) -> list[str]:
+    """Train minus test accuracy of each model of record, said with its sign: with dropout the
+    training accuracy (measured while training) is often below the test accuracy, and a
+    negative gap is no "narrow" one."""
     gaps = overfit_gap.dropna()
     if len(gaps) < 2 or gaps.nunique() == 1:
         return []
     top, low = gaps.idxmax(), gaps.idxmin()
-    return [
-        f"The train-test accuracy gap at the end is widest for {labels[top]} "
-        f"({100 * gaps[top]:.2f} points) and narrowest for {labels[low]} "
-        f"({100 * gaps[low]:.2f} points)."
-    ]
+    text = (
+        f"Train minus test accuracy ranges from {_pp(gaps[low])} ({labels[low]}) to "
+        f"{_pp(gaps[top])} ({labels[top]})."
+    )
+    if gaps.max() < 0:
+        text += (
+            " Every run scores higher on the test images than on its training images as it "
+            "trained on them (dropout and the updates within an epoch lower the latter): no run "
+            "overfits by this measure."
+        )
+    return [text]
 
 
-def _cost_finding(accuracy: pd.Series, train_time: pd.Series, labels, tolerance: float) -> list:
+def _cost_finding(
+    accuracy: pd.Series,
+    train_time: pd.Series,
+    labels,
+    tolerance: float,
+    epochs: pd.Series | None = None,
+) -> list:
+    """The cheapest run near the best. Runs trained for different numbers of epochs are
+    compared by time per epoch: 3 epochs against 15 says nothing about speed."""
+    unit = "s"
+    if epochs is not None and epochs.dropna().nunique() > 1:
+        train_time, unit = train_time / epochs.replace(0, np.nan), "s an epoch"
     both = pd.concat({"acc": accuracy, "time": train_time}, axis=1).dropna()
     if len(both) < 2:
         return []
     best = both["acc"].idxmax()
     near = both[both["acc"] >= both.at[best, "acc"] - tolerance]
     fastest = near["time"].idxmin()
+    best_time = f"{both.at[best, 'time']:.1f} {unit}"
     if fastest == best:
         faster = both[both["time"] < both.at[best, "time"]]
         if faster.empty:
-            return [
-                f"{labels[best]} is both the most accurate and the fastest run "
-                f"({both.at[best, 'time']:.1f} s)."
-            ]
+            return [f"{labels[best]} is both the most accurate and the fastest run ({best_time})."]
         return [
-            f"{labels[best]} is the most accurate run ({both.at[best, 'time']:.1f} s); the "
-            f"{len(faster)} faster run(s) all score more than {100 * tolerance:.1f} points lower."
+            f"{labels[best]} is the most accurate run ({best_time}); the {len(faster)} faster "
+            f"run(s) all score more than {100 * tolerance:.1f} points lower."
         ]
     ratio = both.at[best, "time"] / both.at[fastest, "time"]
     return [
         f"{labels[fastest]} comes within {100 * tolerance:.1f} points of the best "
         f"({_pct(both.at[fastest, 'acc'])} vs {_pct(both.at[best, 'acc'])}) in "
-        f"{both.at[fastest, 'time']:.1f} s, {ratio:.1f}x faster than {labels[best]} "
-        f"({both.at[best, 'time']:.1f} s)."
+        f"{both.at[fastest, 'time']:.1f} {unit}, {ratio:.1f}x faster than {labels[best]} "
+        f"({best_time})."
     ]
 
 
@@ -298,6 +330,7 @@ def findings(
     churn: pd.Series | None = None,
     per_image: np.ndarray | None = None,
     suspects: pd.DataFrame | None = None,
+    epochs: pd.Series | None = None,
 ) -> list[str]:
     """Plain-language findings, each sentence computed from the tables passed in.
 
@@ -309,7 +342,10 @@ def findings(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     sentences: list[str] = []
-    if selection is not None:
+    replicates = len(groups) == 1 and int(groups.iloc[0]["n"]) == len(labels) > 1
+    if selection is not None and replicates:
+        sentences.append(_replicates_finding(selection, significance))
+    elif selection is not None:
         sentences.append(_selected_run_finding(selection, significance, labels))
     elif significance is not None and baseline_id in significance.index:
         sentences.append(
@@ -333,7 +369,7 @@ def findings(
     sentences += _gap_finding(overfit_gap, labels)
     if at_epoch_accuracy is not None and epoch is not None:
         sentences += _epoch_finding(at_epoch_accuracy, final_accuracy, epoch, labels)
-    sentences += _cost_finding(final_accuracy, train_time, labels, cost_tolerance)
+    sentences += _cost_finding(final_accuracy, train_time, labels, cost_tolerance, epochs)
     if confused_pairs is not None:
         n_runs = len(significance) if significance is not None else len(labels)
         sentences += _confusion_finding(confused_pairs, n_runs)

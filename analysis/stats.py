@@ -194,6 +194,35 @@ def run_labels(params: pd.DataFrame, names: Mapping[str, str] | None = None) -> 
     return series
 
 
+# Labels crowd a figure when there are many runs, or long labels, or both somewhat: then runs are
+# labelled T07 (a study's trial number) and the runs table says what each label stands for.
+SHORT_LABELS_FROM_RUNS = 13
+SHORT_LABELS_FROM_CHARS = 41
+SHORT_LABELS_FROM = (7, 25)  # runs and characters: both at least this
+
+
+def short_labels(labels: pd.Series, trial_numbers: Mapping[str, int | None]) -> pd.Series | None:
+    """`T07` per run (a study's trial number; `R07`, its position, for runs that are no trial)
+    when the given labels would crowd a figure (see SHORT_LABELS_FROM_*). None when the labels
+    read well."""
+    runs, longest = len(labels), int(labels.str.len().max())
+    crowded = (
+        runs >= SHORT_LABELS_FROM_RUNS
+        or longest >= SHORT_LABELS_FROM_CHARS
+        or (runs >= SHORT_LABELS_FROM[0] and longest >= SHORT_LABELS_FROM[1])
+    )
+    if not crowded:
+        return None
+    numbers = [trial_numbers.get(run_id) for run_id in labels.index]
+    width = max(2, len(str(len(labels) - 1)))
+    if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
+        width = max(width, len(str(max(numbers))))
+        short = [f"T{n:0{width}d}" for n in numbers]
+    else:
+        short = [f"R{i:0{width}d}" for i in range(len(labels))]
+    return pd.Series(short, index=labels.index, name="label")
+
+
 def seed_groups(
     params: pd.DataFrame, values: pd.Series, *, seed_param: str = SEED_PARAM
 ) -> pd.DataFrame:

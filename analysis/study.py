@@ -18,7 +18,11 @@ from analysis.artifacts import fetch_artifact
 from mnist_train import contract
 
 FIXED_COLUMNS = ("trial", "state", "name", "run_id", "status")
-METRIC_COLUMNS = tuple(contract.METRIC)  # any metric the trials table holds is not a parameter
+# the trials table's metric columns: every metric but `lr` and `epoch_time_s`, which are per-epoch
+# readings of no split (and `lr` is a parameter's name too)
+METRIC_COLUMNS = tuple(
+    m.name for m in contract.METRICS if not (m.scope == contract.EPOCH and m.split is None)
+)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ def test_curve_overlay_draws_each_run_and_colours_by_setting():
     colors = setting_colors(list(settings.values()))
     assert curves[0].get_color() == curves[1].get_color() == colors["lr=0.1"]  # seeds share one
     assert curves[2].get_color() == colors["lr=0.01"]
-    assert [t.get_text() for t in ax_acc.get_legend().get_texts()] == ["lr=0.1", "lr=0.01"]
+    # the legend stands beside the last panel, over none of the curves
+    assert ax_acc.get_legend() is None
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["lr=0.1", "lr=0.01"]
     marker = [line for line in ax_loss.lines if list(line.get_xdata()) == [2, 2]]
     assert marker, "the --at-epoch line is drawn"
     assert ax_acc.get_title() == "test_accuracy" and ax_loss.get_xlabel() == "epoch"
@@ -123,3 +125,20 @@ def test_accuracy_cost_points_sit_at_time_and_accuracy():
     colors = setting_colors(["mlp", "softmax"])
     assert to_rgba(points[(12.0, 0.97)]) == to_rgba(colors["mlp"])
     assert to_rgba(points[(3.0, 0.92)]) == to_rgba(colors["softmax"])
+
+
+def test_the_overlap_check_sees_text_drawn_over_text():
+    """The check the 30-trial readability test relies on: it must fail on what it guards."""
+    from analysis.figures.common import new_figure, overlapping_texts
+
+    ax = new_figure(4, 3).subplots()
+    ax.text(0.5, 0.5, "first words")
+    ax.text(0.5, 0.5, "second words")
+    assert ("first words", "second words") in overlapping_texts(ax.figure)
+    crowded = new_figure(4, 3).subplots()
+    crowded.set_xticks(range(30), [f"a long tick label {i}" for i in range(30)])
+    assert len(overlapping_texts(crowded.figure)) > 20
+    clean = new_figure(4, 3).subplots()
+    clean.set_xlim(0.5, 2.5)  # ticks at 0 and 3 exist but are not drawn
+    clean.set_xticks(range(4), ["0", "1", "2", "3"])
+    assert overlapping_texts(clean.figure) == []

@@ -172,3 +172,74 @@ def annotated_heatmap(
     if cbar_label:
         colorbar.set_label(cbar_label)
     return mesh
+
+
+def _texts(figure):
+    """The visible, non-empty texts of `figure` with their drawn boxes (pixels), after a draw."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    hidden = _undrawn_tick_labels(figure)
+    found = []
+    for text in figure.findobj(Text):
+        if (
+            text.get_visible()
+            and text.get_text().strip()
+            and _shown(text)
+            and id(text) not in hidden
+        ):
+            found.append((text, text.get_window_extent(renderer)))
+    return found
+
+
+def _undrawn_tick_labels(figure) -> set[int]:
+    """Ids of tick labels outside their axis' view: matplotlib keeps but does not draw them."""
+    hidden = set()
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-9
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if not low - span <= tick.get_loc() <= high + span:
+                    hidden.update({id(tick.label1), id(tick.label2)})
+    return hidden
+
+
+def _shown(text) -> bool:
+    """A text is drawn only when its axes (if any) is visible too."""
+    axes = text.axes
+    return axes is None or axes.get_visible()
+
+
+def overlapping_texts(figure, *, tolerance: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of texts of `figure` (titles, tick labels, legend entries, annotations, cell
+    numbers) whose drawn boxes overlap by more than `tolerance` pixels either way: what makes a
+    figure unreadable. Empty for a clean figure."""
+    placed = _texts(figure)
+    pairs = []
+    for i, (a, box_a) in enumerate(placed):
+        for b, box_b in placed[i + 1 :]:
+            width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if width > tolerance and height > tolerance:
+                pairs.append((a.get_text(), b.get_text()))
+    return pairs
+
+
+def spread_annotations(ax, texts: Sequence) -> None:
+    """Move annotations (offset-point `ax.annotate` texts, in priority order) down until none
+    overlaps an earlier one: labels of nearby points stay readable."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(ax.figure).get_renderer()
+    placed = []
+    for text in texts:
+        for _ in range(30):
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = text.xyann
+            text.xyann = (x, y - box.height * 72 / ax.figure.dpi - 1)
+        placed.append(text.get_window_extent(renderer))

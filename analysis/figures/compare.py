@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.figures.common import annotated_heatmap, axes_or_new, new_figure, setting_colors
+from analysis.figures.common import (
+    annotated_heatmap,
+    axes_or_new,
+    new_figure,
+    setting_colors,
+    spread_annotations,
+)
 from mnist_train import contract
 
 ANNOTATE_UP_TO = 8  # runs; above this, grids are drawn without numbers in the cells
@@ -20,16 +26,22 @@ LEGEND_TEXT_CHARS = 40  # a longer setting is shown by its run's label instead
 LEGEND_UP_TO = 12  # settings; above this, the legend moves outside the axes in small type
 
 
-def _legend(ax, n_entries: int) -> None:
-    if n_entries <= LEGEND_UP_TO:
+def _legend(ax, n_entries: int, *, outside=None) -> None:
+    """The legend of `ax`: inside it when short; else (or when `outside`, the axes to put it
+    beside, is given) to the right of `outside`, clear of every panel and its curves."""
+    if outside is None and n_entries <= LEGEND_UP_TO:
         ax.legend(fontsize="small")
-    else:
-        ax.legend(
-            fontsize="x-small",
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            ncol=1 + n_entries // 40,
-        )
+        return
+    handles, texts = ax.get_legend_handles_labels()
+    (outside or ax).legend(
+        handles,
+        texts,
+        fontsize="small" if n_entries <= LEGEND_UP_TO else "x-small",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        ncol=1 + n_entries // 40,
+        borderaxespad=0,
+    )
 
 
 class CurveOverlayDisplay:
@@ -96,7 +108,9 @@ class CurveOverlayDisplay:
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
         if shown:
-            _legend(axes[0][0], len(shown))
+            # beside the last panel: inside a panel the legend hides curves, and beside the first
+            # it lies over the second
+            _legend(axes[0][0], len(shown), outside=axes[0][-1])
         if own:
             fig.tight_layout()
         self.figure_, self.axes_ = fig, axes[0]
@@ -243,15 +257,40 @@ class ConfusionGridDisplay:
 class AccuracyCostDisplay:
     """Final test accuracy (with its bootstrap interval, when known) against training time."""
 
-    def __init__(self, table: pd.DataFrame, labels: Mapping[str, str], settings: Mapping[str, str]):
-        # table: index run id, columns `accuracy`, `train_time_s`, optional `ci_low`, `ci_high`
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        labels: Mapping[str, str],
+        settings: Mapping[str, str],
+        *,
+        annotate: Sequence[str] | None = None,
+    ):
+        # table: index run id, columns `accuracy`, `train_time_s`, optional `ci_low`, `ci_high`;
+        # annotate: the run ids whose points are labelled, in priority order (default: up to 20)
         self.table, self.labels, self.settings = table, labels, settings
+        self.annotate = annotate
 
     def plot(self, ax=None) -> AccuracyCostDisplay:
         table = self.table.dropna(subset=["accuracy", contract.TRAIN_TIME])
         own = ax is None  # lay out only a figure of our own
         ax, fig = axes_or_new(ax, 7, 4.5)
         colors = setting_colors([self.settings[r] for r in self.labels])
+        named = self.annotate
+        if named is None:
+            named = list(table.index) if len(table) <= 20 else []
+        texts = []
+        for run_id in named:
+            if run_id in table.index:
+                row = table.loc[run_id]
+                texts.append(
+                    ax.annotate(
+                        self.labels[run_id],
+                        (row.train_time_s, row.accuracy),
+                        fontsize=7,
+                        xytext=(4, 3),
+                        textcoords="offset points",
+                    )
+                )
         for run_id, row in table.iterrows():
             color = colors[self.settings[run_id]]
             if {"ci_low", "ci_high"} <= set(table.columns) and np.isfinite(
@@ -271,14 +310,6 @@ class AccuracyCostDisplay:
                 )
             else:
                 ax.plot(row.train_time_s, row.accuracy, "o", color=color)
-            if len(table) <= 20:
-                ax.annotate(
-                    self.labels[run_id],
-                    (row.train_time_s, row.accuracy),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
         # Runs nothing else beats on both axes: the ones worth their cost.
         ordered = table.sort_values([contract.TRAIN_TIME, "accuracy"], ascending=[True, False])
         front = ordered[ordered["accuracy"] >= ordered["accuracy"].cummax()]
@@ -292,10 +323,11 @@ class AccuracyCostDisplay:
             label="best accuracy for the time",
         )
         ax.set_xlabel("training time (s)")
-        ax.set_ylabel("final test accuracy")
+        ax.set_ylabel("test accuracy (model of record)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="lower right")
         if own:
             fig.tight_layout()
+        spread_annotations(ax, texts)
         self.figure_, self.ax_ = fig, ax
         return self
