@@ -277,10 +277,16 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def last_line(log: Path, words: tuple[str, ...] = ()) -> str:
-    """The last line of a log (with one of `words`, if given), for a one-line error."""
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+def last_line(log: Path, since: int, words: tuple[str, ...] = ()) -> str:
+    """The last line written to a log after byte `since` (with one of `words`, if given)."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+        with open(log, "rb") as f:
+            f.seek(since)
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines()]
     except OSError:
         return ""
     found = [line for line in lines if line and (not words or any(w in line for w in words))]
@@ -342,14 +348,17 @@ def start_postgres(root: Path, bindir: Path) -> tuple[dict, int]:
         port = free_port()
         cmd = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", f"-p {port}"]
         cmd += ["-w", "-t", str(START_TIMEOUT_S), "start"]
+        since = log_size(log)
         done = subprocess.run(as_pg_user(cmd), capture_output=True, text=True)
         record = postmaster(data)
         if done.returncode == 0 and record:
             return record, port
-        if record is None and attempt + 1 < PORT_TRIES and port_taken(port):
+        taken = record is None and port_taken(port)
+        if taken and attempt + 1 < PORT_TRIES:
             continue  # someone bound the port between free_port() and the postmaster
-        reason = last_line(log, ("FATAL", "PANIC")) or last_line(log) or done.stderr.strip()
-        raise ServerError(f"PostgreSQL did not start: {reason} (see {log})")
+        reason = f"port {port} on 127.0.0.1 is in use" if taken else None
+        reason = reason or last_line(log, since, ("FATAL", "PANIC")) or last_line(log, since)
+        raise ServerError(f"PostgreSQL did not start: {reason or done.stderr.strip()} (see {log})")
     raise AssertionError("unreachable")
 
 
@@ -376,7 +385,7 @@ def start_mlflow(root: Path, exe: str, backend_uri: str, passfile: Path) -> tupl
     artifacts, log = root / "artifacts", root / "mlflow.log"
     artifacts.mkdir(exist_ok=True)
     for attempt in range(PORT_TRIES):
-        port = free_port()
+        port, since = free_port(), log_size(log)
         cmd = [exe, "server", "--backend-store-uri", backend_uri]
         cmd += ["--artifacts-destination", str(artifacts), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--workers", "1"]
@@ -385,21 +394,24 @@ def start_mlflow(root: Path, exe: str, backend_uri: str, passfile: Path) -> tupl
                 cmd, stdout=out, stderr=out, env=libpq_env(passfile), start_new_session=True
             )
         server = started_identity(proc.pid, cmd)
-        if server is None:
-            break
-        if wait_http(f"http://127.0.0.1:{port}", server):
+        if server and wait_http(f"http://127.0.0.1:{port}", server, log, since):
             family = psutil.Process(proc.pid).children(recursive=True)
             return [server, *(identity(p.pid) for p in family if p.is_running())], port
-        if attempt + 1 < PORT_TRIES and port_taken(port):
+        taken = port_taken(port)
+        if taken and attempt + 1 < PORT_TRIES:
             continue  # the port was taken before uvicorn bound it
-        break
-    raise ServerError(f"mlflow server exited at start: {last_line(log)} (see {log})")
+        reason = f"port {port} on 127.0.0.1 is in use" if taken else last_line(log, since)
+        raise ServerError(f"mlflow server exited at start: {reason} (see {log})")
+    raise AssertionError("unreachable")
 
 
-def wait_http(url: str, server: dict) -> bool:
-    """True once `url`/health answers; False if the server exits first."""
+def wait_http(url: str, server: dict, log: Path, since: int) -> bool:
+    """True once `url`/health answers; False if the server exits first or its web server could
+    not bind (mlflow itself takes ~20 s to exit then: it is stopped here at once)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
+        if "address already in use" in last_line(log, since, ("in use",)).lower():
+            stop_mlflow([server])
         if not is_ours(server):
             return False
         try:
@@ -410,7 +422,7 @@ def wait_http(url: str, server: dict) -> bool:
             pass
         time.sleep(0.5)
     stop_mlflow([server])
-    raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_S} s")
+    raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_S} s (see {log})")
 
 
 def stop_mlflow(records: list[dict]) -> bool:
