@@ -432,9 +432,9 @@ def stop_mlflow(records: list[dict]) -> bool:
     if not ours:
         return False
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if records and is_ours(records[0]):
+        if is_ours(records[0]):
             os.killpg(records[0]["pid"], sig)  # start_new_session: its pid is its group's id
-        for record in ours[1:]:
+        for record in records[1:]:  # still there when the server itself was killed
             if is_ours(record):
                 os.kill(record["pid"], sig)
         if wait_ended(ours, STOP_WAIT_S):
@@ -537,18 +537,21 @@ def stop(root: Path, quiet: bool = False) -> None:
 
 
 def status(root: Path) -> int:
-    state = running_state(root) if root.is_dir() else None
-    if state:
-        print(exports(state))
-        return 0
-    print("not running")
-    if root.is_dir() and (root / "state.json").exists():
-        with folder_lock(root):
-            if not any(is_ours(r) for r in state_processes(load_state(root))):
-                (root / "state.json").unlink(missing_ok=True)
-                print("removed a stale state file: none of its processes runs", file=sys.stderr)
-            else:
-                print("partly running: `stop`, or `start` to restart it", file=sys.stderr)
+    """Print the exports (exit 0) or "not running" (exit 1); waits for a start in progress."""
+    if not root.is_dir():
+        print("not running")
+        return 1
+    with folder_lock(root):
+        state = running_state(root)
+        if state:
+            print(exports(state))
+            return 0
+        print("not running")
+        if any(is_ours(r) for r in state_processes(load_state(root))):
+            print("partly running: `stop` it, or `start` to restart it", file=sys.stderr)
+        elif (root / "state.json").exists():
+            (root / "state.json").unlink()
+            print("removed a stale state file: none of its processes runs", file=sys.stderr)
     return 1
 
 

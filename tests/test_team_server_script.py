@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,7 +157,9 @@ def test_unreadable_credentials():
 @pytest.mark.server
 def test_two_starts_at_once_over_a_stale_state_share_one_server(bystander):
     """Both commands start together on a fresh folder whose state file names the bystander:
-    one sets the server up, the other waits on the folder lock and reports the same exports."""
+    one sets the server up, the other waits on the folder lock and reports the same exports.
+    Then the tracking server alone is killed: `status` says so and `start` replaces it, workers
+    included; `stop` ends every process of the server and none other."""
     require_postgres()
     with server_folder() as root:
         root.mkdir()
@@ -174,7 +177,23 @@ def test_two_starts_at_once_over_a_stale_state_share_one_server(bystander):
         assert still_running(bystander)
 
         status = run_script("status", "--dir", str(root))
-        assert status.returncode == 0 and status.stdout == results[0][1]
+        assert status.returncode == 0 and status.stdout == results[0][1], status
+
+        # The tracking server dies alone (its workers live on): half a server, then restarted.
+        first = json.loads((root / "state.json").read_text())
+        os.kill(first["mlflow"][0]["pid"], signal.SIGKILL)
+        orphans = [psutil.Process(r["pid"]) for r in first["mlflow"][1:]]
+        assert orphans and all(p.is_running() for p in orphans), orphans
+        status = run_script("status", "--dir", str(root))
+        assert (status.returncode, status.stdout) == (1, "not running\n"), status
+        assert status.stderr == "partly running: `stop` it, or `start` to restart it\n"
+        again = run_script("start", "--dir", str(root))
+        assert again.returncode == 0, again
+        assert again.stdout.startswith("export MLFLOW_TRACKING_URI="), again
+        _, alive = psutil.wait_procs(orphans, timeout=10)
+        assert not [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert run_script("status", "--dir", str(root)).stdout == again.stdout
+
         state = json.loads((root / "state.json").read_text())
         ours = [psutil.Process(r["pid"]) for r in [state["postgres"], *state["mlflow"]]]
         done = run_script("stop", "--dir", str(root))
