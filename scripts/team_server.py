@@ -50,6 +50,7 @@ LOCK_WAIT_S = 2 * START_TIMEOUT_S + 60  # a second command waits this long for a
 STOP_WAIT_S = 15  # then SIGKILL (mlflow) or an immediate shutdown (PostgreSQL)
 PORT_TRIES = 3  # a free port can be taken before the server binds it: pick another
 USERS = {"mlflow": "mlflow", "optuna": "optuna"}  # database -> user
+CAUSE_WORDS = ("error", "fatal", "could not", "denied", "failed")  # the line that says why
 PG_PROGRAMS = ("initdb", "pg_ctl", "psql", "postgres")
 MADE_HERE = {  # everything this script creates in DIR; `clean` removes nothing else
     "pgdata", "postgres.log", "artifacts", "mlflow.log", "credentials.json", "mlflow.pgpass",
@@ -333,9 +334,10 @@ def create_databases(root: Path, bindir: Path, port: int, creds: dict) -> None:
 
 def run(cmd: list[str], what: str, env: dict | None = None, stdin: str | None = None) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, input=stdin)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ServerError(f"{what} failed: {tail[0]}")
+    if done.returncode != 0:  # the cause, not initdb's closing "removing contents of ..."
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        causes = [line for line in lines if any(w in line.lower() for w in CAUSE_WORDS)]
+        raise ServerError(f"{what} failed: {(causes or lines)[-1].strip()}")
 
 
 def start_postgres(root: Path, bindir: Path) -> tuple[dict, int]:
