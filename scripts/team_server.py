@@ -564,7 +564,8 @@ def clean(root: Path) -> None:
     with folder_lock(root):
         foreign = sorted(set(os.listdir(root)) - MADE_HERE)
         if foreign:
-            raise ServerError(f"{root} holds files the server did not make ({foreign[0]}, ...)")
+            named = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ServerError(f"{root} holds files the server did not make ({named}): kept")
         _stop(root)
         shutil.rmtree(root)
     print(f"removed {root}", file=sys.stderr)

@@ -102,7 +102,7 @@ def test_clean_removes_only_a_folder_the_server_made(tmp_path):
     (theirs / "credentials.json").write_text("{}")
     (theirs / "README.md").write_text("keep me")
     line = one_error_line(run_script("clean", "--dir", str(theirs)))
-    assert line == f"error: {theirs} holds files the server did not make (README.md, ...)"
+    assert line == f"error: {theirs} holds files the server did not make (README.md): kept"
     assert (theirs / "README.md").read_text() == "keep me"
 
     done = run_script("clean", "--dir", str(tmp_path / "absent"))
