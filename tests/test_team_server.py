@@ -15,6 +15,34 @@ def server():
         yield urls
 
 
+def test_no_password_on_any_command_line_environment_or_log(server):
+    """Every process the server started (postmaster and its backends, mlflow server, its uvicorn
+    worker and job runner), `ps -ef` as a whole and both logs: none holds a password."""
+    import json
+    import subprocess
+
+    import psutil
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=server.tracking_uri).search_experiments()  # a database session
+    passwords = json.loads((server.root / "credentials.json").read_text()).values()
+    state = json.loads((server.root / "state.json").read_text())
+    started = [psutil.Process(r["pid"]) for r in [state["postgres"], *state["mlflow"]]]
+    family = {p for proc in started for p in [proc, *proc.children(recursive=True)]}
+    commands = {p.pid: " ".join(p.cmdline()) for p in family}
+    assert any("uvicorn" in c for c in commands.values()), commands  # the workers are counted
+    assert any("postgres: mlflow mlflow" in c for c in commands.values()), commands
+    environments = {p.pid: json.dumps(p.environ()) for p in family}
+    process_list = subprocess.run(["ps", "-efww"], capture_output=True, text=True).stdout
+    logs = [(server.root / name).read_text() for name in ("postgres.log", "mlflow.log")]
+    for password in passwords:
+        assert len(password) == 32
+        assert not [pid for pid, c in commands.items() if password in c]
+        assert not [pid for pid, e in environments.items() if password in e]
+        assert password not in process_list
+        assert not [log for log in logs if password in log]
+
+
 def test_mlflow_run_round_trip_with_proxied_artifact(server, tmp_path):
     from mlflow import MlflowClient
 
