@@ -188,6 +188,15 @@ def _selection_scores(runs: Sequence[RunData]) -> pd.Series | None:
     return pd.Series(scores, name=contract.VAL_ACCURACY, dtype=float)
 
 
+def _labels(runs: Sequence[RunData], params: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame | None]:
+    """Run id -> the label figures show, and the legend behind short labels (None without)."""
+    labels = stats.run_labels(params, {r.run_id: r.label for r in runs})
+    short = stats.short_labels(labels, _trial_numbers(runs))
+    if short is None:
+        return labels, None
+    return short, pd.DataFrame({"label": short, "run": labels}).rename_axis("run_id")
+
+
 def _trial_numbers(runs: Sequence[RunData]) -> dict[str, int | None]:
     numbers = {}
     for run in runs:
@@ -263,12 +272,7 @@ def build_comparison(
     params = params.drop(columns=[c for c in LABEL_PARAMS if c in params.columns])
     params = params.reindex(columns=sorted(params.columns))
     varying = stats.varying_params(params)
-    labels = stats.run_labels(params, {r.run_id: r.label for r in runs})
-    legend = None
-    short = stats.short_labels(labels, _trial_numbers(runs))
-    if short is not None:
-        legend = pd.DataFrame({"label": short, "run": labels}).rename_axis("run_id")
-        labels = short
+    labels, legend = _labels(runs, params)
     groups_input = stats.seed_groups(params, pd.Series(0.0, index=ids))
     settings = pd.Series(
         {rid: row.setting for _, row in groups_input.iterrows() for rid in row.run_ids}

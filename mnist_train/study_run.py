@@ -79,14 +79,7 @@ def run_study(
     from .tracking import check_tracking_server, current_tracking_uri
 
     say = say or (lambda text: None if quiet else print(text, file=sys.stderr, flush=True))
-    if register and plan.objective.startswith("test_"):
-        raise ConfigError(
-            "--register needs a validation split to choose the champion on (set validation)"
-        )
-    if trials is not None and plan.spec is not None and plan.spec.sampler != "grid":
-        plan = replace(plan, spec=replace(plan.spec, trials=trials))
-    elif trials is not None:
-        raise ConfigError("--trials is for a search (a search: section with sampler tpe/random)")
+    plan = _checked(plan, register, trials)
     check_tracking_server(current_tracking_uri())
     data.load_mnist(data_dir)  # download once, here, before workers race to
     storage = open_storage(storage_url)
@@ -160,20 +153,39 @@ def run_study(
     )
     _close_parent(store, plan, study, result)
     if register and result.best and not result.unfinished:
-        best = result.best
-        version = store.register(
-            best.run_id,
-            register,
-            why=f"Trial {best.number} of study {result.study_name}, the best on {plan.objective} "
-            f"({best.value:.4f}).",
-            tags={
-                contract.TAG_STUDY: result.study_name,
-                contract.TAG_TRIAL_NUMBER: str(best.number),
-            },
-        )
-        say(f"registered trial {result.best.number} as {register} version {version} (@champion)")
+        _register_best(store, plan, result, register, say)
     say(_closing_line(store, plan, result))
     return result
+
+
+def _register_best(
+    store: StudyStore, plan: StudyPlan, result: StudyResult, name: str, say: Callable
+) -> None:
+    best = result.best
+    version = store.register(
+        best.run_id,
+        name,
+        why=f"Trial {best.number} of study {result.study_name}, the best on {plan.objective} "
+        f"({best.value:.4f}).",
+        tags={
+            contract.TAG_STUDY: result.study_name,
+            contract.TAG_TRIAL_NUMBER: str(best.number),
+        },
+    )
+    say(f"registered trial {best.number} as {name} version {version} (@champion)")
+
+
+def _checked(plan: StudyPlan, register: str | None, trials: int | None) -> StudyPlan:
+    """The plan with `--trials` applied, after checking `--register` and `--trials` apply."""
+    if register and contract.measured_on(plan.objective) == contract.TEST:
+        raise ConfigError(
+            "--register needs a validation split to choose the champion on (set validation)"
+        )
+    if trials is not None and plan.spec is not None and plan.spec.sampler != "grid":
+        return replace(plan, spec=replace(plan.spec, trials=trials))
+    if trials is not None:
+        raise ConfigError("--trials is for a search (a search: section with sampler tpe/random)")
+    return plan
 
 
 def _counts(outcomes: list[Outcome]) -> str:
