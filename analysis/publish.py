@@ -49,6 +49,22 @@ def _link_from_description(client: MlflowClient, run_id: str, artifact: str) -> 
     client.set_tag(run_id, contract.TAG_NOTE, contract.fit_tag(f"{note}\n\n{line}".strip()))
 
 
+def reports_experiment(client: MlflowClient, experiment_id: str) -> str:
+    """The experiment that holds the report runs of experiment `experiment_id`: `<name> reports`,
+    made on first use. Report runs are no training runs; kept apart, they never crowd or get
+    sorted among the training runs in MLflow's runs table."""
+    from mlflow.exceptions import MlflowException
+
+    name = contract.REPORTS_EXPERIMENT.format(experiment=client.get_experiment(experiment_id).name)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # made meanwhile by another report
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def log_comparison_report(
     client: MlflowClient,
     c: Comparison,
@@ -77,7 +93,10 @@ def log_comparison_report(
         return active_run_id
     baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(baseline.experiment_id, run_name=f"compare-{len(c.runs)}-runs-{stamp}")
+    run = client.create_run(
+        reports_experiment(client, baseline.experiment_id),
+        run_name=f"compare-{len(c.runs)}-runs-{stamp}",
+    )
     run_id = run.info.run_id
     try:
         _describe_report_run(client, run_id, c)
@@ -134,7 +153,7 @@ def log_explorer(
             return parent_run_id
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         run = client.create_run(
-            experiment_id,
+            reports_experiment(client, experiment_id),
             run_name=f"explore-{len(run_ids)}-runs-{stamp}",
             tags={
                 contract.TAG_REPORT: "explorer",

@@ -143,6 +143,9 @@ EPOCH_RECORD_DIR = "dynamics/epochs"  # epoch_NNN.npz: correct, label_prob, test
 MODEL_URI = "models:/{model_id}"  # a logged model (the run's one: `tracking.logged_model_id`)
 ANALYSIS_DIR = "analysis"  # per-run report artifacts
 COMPARISON_DIR = "comparison"  # comparison report artifacts
+# where report runs (a comparison or explorer of runs named one by one) are filed, apart from
+# the training runs of `experiment`; a sweep's reports go to its parent run instead
+REPORTS_EXPERIMENT = "{experiment} reports"
 EXPLORER_PATH = "explorer/explorer.html"  # the explorer page, on a sweep parent or report run
 
 # --- tags (MLflow caps a tag value at 8,000 characters: longer ones are cut to fit)

@@ -115,6 +115,11 @@ def _claim(study: Any, storage: Any, study_id: int, url: str) -> Any:
             try:
                 if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                     storage.record_heartbeat(trial_id)
+                    # The study reads its storage through Optuna's cache, which learns of a trial
+                    # claimed on the raw storage only when it reads the trials again: without
+                    # this, a sampler that reads no trials (random) cannot set the trial's
+                    # parameters (a KeyError inside Optuna's _CachedStorage.set_trial_param).
+                    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     return optuna.Trial(study, trial_id)
             except UpdateFinishedTrialError:
                 continue

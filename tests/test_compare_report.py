@@ -266,12 +266,14 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
     run = client.get_run(report_id)
     assert run.data.tags[REPORT_TAG] == "comparison"
     assert run.info.run_name.startswith("compare-")
+    # filed apart from the training runs, in "<experiment> reports"
+    assert client.get_experiment(run.info.experiment_id).name == "cmp-sweep reports"
     assert "comparison/report.html" in {
         f.path for f in client.list_artifacts(report_id, "comparison")
     }
     sig = pd.read_csv(tmp_path / "a" / "significance.csv")
     assert (sig["baseline_id"] == ids["fast"]).all()
-    # a later comparison of the whole experiment skips the report run and the sweep parent
+    # a later comparison of the whole experiment finds training runs only (and skips the parent)
     comparison, _, _ = compare_runs(
         out_dir=tmp_path / "b",
         experiments=["cmp-sweep"],
@@ -279,7 +281,6 @@ def test_experiment_compare_gets_its_own_report_run(sweep, tracking_uri, tmp_pat
         log_to_mlflow=False,
     )
     assert set(comparison.run_ids) == set(ids.values())
-    assert any("comparison report" in n for n in comparison.notes)
 
 
 @pytest.mark.parametrize(

@@ -237,3 +237,16 @@ def test_a_worker_reusing_its_inputs_still_checks_each_trials_batches(data_dir):
         prepare_run(
             tiny_config(max_train=300, batch_size=400, drop_last=True), data_dir, cache=cache
         )
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_every_sampler_completes_its_trials(tmp_path, data_dir, sampler):
+    """The random sampler reads no trials before sampling: a trial claimed on the raw storage
+    must still be known to the study it samples in (it once failed every trial)."""
+    body = SEARCH.replace("  trials: 3\n", f"  trials: 2\n  sampler: {sampler}\n")
+    path = write(tmp_path, f"sampler_{sampler}", body)
+    result = invoke(path, "--data-dir", data_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name=f"sampler_{sampler}", storage=storage())
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all({"lr", "batch_size"} <= set(t.params) for t in study.trials)
