@@ -1,6 +1,5 @@
 """What a run is and records besides its metrics: the prepared inputs (`Prepared`), parameters,
-tags, datasets and the per-example artifacts assembled at its end. Plain data for `tracking.py`
-to write; `runner.py` decides when."""
+tags and datasets. Plain data for `tracking.py` to write; `runner.py` decides when."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 
 from . import __version__, contract, data, models
 from .config import ExperimentFile, RunConfig
-from .tracking import DatasetInput, RunLog, git_commit
+from .tracking import DatasetInput, git_commit
 from .train import Tensors
 
 
@@ -82,33 +81,3 @@ def run_tags(prepared: Prepared, experiment_file: ExperimentFile | None) -> dict
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
-
-
-def log_per_example_records(
-    log: RunLog, last_epoch: int, n_train: int, test_index: np.ndarray
-) -> None:
-    """The contract's per-example artifacts, assembled from the run's per-epoch records (those
-    of an earlier, interrupted session included): float16 keeps them at ~200 kB an epoch for
-    10,000 test images and ~180 kB for 60,000 training images."""
-    epochs = np.arange(1, last_epoch + 1)
-    records = [log.load_epoch_record(epoch) for epoch in epochs]
-    if any(r is None for r in records):
-        # an epoch trained while the tracking server was away, on another machine: the run is
-        # whole without these optional artifacts, and says why they are missing
-        missing = [int(e) for e, r in zip(epochs, records) if r is None]
-        log.set_tag(contract.TAG_PER_EXAMPLE_RECORD, f"incomplete: no record of epochs {missing}")
-        return
-    log.log_arrays(
-        contract.TEST_BY_EPOCH_PATH,
-        probs=np.stack([r["test_probs"] for r in records]),
-        epochs=epochs,
-        index=test_index,
-    )
-    log.log_arrays(
-        contract.TRAIN_DYNAMICS_PATH,
-        correct=np.stack([r["correct"] for r in records]),
-        label_prob=np.stack([r["label_prob"] for r in records]),
-        predicted=np.stack([r["predicted"] for r in records]),
-        epochs=epochs,
-        index=np.arange(n_train, dtype=np.int64),
-    )

@@ -26,7 +26,7 @@ from . import contract, data, models
 from .config import ConfigError, ExperimentFile, RunConfig
 from .ownership import abandoned, owner_tags
 from .progress import Reporter
-from .run_record import Prepared, datasets, log_per_example_records, run_params, run_tags
+from .run_record import Prepared, datasets, run_params, run_tags
 from .store import open_store
 from .tracking import (
     RunLog,
@@ -510,7 +510,7 @@ def _log_results(
     labels = prepared.test_split.labels.numpy().astype(np.int64)
     log.log_predictions(labels, probs, prepared.test_index)
     if config.per_example_record:
-        log_per_example_records(log, last.epoch, len(prepared.train_split), prepared.test_index)
+        log.log_per_example_records(last.epoch, len(prepared.train_split), prepared.test_index)
 
     deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
     deployable.eval()

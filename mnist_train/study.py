@@ -333,5 +333,8 @@ def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
         study.set_user_attr(contract.STUDY_ATTR_TRIALS, trials)
 
 
-def is_retry(trial: Any) -> bool:
-    return "failed_trial" in trial.system_attrs
+def retried_number(trial: Any) -> int | None:
+    """The number of the trial `trial` retries (Optuna's own record), or None for a first try."""
+    from optuna.storages import RetryFailedTrialCallback
+
+    return RetryFailedTrialCallback.retried_trial_number(trial)

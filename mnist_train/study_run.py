@@ -18,7 +18,7 @@ from typing import Any
 
 from . import contract
 from .config import ConfigError
-from .study import StudyError, StudyPlan, is_retry, mask, open_storage, open_study
+from .study import StudyError, StudyPlan, mask, open_storage, open_study, retried_number
 from .study_grid import Child, best_child, summary_rows, to_csv, to_markdown
 from .study_tracking import StudyStore
 from .study_worker import Job, run_workers, work
@@ -222,11 +222,8 @@ def _outcomes(plan: StudyPlan, study: Any) -> list[Outcome]:
     """One outcome per trial slot: a retried trial is replaced by its latest retry."""
     latest: dict[int, Any] = {}
     for trial in study.get_trials(deepcopy=False):
-        slot = (
-            trial.system_attrs.get("failed_trial", trial.number)
-            if is_retry(trial)
-            else trial.number
-        )
+        retried = retried_number(trial)
+        slot = trial.number if retried is None else retried
         latest[slot] = trial
     out = []
     for slot, trial in sorted(latest.items()):

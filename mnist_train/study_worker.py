@@ -111,6 +111,7 @@ def _claim(study: Any, storage: Any, study_id: int, url: str) -> Any:
         for waiting in storage.get_all_trials(
             study_id, deepcopy=False, states=(TrialState.WAITING,)
         ):
+            # the storage API takes a trial's id, which Optuna exposes only as `_trial_id`
             trial_id = waiting._trial_id
             try:
                 if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
