@@ -46,8 +46,9 @@ VALIDATION_COLUMNS = tuple(
 FEW_FOR_IMPORTANCE = 20
 
 
-def _cell(text: str, *, best: bool = False, title: str = "") -> dict:
-    return {"text": text, "best": best, "title": title}
+def _cell(text: str, *, best: bool = False, title: str = "", clip: bool = False) -> dict:
+    """A table cell; `clip`: cut to the column's width on the page, the whole text on hover."""
+    return {"text": text, "best": best, "title": title or (text if clip else ""), "clip": clip}
 
 
 def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
@@ -72,11 +73,8 @@ def _runs_rows(c: Comparison) -> tuple[list[str], list[dict]]:
         name = c.labels[rid] + (" (baseline)" if rid == c.baseline_id else "")
         cells = [_cell(name + (" (best on validation)" if chosen else ""), best=chosen, title=rid)]
         if named:
-            cells.append(_cell(str(c.legend.at[rid, "run"])))
-        cells += [
-            _cell(str(c.params.at[rid, p]) if pd.notna(c.params.at[rid, p]) else "–")
-            for p in c.varying
-        ]
+            cells.append(_cell(str(c.legend.at[rid, "run"]), clip=True))
+        cells += [_cell(_param_text(c.params.at[rid, p])) for p in c.varying]
         for column in columns:
             value = c.final.at[rid, column]
             cells.append(
@@ -197,6 +195,17 @@ def gallery(c: Comparison, test_images: np.ndarray | None) -> list[dict]:
             kinds.append({"kind": kind, "count": len(positions), "tiles": tiles})
         sections.append({"label": c.labels[rid], "kinds": kinds, "net": flips.net})
     return sections
+
+
+def _param_text(value) -> str:
+    """A logged parameter (a string) as the runs table shows it: long floats to 4 digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if len(str(value)) <= 8 or number.is_integer() else f"{number:.4g}"
 
 
 def _setting(value) -> str:

@@ -27,7 +27,9 @@ EPOCH_TABLE_KEYS = (
     contract.TEST_LOSS,
     contract.TRAIN_LOSS,
 )
-LABEL_PARAMS = ("name",)  # the run name is shown as the label, it is not a setting
+# not settings: the run name is shown as the label; the rest follow from the settings (the size
+# of the model, the statistics of its inputs) and would only lengthen every setting's name
+LABEL_PARAMS = ("name", contract.NUM_PARAMS, "normalize_mean", "normalize_std")
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 1000
 # The runs table: the model of record's scores, its train-minus-test gap, then costs. The
@@ -197,6 +199,12 @@ def _labels(runs: Sequence[RunData], params: pd.DataFrame) -> tuple[pd.Series, p
     return short, pd.DataFrame({"label": short, "run": labels}).rename_axis("run_id")
 
 
+def _group_name(run_ids: Sequence[str], labels: pd.Series) -> str:
+    """`T07`, or `T03 + T04 (seeds)` for runs that differ only by seed."""
+    names = sorted(labels[r] for r in run_ids)
+    return names[0] if len(names) == 1 else " + ".join(names) + " (seeds)"
+
+
 def _trial_numbers(runs: Sequence[RunData]) -> dict[str, int | None]:
     numbers = {}
     for run in runs:
@@ -299,6 +307,10 @@ def build_comparison(
                 "scores in every table are that epoch's"
             )
     groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
+    if legend is not None:  # settings are long: name each by its runs' short labels
+        groups = groups.assign(
+            setting=[_group_name(g.run_ids, labels) for g in groups.itertuples()]
+        )
     # overfitting is read on the held-out curve selection uses: validation when every run has it
     held_out = contract.VAL_LOSS if selection is not None else contract.TEST_LOSS
     onsets = _overfit_onsets(groups, history, held_out)
