@@ -213,6 +213,19 @@ def identity(pid: int) -> dict:
     return {"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()}
 
 
+def living_identities(procs: list) -> list[dict]:
+    """The identities of `procs` still alive: a worker that ended (or is a zombie no one has
+    reaped yet) in the meantime is skipped, not an error."""
+    found = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(identity(proc.pid))
+        except psutil.Error:
+            pass
+    return found
+
+
 def started_identity(pid: int, cmd: list[str]) -> dict | None:
     """The identity of a child just started with `cmd`, once its command line shows it (it reads
     empty for a moment during the exec), or None if it ended first."""
@@ -398,7 +411,7 @@ def start_mlflow(root: Path, exe: str, backend_uri: str, passfile: Path) -> tupl
         server = started_identity(proc.pid, cmd)
         if server and wait_http(f"http://127.0.0.1:{port}", server, log, since):
             family = psutil.Process(proc.pid).children(recursive=True)
-            return [server, *(identity(p.pid) for p in family if p.is_running())], port
+            return [server, *living_identities(family)], port
         taken = port_taken(port)
         if taken and attempt + 1 < PORT_TRIES:
             continue  # the port was taken before uvicorn bound it

@@ -290,7 +290,7 @@ def test_a_sweep_named_with_a_quote_is_found_again(data_dir, tmp_path):
     out2, err2 = again.communicate(timeout=300)
     assert again.returncode == 0, err2
     assert out2.split() == out.split()  # the same parent and child: nothing retrained
-    assert "1 done before" in err2
+    assert "study bob's sweep is complete (1 complete): nothing to train" in err2
 
 
 # --------------------------------------------------------------------------- 7. orphans
