@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    import mlflow  # noqa: F401  (MLflow sets its loggers' levels on import; ours come after)
+
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # a pickle warning per logged model
     store = Path(tempfile.mkdtemp(prefix="bench_fast_"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
