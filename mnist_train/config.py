@@ -41,6 +41,8 @@ class RunConfig:
     activation: str = "relu"  # relu | tanh | sigmoid (mlp and cnn)
     dropout: float = 0.0  # dropout probability after each hidden activation, in [0, 1)
     conv_channels: tuple[int, ...] = (32, 64)  # cnn: one 3x3 conv + 2x2 max-pool per entry
+    batch_norm: bool = False  # cnn: conv, max-pool, BatchNorm2d, activation per entry
+    channels_last: bool = False  # cnn: NHWC tensors, oneDNN's own layout on CPU (same function)
     # optimisation
     optimizer: str = "adam"  # sgd | adam | adamw
     lr: float = 1e-3  # learning rate (onecycle: its peak)
