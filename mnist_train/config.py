@@ -161,6 +161,8 @@ class RunConfig:
             "activation": self.model != "softmax",
             "dropout": self.model != "softmax",
             "conv_channels": self.model == "cnn",
+            "batch_norm": self.model == "cnn",
+            "channels_last": self.model == "cnn",
             "momentum": self.optimizer == "sgd",
             "step_size": self.scheduler == "step",
             "gamma": self.scheduler == "step",
