@@ -241,7 +241,9 @@ def run_training(
             )
         if last is None:  # resumed with every epoch already trained: nothing new to record
             raise ConfigError(f"run {log.run_id} has no epoch left to train")
-        result = _log_results(log, model, prepared, progress, last, kept)
+        result = _log_results(
+            log, model, prepared, progress, last, kept, model_name(config.name, tags)
+        )
         log.end("FINISHED")
         shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
         reporter.finish(result.record.epoch, result.record.scores, _why_this_epoch(config, result))
@@ -475,6 +477,7 @@ def _log_results(
     progress: Progress,
     last: EpochRecord,
     kept: _Kept | None,
+    name: str,
 ) -> RunResult:
     """Final metrics, the model of record's scores, its stored test predictions and the logged
     model. The model of record is the best epoch's under early stopping, else the last's."""
@@ -521,7 +524,7 @@ def _log_results(
         deployable,
         example,
         outputs,
-        name=model_name(config.name),
+        name=name,
         epoch=record_epoch,
         params=config.applied_params(),
         scores=record.rows,

@@ -103,10 +103,16 @@ def pending_checkpoints(run_id: str) -> Path:
     return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
-def model_name(run_name: str) -> str:
-    """The logged model's name: the run's, in the characters MLflow allows (no / : . % quotes),
-    so that MLflow's Models page tells the models of different runs apart."""
-    cleaned = "".join("_" if c in "/:.%\"'" else c for c in run_name).strip()
+def model_name(run_name: str, tags: dict[str, str] | None = None) -> str:
+    """The logged model's name, which tells runs apart on MLflow's Models page: a study's trial
+    is `<study>-T007` (its run name spells every setting, too long to read in a column), any
+    other run its run name; in the characters MLflow allows (no / : . % or quotes)."""
+    tags = tags or {}
+    number = tags.get(contract.TAG_TRIAL_NUMBER, "")
+    name = run_name
+    if tags.get(contract.TAG_STUDY) and number.isdigit():
+        name = f"{tags[contract.TAG_STUDY]}-T{int(number):03d}"
+    cleaned = "".join("_" if c in "/:.%\"'" else c for c in name).strip()
     return cleaned[:200] or "model"
 
 

@@ -130,7 +130,8 @@ def test_the_logged_model_carries_the_same_scores(study):
         linked = {(m.key, m.dataset_name): (m.value, m.step) for m in model.metrics}
         assert linked[("val_accuracy", "mnist-validation")] == (record["val"], record["epoch"])
         assert linked[("test_accuracy", "mnist-test")] == (record["test"], record["epoch"])
-        assert model.name == run.info.run_name.replace(".", "_")
+        # a trial's model is named after its study and trial number: one column apart on the page
+        assert model.name == f"early-T{int(run.data.tags['mnist.trial.number']):03d}"
 
 
 def test_the_comparison_and_the_run_report_state_the_same(study, tmp_path):
