@@ -250,3 +250,4 @@ def test_every_sampler_completes_its_trials(tmp_path, data_dir, sampler):
     study = optuna.load_study(study_name=f"sampler_{sampler}", storage=storage())
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert all({"lr", "batch_size"} <= set(t.params) for t in study.trials)
+    assert study.metric_names == ["val_accuracy"]  # dashboards name the value, not "Objective 0"
