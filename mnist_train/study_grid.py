@@ -246,7 +246,9 @@ def best_child(rows: list[dict[str, Any]]) -> str:
         return ""
     best = max(scored, key=lambda r: r[key])
     test = best[contract.TEST_ACCURACY]
-    text = f"Best on {key}: {best['name']} ({best[key]:.4f}; test accuracy {test:.4f})."
+    epoch = best.get(contract.PREDICTIONS_EPOCH)
+    at = f", epoch {epoch}" if epoch is not None else ""
+    text = f"Best on {key}: {best['name']} ({best[key]:.4f}; test accuracy {test:.4f}{at})."
     if not on_val:
         text += " No validation split, so this ranking is on the test set and overstates."
     return text

@@ -343,11 +343,11 @@ def _headline(result: StudyResult, plan: StudyPlan, rows: list[dict]) -> str:
     text += "."
     if plan.spec is not None and result.best:
         best = result.best
-        test = next(
-            (r.get(contract.TEST_ACCURACY) for r in rows if r["trial"] == best.number), None
-        )
+        row = next((r for r in rows if r["trial"] == best.number), {})
+        test, epoch = row.get(contract.TEST_ACCURACY), row.get(contract.PREDICTIONS_EPOCH)
         text += f" Best trial on {plan.objective}: {best.number} ({best.name}, {best.value:.4f}"
-        text += f"; test accuracy {test:.4f})." if test is not None else ")."
+        text += f"; test accuracy {test:.4f}" if test is not None else ""
+        text += f", epoch {epoch})." if epoch is not None else ")."
     else:
         text += " " + best_child(rows)
     return text.strip()

@@ -389,12 +389,13 @@ def test_sweep_summary_names_its_best_child_on_validation():
         Child(n, build_config({"name": n, "lr": lr})) for n, lr in (("x", 0.1), ("y", 0.01))
     ]
     metrics = {
-        "r1": {"val_accuracy": 0.97, "test_accuracy": 0.95},
-        "r2": {"val_accuracy": 0.96, "test_accuracy": 0.98},
+        "r1": {"val_accuracy": 0.97, "test_accuracy": 0.95, "predictions_epoch": 2.0},
+        "r2": {"val_accuracy": 0.96, "test_accuracy": 0.98, "predictions_epoch": 3.0},
     }
     rows = summary_rows(children, [("r1", "FINISHED"), ("r2", "FINISHED")], metrics)
-    assert "val_accuracy" in rows[0] and "best_epoch" not in rows[0]
-    assert best_child(rows) == "Best on val_accuracy: x (0.9700; test accuracy 0.9500)."
+    assert "val_accuracy" in rows[0] and "stopped_epoch" not in rows[0]
+    assert rows[0]["predictions_epoch"] == 2  # which epoch the scores are of, as an integer
+    assert best_child(rows) == "Best on val_accuracy: x (0.9700; test accuracy 0.9500, epoch 2)."
     plain = summary_rows(
         children,
         [("r1", "FINISHED"), ("r2", "FINISHED")],
