@@ -199,6 +199,20 @@ def _labels(runs: Sequence[RunData], params: pd.DataFrame) -> tuple[pd.Series, p
     return short, pd.DataFrame({"label": short, "run": labels}).rename_axis("run_id")
 
 
+def _record_notes(runs: Sequence[RunData], labels: pd.Series) -> list[str]:
+    """A note for each run whose model of record is not its last epoch."""
+    notes = []
+    for run in runs:
+        record = run.record
+        if record.epoch is not None and not record.is_last:
+            notes.append(
+                f"{labels[run.run_id]}: its model of record is epoch {record.epoch}, its best on "
+                f"validation (early stopping), not its last epoch {record.last_epoch}; its "
+                "scores in every table are that epoch's"
+            )
+    return notes
+
+
 def _group_name(run_ids: Sequence[str], labels: pd.Series) -> str:
     """`T07`, or `T03 + T04 (seeds)` for runs that differ only by seed."""
     names = sorted(labels[r] for r in run_ids)
@@ -298,14 +312,7 @@ def build_comparison(
     all_notes += short_notes
 
     selection = _selection_scores(runs)
-    for run in runs:
-        record = run.record
-        if record.epoch is not None and not record.is_last:
-            all_notes.append(
-                f"{labels[run.run_id]}: its model of record is epoch {record.epoch}, its best on "
-                f"validation (early stopping), not its last epoch {record.last_epoch}; its "
-                "scores in every table are that epoch's"
-            )
+    all_notes += _record_notes(runs, labels)
     groups = stats.seed_groups(params, final[contract.TEST_ACCURACY])
     if legend is not None:  # settings are long: name each by its runs' short labels
         groups = groups.assign(

@@ -141,12 +141,12 @@ def test_the_recipe_on_full_mnist_logs_a_model_that_gives_its_predictions(full_d
     from mnist_train.runner import run_training
 
     config = recipe_config(experiment="full-data-tests", system_metrics=False)
-    run_id = run_training(prepare_run(config, full_data_dir))
+    run_id = run_training(prepare_run(config, full_data_dir)).run_id
     client = MlflowClient()
     metrics = client.get_run(run_id).data.metrics
     assert metrics["predictions_epoch"] == config.epochs
     stored = np.load(client.download_artifacts(run_id, "predictions/test.npz"))
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/{config.name}")
     from mnist_train import data
 
     _, test = data.load_mnist(full_data_dir)
