@@ -54,7 +54,7 @@ def tracked_run(config: RunConfig, data_dir: Path) -> dict[str, float]:
     from mnist_train import runner
 
     with contextlib.redirect_stdout(sys.stderr):  # MLflow may print a line per run
-        run_id = runner.run_training(runner.prepare_run(config, data_dir))
+        run_id = runner.run_training(runner.prepare_run(config, data_dir)).run_id
     return MlflowClient().get_run(run_id).data.metrics
 
 
