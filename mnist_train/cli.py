@@ -28,6 +28,7 @@ from .config import (
 )
 from .contract import default_data_dir, default_tracking_uri
 from .data import DataError
+from .search_space import MAX_TRIALS
 from .study import StudyPlan, make_plan
 from .study_grid import Child
 from .warmup import warm_up_in_background
@@ -86,19 +87,21 @@ def stop_on_signals():
 
 
 class OptionalInt(click.ParamType):
-    """A positive count, or nothing: the MLproject forwards `--trials=` when it is unset."""
+    """A count from 1 to MAX_TRIALS, or nothing (`--trials=` keeps the file's). A bad one is one
+    line, as every mistake a user can make: not click's usage text."""
 
     name = "N"
 
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, int) or not str(value).strip():
             return value or None
+        flag = param.opts[0] if param is not None else "value"
         try:
             number = int(value)
         except ValueError:
-            self.fail(f"{value!r} is not a whole number", param, ctx)
-        if number < 1:
-            self.fail(f"{number} is not >= 1", param, ctx)
+            raise click.ClickException(f"{flag} {value!r} is not a whole number") from None
+        if not 1 <= number <= MAX_TRIALS:
+            raise click.ClickException(f"{flag} {number} is not a count from 1 to {MAX_TRIALS}")
         return number
 
 

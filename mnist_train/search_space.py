@@ -40,6 +40,9 @@ PER_EPOCH = tuple(k for k in contract.SCORES if contract.measured_on(k) != contr
 OBJECTIVES = (*PER_EPOCH, contract.OVERFIT_GAP, contract.TRAIN_TIME)
 SEARCH_KEYS = ("trials", "objective", "direction", "sampler", "pruner", "params")
 MAX_GRID = 10_000
+# most trials one study queues: each is a row in the storage and a run in MLflow, queued up
+# front (a hundred million once filled 15 GB before the first trial ran)
+MAX_TRIALS = 10_000
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,8 @@ def read_search(path: Path, section: Any, base: dict[str, Any]) -> SearchSpec:
     else:
         default_trials = None
     trials = section.get("trials", default_trials)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"{where}.trials must be a positive count, got {trials!r}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"{where}.trials must be a count from 1 to {MAX_TRIALS}, got {trials!r}")
     return SearchSpec(params, trials, objective, direction, sampler, pruner)
 
 
@@ -251,6 +254,8 @@ def _read_param(where: str, name: Any, spec: Any, base: dict[str, Any]) -> Param
         raise ConfigError(f"{at}: a log range needs low > 0, got {low}")
     if step is not None and (log or isinstance(step, bool) or not step > 0):
         raise ConfigError(f"{at}.step must be a positive number, and not with log")
+    if step is not None and kind == "int" and not float(step).is_integer():
+        raise ConfigError(f"{at}.step must be a whole number for an int range, got {step}")
     if kind == "int":
         low, high = int(low), int(high)
     else:

@@ -166,6 +166,27 @@ def mask(url: str) -> str:
     return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
 
 
+def _check_sqlite_storage(url: str) -> None:
+    """A SQLite study storage must be a file of its own: an in-memory one lives and dies with
+    one process (workers and a later run would find no study), and MLflow's own database would
+    get Optuna's tables mixed into it."""
+    path = url.split("://", 1)[1].removeprefix("/")
+    if not path or path == ":memory:":
+        raise StudyError(
+            f"--storage {url}: an in-memory SQLite database lives in one process only; name a "
+            "file (sqlite:///optuna.db)"
+        )
+    tracking = contract.default_tracking_uri()
+    if (
+        tracking.startswith("sqlite:///")
+        and Path(path).resolve() == Path(tracking[len("sqlite:///") :]).resolve()
+    ):
+        raise StudyError(
+            f"--storage {url} is the MLflow tracking store's own database; give the study a file "
+            "of its own (sqlite:///optuna.db)"
+        )
+
+
 def open_storage(url: str, *, retry: bool = True) -> Any:
     """Optuna's RDB storage with the heartbeat on: a trial whose worker goes silent for
     `STUDY_GRACE_S` is failed and queued again with its MLflow run. One line on failure, within
@@ -184,6 +205,7 @@ def open_storage(url: str, *, retry: bool = True) -> Any:
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 4}  # one line within 5 s
     elif url.startswith("sqlite"):
+        _check_sqlite_storage(url)
         engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for each other's writes
         folder = Path(url.split(":///", 1)[-1]).parent
         if not folder.is_dir():

@@ -10,6 +10,8 @@ the best one on the objective, parameter importances for a search. The study's p
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,6 +27,7 @@ from .study_worker import Job, run_workers, work
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 SETTLED = tuple(RUN_STATUS)  # trial states no worker will change
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,99}")
 DESCRIPTION_LIMIT = contract.TAG_VALUE_LIMIT - 100  # room for the notes MLflow adds
 
 
@@ -133,6 +136,7 @@ def run_study(
         f"objective {plan.objective} ({plan.direction}), storage {mask(storage_url)}, "
         f"parent run {parent_id}"
     )
+    workers = _worker_count(workers, before, say)
     job = Job(plan, storage_url, study.study_name, parent_id, Path(data_dir), workers > 1, quiet)
     try:
         if workers > 1:
@@ -176,7 +180,13 @@ def _register_best(
 
 
 def _checked(plan: StudyPlan, register: str | None, trials: int | None) -> StudyPlan:
-    """The plan with `--trials` applied, after checking `--register` and `--trials` apply."""
+    """The plan with `--trials` applied, after checking `--register` and `--trials` apply:
+    before any trial trains, not after the whole study ran."""
+    if register is not None and not REGISTERED_NAME.fullmatch(register):
+        raise ConfigError(
+            f"--register {register!r}: a registered model's name is 1 to 100 letters, digits, "
+            "spaces, '_', '-' or '.', starting with a letter or digit"
+        )
     if register and contract.measured_on(plan.objective) == contract.TEST:
         raise ConfigError(
             "--register needs a validation split to choose the champion on (set validation)"
@@ -186,6 +196,17 @@ def _checked(plan: StudyPlan, register: str | None, trials: int | None) -> Study
     if trials is not None:
         raise ConfigError("--trials is for a search (a search: section with sampler tpe/random)")
     return plan
+
+
+def _worker_count(asked: int, outcomes: list[Outcome], say: Callable[[str], None]) -> int:
+    """`asked` workers, but no more than the trials left to train nor than the cores: each
+    worker is a process holding its own copy of MNIST (about 0.8 GB) and a core."""
+    left = sum(o.state not in SETTLED for o in outcomes)
+    cores = os.cpu_count() or 1
+    workers = max(1, min(asked, left, cores))
+    if workers < asked:
+        say(f"{workers} worker(s), not {asked}: {left} trial(s) left on {cores} core(s)")
+    return workers
 
 
 def _counts(outcomes: list[Outcome]) -> str:

@@ -251,3 +251,56 @@ def test_every_sampler_completes_its_trials(tmp_path, data_dir, sampler):
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert all({"lr", "batch_size"} <= set(t.params) for t in study.trials)
     assert study.metric_names == ["val_accuracy"]  # dashboards name the value, not "Objective 0"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--register", "a/b"], "a registered model's name is 1 to 100 letters"),
+        (["--register", "<script>"], "a registered model's name is 1 to 100 letters"),
+        (["--register", ""], "a registered model's name is 1 to 100 letters"),
+        (["--trials", "99999999999999999999999"], "is not a count from 1 to 10000"),
+        (["--storage", "sqlite://"], "an in-memory SQLite database lives in one process only"),
+        (["--storage", "sqlite:///:memory:"], "lives in one process only"),
+    ],
+)
+def test_study_options_are_checked_before_anything_trains(tmp_path, data_dir, extra, message):
+    path = write(tmp_path, "checked", SEARCH)
+    before = study_names()
+    result = invoke(path, "--data-dir", data_dir, *extra)
+    checks.assert_one_line_error(result.output, result.exit_code, message)
+    assert study_names() == before
+    assert MlflowClient().get_experiment_by_name("search-checked") is None
+
+
+def test_the_tracking_database_is_no_study_storage(tmp_path, data_dir):
+    path = write(tmp_path, "same_db", SEARCH)
+    tracking = os.environ["MLFLOW_TRACKING_URI"]
+    result = invoke(path, "--data-dir", data_dir, "--storage", tracking)
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "is the MLflow tracking store's own database"
+    )
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("    depth: {type: int, low: 1, high: 4, step: 0.5}\n", "step must be a whole number"),
+        ("    lr: [0.01, 0.1]\n  trials: 100000000\n", "trials must be a count from 1 to 10000"),
+    ],
+)
+def test_a_search_that_cannot_run_is_refused_before_queueing(tmp_path, data_dir, param, message):
+    body = f"search:\n  pruner: none\n  params:\n{param}"
+    path = write(tmp_path, "unqueued", body)
+    before = study_names()
+    result = invoke(path, "--data-dir", data_dir)
+    checks.assert_one_line_error(result.output, result.exit_code, message)
+    assert study_names() == before
+
+
+def test_workers_are_capped_by_the_trials_left(tmp_path, data_dir):
+    body = SEARCH.replace("  trials: 3\n", "  trials: 1\n")
+    path = write(tmp_path, "capped", body)
+    result = invoke(path, "--data-dir", data_dir, "--workers", "4")
+    assert result.exit_code == 0, result.output
+    assert "1 worker(s), not 4: 1 trial(s) left" in result.stderr
