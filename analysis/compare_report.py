@@ -30,6 +30,7 @@ from mnist_train import contract
 from mnist_train.csv_safe import safe_frame
 
 CURVE_KEYS = (contract.TEST_ACCURACY, contract.TRAIN_LOSS, contract.TEST_LOSS)
+WRITES = ("report.html", "runs.csv", "significance.csv", "figures")  # all a report puts in --out
 
 
 def write_report(
@@ -252,13 +253,14 @@ def compare_runs(
     Returns (comparison, report path, id of the MLflow run that holds the report or None).
     """
     from analysis.images import load_test_set, resolve_data_dir
-    from analysis.publish import log_comparison_report
+    from analysis.publish import check_out_folder, log_comparison_report, written_files
     from analysis.runs import connect
 
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise AnalysisError("choose runs with --experiment, --runs, --parent or --filter")
     if at_epoch is not None and at_epoch < 1:
         raise AnalysisError(f"--at-epoch must be >= 1 (epochs count from 1), got {at_epoch}")
+    check_out_folder(out_dir, WRITES)
     client = connect(tracking_uri)
     # Under `mlflow run` the run MLflow opened for this command receives the report; it is no
     # training run, so it is not compared either.
@@ -311,6 +313,11 @@ def compare_runs(
     logged = None
     if log_to_mlflow:
         logged = log_comparison_report(
-            client, comparison, out_dir, parent_run_id=parent_run_id, active_run_id=active_run_id
+            client,
+            comparison,
+            out_dir,
+            files=written_files(out_dir, WRITES),
+            parent_run_id=parent_run_id,
+            active_run_id=active_run_id,
         )
     return comparison, path, logged

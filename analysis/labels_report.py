@@ -27,6 +27,7 @@ from mnist_train.csv_safe import safe_frame
 
 GALLERY = 40  # most suspect images shown per set
 TABLE_ROWS = 100
+WRITES = ("label_issues.csv", "label_issues_train.csv", "report.html")  # all it puts in --out
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ def run_labels(
     cache_dir=None,
 ) -> LabelsResult:
     """Select runs as `compare` does, write the report, log it to a sweep's parent."""
-    from analysis.publish import log_labels_report
+    from analysis.publish import check_out_folder, log_labels_report, written_files
     from analysis.runs import connect
     from analysis.selection import load_comparison_runs
 
+    check_out_folder(out_dir, WRITES)
     client = connect(tracking_uri)
     runs, excluded, notes = load_comparison_runs(
         client,
@@ -68,7 +70,7 @@ def run_labels(
         client, runs, out_dir, data_dir=data_dir, cache_dir=cache_dir
     )
     if parent_run_id:
-        log_labels_report(client, parent_run_id, out_dir)
+        log_labels_report(client, parent_run_id, out_dir, written_files(out_dir, WRITES))
     skipped = [f"skipped {e.label}: {e.reason}" for e in excluded]
     n_runs = len([r for r in runs if r.predictions is not None])
     test = label_issues.flagged_rows(ranking)

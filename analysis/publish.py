@@ -37,6 +37,47 @@ def log_run_report(client: MlflowClient, run_id: str, files: Sequence[Path]) -> 
         ) from None
 
 
+def check_out_folder(out_dir: str | Path, writes: Sequence[str]) -> None:
+    """AnalysisError unless `out_dir` is new, empty or holds only what this report writes
+    (`writes`: file and folder names): what the report logs to MLflow is exactly what it wrote,
+    and a folder of other files (a home directory, the project root) is no place for it."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AnalysisError(f"--out {out} is a file; give a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in writes)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise AnalysisError(
+            f"--out {out} holds files this report does not write ({shown}); choose a new or "
+            "empty folder"
+        )
+
+
+def written_files(out_dir: str | Path, writes: Sequence[str]) -> list[Path]:
+    """The files of `writes` (names, folders included) under `out_dir`: what a report logs."""
+    out = Path(out_dir)
+    files = []
+    for name in writes:
+        path = out / name
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            files.append(path)
+    return files
+
+
+def _log_files(client: MlflowClient, run_id: str, out_dir: str | Path, files, root: str) -> None:
+    """Each of `files` (under `out_dir`) to `root/<its folder under out_dir>` of run `run_id`."""
+    out = Path(out_dir)
+    for path in files:
+        folder = path.parent.relative_to(out).as_posix()
+        client.log_artifact(run_id, str(path), root if folder == "." else f"{root}/{folder}")
+
+
 def _link_from_description(client: MlflowClient, run_id: str, artifact: str) -> None:
     """Add a line pointing at the report to the run's description (the UI's markdown note),
     keeping whatever the description said before."""
@@ -70,6 +111,7 @@ def log_comparison_report(
     c: Comparison,
     out_dir: str | Path,
     *,
+    files: Sequence[Path],
     parent_run_id: str | None = None,
     active_run_id: str | None = None,
 ) -> str:
@@ -80,7 +122,7 @@ def log_comparison_report(
     Any other comparison gets a run of its own in the baseline's experiment.
     """
     if parent_run_id is not None:
-        client.log_artifacts(parent_run_id, str(out_dir), contract.COMPARISON_DIR)
+        _log_files(client, parent_run_id, out_dir, files, contract.COMPARISON_DIR)
         client.set_tag(
             parent_run_id,
             contract.TAG_COMPARISON_REPORT,
@@ -89,7 +131,7 @@ def log_comparison_report(
         return parent_run_id
     if active_run_id is not None:
         _describe_report_run(client, active_run_id, c)
-        client.log_artifacts(active_run_id, str(out_dir), contract.COMPARISON_DIR)
+        _log_files(client, active_run_id, out_dir, files, contract.COMPARISON_DIR)
         return active_run_id
     baseline = next(r for r in c.runs if r.run_id == c.baseline_id)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -100,7 +142,7 @@ def log_comparison_report(
     run_id = run.info.run_id
     try:
         _describe_report_run(client, run_id, c)
-        client.log_artifacts(run_id, str(out_dir), contract.COMPARISON_DIR)
+        _log_files(client, run_id, out_dir, files, contract.COMPARISON_DIR)
         client.set_terminated(run_id)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
@@ -108,10 +150,12 @@ def log_comparison_report(
     return run_id
 
 
-def log_labels_report(client: MlflowClient, run_id: str, out_dir: str | Path) -> None:
-    """The label-issue report, under `analysis/labels/` of the sweep's parent run."""
+def log_labels_report(
+    client: MlflowClient, run_id: str, out_dir: str | Path, files: Sequence[Path]
+) -> None:
+    """The label-issue report's `files`, under `analysis/labels/` of the sweep's parent run."""
     artifact = f"{contract.ANALYSIS_DIR}/labels/{REPORT_HTML}"
-    client.log_artifacts(run_id, str(out_dir), f"{contract.ANALYSIS_DIR}/labels")
+    _log_files(client, run_id, out_dir, files, f"{contract.ANALYSIS_DIR}/labels")
     client.set_tag(run_id, contract.TAG_LABELS_REPORT, artifact)
     _link_from_description(client, run_id, artifact)
 

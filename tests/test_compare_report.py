@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from compare_helpers import fake_predictions, fixture_test_labels, log_parent, log_run, with_flips
+from mlflow.tracking import MlflowClient
 
 from analysis.cli import compare_command
 from analysis.compare_report import compare_runs
@@ -326,3 +327,32 @@ def test_under_mlflow_run_the_report_goes_to_the_active_run(
     assert run.info.status == "RUNNING"  # closing it is mlflow run's job
     assert "comparison/report.html" in {f.path for f in client.list_artifacts(active, "comparison")}
     client.set_terminated(active)
+
+
+def test_an_out_folder_of_other_files_is_refused_and_only_written_files_are_logged(
+    sweep, tmp_path, tracking_uri
+):
+    """--out . from a home folder or the project root would have put keys or .venv in MLflow."""
+    crowded = tmp_path / "home"
+    (crowded / ".ssh").mkdir(parents=True)
+    (crowded / ".ssh" / "id_rsa").write_text("PRIVATE KEY")
+    (crowded / "credentials.json").write_text("{}")
+    result = CliRunner().invoke(
+        compare_command, ["--parent", sweep["parent"], "--out", str(crowded)]
+    )
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "holds files this report does not write", ".ssh"
+    )
+    out = tmp_path / "report"
+    out.mkdir()
+    result = CliRunner().invoke(compare_command, ["--parent", sweep["parent"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    logged = {
+        f.path for f in MlflowClient(tracking_uri).list_artifacts(sweep["parent"], "comparison")
+    }
+    assert logged == {
+        "comparison/report.html",
+        "comparison/runs.csv",
+        "comparison/significance.csv",
+        "comparison/figures",
+    }
