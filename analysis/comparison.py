@@ -393,7 +393,10 @@ def _prediction_parts(
     for run_id, run in by_id.items():
         p = run.predictions
         if p is None:
-            why = f"no stored predictions ({contract.PREDICTIONS_PATH})"
+            unusable = [n for n in run.notices if "is left out" in n]
+            why = (
+                unusable[0] if unusable else f"no stored predictions ({contract.PREDICTIONS_PATH})"
+            )
             partial.append(Excluded(run_id, labels[run_id], why))
             continue
         if len(p) != len(reference) or not np.array_equal(p.index, reference.index):

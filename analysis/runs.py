@@ -64,6 +64,11 @@ class Predictions:
                 f"predictions have inconsistent shapes: labels {self.labels.shape}, "
                 f"probs {self.probs.shape}, index {self.index.shape} (expected (N,), (N, 10), (N,))"
             )
+        problem = _predictions_problem(self.labels, self.probs, self.index)
+        if problem:
+            # a wrong array is worse than a missing one: NaN probabilities once made a run look
+            # significantly worse than its own logged accuracy
+            raise AnalysisError(f"predictions are not usable: {problem}")
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -137,6 +142,25 @@ def model_of_record(metrics: dict[str, float], epochs: pd.DataFrame) -> ModelOfR
             if pd.notna(value):
                 scores[key] = float(value)
     return ModelOfRecord(epoch, last, scores)
+
+
+def _predictions_problem(labels: np.ndarray, probs: np.ndarray, index: np.ndarray) -> str:
+    """What is wrong with stored predictions, or "": labels are digits, probabilities finite
+    rows in [0, 1] that sum to 1, index positions distinct and not negative."""
+    if len(labels) == 0:
+        return "no rows"
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        return f"labels outside 0-{N_CLASSES - 1}"
+    if not np.isfinite(probs).all():
+        return f"{int((~np.isfinite(probs)).any(axis=1).sum())} rows of probs are not finite"
+    if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
+        return "probs outside [0, 1]"
+    sums = probs.sum(axis=1)
+    if np.abs(sums - 1).max() > 1e-3:
+        return f"{int((np.abs(sums - 1) > 1e-3).sum())} rows of probs do not sum to 1"
+    if index.min() < 0 or len(np.unique(index)) != len(index):
+        return "index holds negative or repeated positions"
+    return ""
 
 
 @dataclass
@@ -352,7 +376,13 @@ def load_run(
     if with_predictions:
         path = fetch_artifact(client, run, PREDICTIONS_PATH, cache_dir=cache_dir)
         if path is not None:
-            predictions = Predictions.from_npz(path)
+            try:
+                predictions = Predictions.from_npz(path)
+            except AnalysisError as err:  # the run still has its curves: left out of the rest
+                notices.append(
+                    f"run {info.run_id}: its {PREDICTIONS_PATH} is left out ({err}); prediction "
+                    "diagnostics are skipped"
+                )
         else:
             notices.append(
                 f"run {info.run_id} ({info.status}) has no {PREDICTIONS_PATH}; "

@@ -3,6 +3,7 @@ stores."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -231,13 +232,30 @@ def test_cache_is_refreshed_when_a_finished_run_finishes_again(tracking_uri, tmp
     np.testing.assert_array_equal(again.predictions.probs, newer)
 
 
-def test_malformed_predictions_are_a_clear_error(tracking_uri, tmp_path):
+@pytest.mark.parametrize(
+    "break_them, problem",
+    [
+        (lambda f: dict(probs=f.probs[:, :9]), r"inconsistent shapes.*\(N, 10\)"),
+        (lambda f: dict(probs=np.where(np.arange(10) == 3, np.nan, f.probs)), "not finite"),
+        (lambda f: dict(probs=f.probs * 2), "outside \\[0, 1\\]|do not sum to 1"),
+        (lambda f: dict(probs=f.probs / 2), "do not sum to 1"),
+        (lambda f: dict(labels=f.labels + 10), "labels outside 0-9"),
+        (lambda f: dict(index=np.zeros_like(f.index)), "repeated positions"),
+    ],
+)
+def test_wrong_predictions_leave_the_run_without_them_and_say_why(
+    tracking_uri, tmp_path, break_them, problem
+):
+    """A wrong array is worse than a missing one: NaN probabilities once made a run look
+    significantly worse than its own logged accuracy. The run keeps its curves."""
     from mlflow import MlflowClient
 
     fake = log_fake_run(
         tracking_uri, "runs-malformed", run_name="malformed", seed=41, with_predictions=False
     )
-    np.savez(tmp_path / "test.npz", labels=fake.labels, probs=fake.probs[:, :9], index=fake.index)
+    arrays = {"labels": fake.labels, "probs": fake.probs, "index": fake.index, **break_them(fake)}
+    np.savez(tmp_path / "test.npz", **arrays)
     MlflowClient(tracking_uri).log_artifact(fake.run_id, str(tmp_path / "test.npz"), "predictions")
-    with pytest.raises(AnalysisError, match=r"inconsistent shapes.*\(N, 10\)"):
-        runs.load_run(runs.connect(tracking_uri), fake.run_id, cache_dir=tmp_path / "cache")
+    run = runs.load_run(runs.connect(tracking_uri), fake.run_id, cache_dir=tmp_path / "cache")
+    assert run.predictions is None and len(run.epochs) > 0
+    assert any(re.search(problem, notice) for notice in run.notices), run.notices
