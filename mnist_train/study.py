@@ -13,13 +13,14 @@ trials from it (`study_worker.py`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,35 @@ def mask(url: str) -> str:
     return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
 
 
+SCHEMA_LOCK_KEY = 730_522_001  # PostgreSQL advisory lock: this workbench's schema creation
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates or migrates its tables. Machines
+    meeting a fresh storage at once otherwise race in CREATE TABLE, and all but one die on
+    `duplicate key value violates unique constraint "pg_type_typname_nsp_index"`; a lock in the
+    database itself holds across hosts (a file lock would not). SQLite storages are created
+    under the workers' file lock instead."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            lock = sqlalchemy.text("SELECT pg_advisory_lock(:key)")
+            connection.execute(lock, {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
+                connection.execute(unlock, {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
 def _check_sqlite_storage(url: str) -> None:
     """A SQLite study storage must be a file of its own: an in-memory one lives and dies with
     one process (workers and a later run would find no study), and MLflow's own database would
@@ -212,13 +242,14 @@ def open_storage(url: str, *, retry: bool = True) -> Any:
             raise StudyError(f"--storage {url}: folder {folder} does not exist")
     callback = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=contract.STUDY_HEARTBEAT_S,
-            grace_period=int(os.environ.get("MNIST_STUDY_GRACE_S", contract.STUDY_GRACE_S)),
-            heartbeat_stale_trial_callback=callback if retry else None,
-        )
+        with _schema_lock(url, engine_kwargs):
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=contract.STUDY_HEARTBEAT_S,
+                grace_period=int(os.environ.get("MNIST_STUDY_GRACE_S", contract.STUDY_GRACE_S)),
+                heartbeat_stale_trial_callback=callback if retry else None,
+            )
     except Exception as err:  # sqlalchemy's OperationalError, ImportError of a driver, ...
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()
         raise StudyError(

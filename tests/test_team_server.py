@@ -169,3 +169,42 @@ def test_one_grid_study_split_by_two_commands_survives_a_sigkill(server, tmp_pat
     retry = [t for t in study.trials if "failed_trial" in t.system_attrs]
     assert len(retry) == 1 and retry[0].user_attrs["mlflow_run_id"] == killed_run
     assert retry[0].state.name == "COMPLETE"
+
+
+def test_machines_meeting_a_fresh_storage_at_once_all_open_it(server):
+    """Three processes open an empty PostgreSQL storage at the same moment: each creates
+    Optuna's tables or waits for the one that does (an advisory lock in the database), and none
+    dies on a duplicate type. Runs last in this module: it empties the storage first."""
+    import subprocess
+    import sys
+
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(server.storage_url)
+    with engine.begin() as connection:  # a fresh storage: no Optuna tables
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE"))
+        connection.execute(sqlalchemy.text("CREATE SCHEMA public"))
+    engine.dispose()
+    opener = (
+        "import sys, time; from mnist_train.study import open_storage; import optuna; "
+        "time.sleep(max(0, float(sys.argv[1]) - time.time())); "
+        "storage = open_storage(sys.argv[2]); print(len(optuna.get_all_study_names(storage)))"
+    )
+    import time
+
+    start = time.time() + 3  # after every interpreter has imported optuna
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener, str(start), server.storage_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    assert [out.strip() for _, out, _ in results] == ["0", "0", "0"]
+    assert all(server.storage_url.split("@")[0] not in err for _, _, err in results)
