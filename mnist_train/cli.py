@@ -109,6 +109,7 @@ class OptionalInt(click.ParamType):
 @click.version_option(package_name="mnist-workbench")
 def cli() -> None:
     """Train MNIST classifiers and track them in MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)."""
+    process.configure()  # also when the group is invoked without `main` (tests, other programs)
 
 
 # `mlflow run -P key=value` appends `--key value` to the command for every parameter the MLproject

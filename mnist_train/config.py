@@ -30,6 +30,10 @@ NORMALIZATIONS = ("none", "estimate", "standard")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# torch threads: more than any CPU here has; 100,000 aborted the process inside libgomp
+MAX_THREADS = 256
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # naming
@@ -100,8 +104,8 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be from 0 to {MAX_THREADS}, got {self.threads}")
         for key in ("max_train", "max_test"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -185,6 +189,7 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+MAX_EXPERIMENT_BYTES = 1_000_000  # experiment files are a few hundred bytes
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -284,10 +289,22 @@ META_KEYS = ("description",)
 
 
 def read_experiment(path: str | Path) -> ExperimentFile:
-    """Read an experiment YAML file; every top-level key is a config field or a sweep section."""
+    """Read an experiment YAML file; every top-level key is a config field or a sweep section.
+
+    A file of more than MAX_EXPERIMENT_BYTES (`/dev/zero` given by mistake) and YAML aliases (a
+    few lines of nested `*refs` expand to gigabytes once the config is written out) are refused
+    before they are loaded."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_EXPERIMENT_BYTES + 1)
+        if len(raw) > MAX_EXPERIMENT_BYTES:
+            raise ConfigError(
+                f"{path}: over {MAX_EXPERIMENT_BYTES // 1000} kB; not an experiment file"
+            )
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{path}: not UTF-8 text (byte {err.start}); save the experiment file as UTF-8"
@@ -297,6 +314,8 @@ def read_experiment(path: str | Path) -> ExperimentFile:
     except OSError as err:
         raise ConfigError(f"cannot read experiment file {path}: {err.strerror}") from None
     try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise ConfigError(f"{path}: YAML aliases (*name) are not accepted; write values out")
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None

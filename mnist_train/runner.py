@@ -35,6 +35,7 @@ from .tracking import (
     current_tracking_uri,
     load_checkpoint,
     model_name,
+    open_pending,
     pending_checkpoints,
     store_is_gone,
 )
@@ -443,8 +444,8 @@ def _keep_locally(
     else:
         name = f"epoch_{progress.epoch:03d}_partial.pt"
     path = pending_checkpoints(run_id) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    with open_pending(path) as f:
+        torch.save(state, f)
     return path
 
 

@@ -103,6 +103,26 @@ def pending_checkpoints(run_id: str) -> Path:
     return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
+def open_pending(path: Path):
+    """A file under the pending folder opened for writing, never through a link: a symlink
+    planted at `path` (or a linked folder on the way) is refused instead of followed, so a resume
+    cannot be made to overwrite some other file."""
+    import os
+
+    root = contract.default_cache_dir() / "pending-checkpoints"
+    for folder in [*reversed(path.parent.parents), path.parent]:
+        if folder.is_symlink() and (folder == root or root in folder.parents):
+            raise ConfigError(f"{folder} is a symbolic link; refusing to write a checkpoint there")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        if path.is_symlink():
+            raise ConfigError(f"{path} is a symbolic link; refusing to write through it") from None
+        raise ConfigError(f"cannot write {path}: {err.strerror}") from None
+    return os.fdopen(fd, "wb")
+
+
 def model_name(run_name: str, tags: dict[str, str] | None = None) -> str:
     """The logged model's name, which tells runs apart on MLflow's Models page: a study's trial
     is `<study>-T007` (its run name spells every setting, too long to read in a column), any
@@ -241,8 +261,8 @@ class RunLog:
         import torch
 
         path = pending_checkpoints(self.run_id) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
+        with open_pending(path) as f:
+            torch.save(state, f)
         try:
             self.client.log_artifact(self.run_id, str(path), contract.CHECKPOINT_DIR)
         except Exception as err:
@@ -278,8 +298,8 @@ class RunLog:
         checkpoints are): a server that goes away loses no epoch of it."""
         name = f"epoch_{epoch:03d}.npz"
         path = pending_checkpoints(self.run_id) / "records" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **arrays)
+        with open_pending(path) as f:
+            np.savez_compressed(f, **arrays)
         try:
             self.client.log_artifact(self.run_id, str(path), contract.EPOCH_RECORD_DIR)
         except Exception as err:

@@ -382,3 +382,51 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_the_rerun_resumes(data_
     waiting = [t for t in study.trials if t.state.name == "WAITING"]
     resumable = {t.user_attrs.get("mlflow_run_id") for t in waiting}
     assert {run.info.run_id for run in training} <= resumable  # queued again, with their runs
+
+
+def test_a_symlink_planted_among_pending_checkpoints_is_refused_not_followed(tmp_path):
+    from mnist_train.config import ConfigError
+    from mnist_train.tracking import open_pending, pending_checkpoints
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    folder = pending_checkpoints("0" * 32)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "epoch_002.pt").symlink_to(victim)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        open_pending(folder / "epoch_002.pt")
+    assert victim.read_text() == "keep me"
+    linked = pending_checkpoints("1" * 32)
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    linked.symlink_to(tmp_path)  # the run's whole folder planted as a link
+    with pytest.raises(ConfigError, match="symbolic link"):
+        open_pending(linked / "records" / "epoch_001.npz")
+    assert not (tmp_path / "records").exists()
+    with open_pending(folder / "epoch_003.pt") as f:  # an ordinary file is written as before
+        f.write(b"state")
+    assert (folder / "epoch_003.pt").read_bytes() == b"state"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &a [1, 1, 1]\nb: [*a, *a]\n", "YAML aliases"),
+        (None, "not a regular file"),
+        ("x" * 1_000_001, "not an experiment file"),
+    ],
+)
+def test_experiment_files_that_would_take_gigabytes_are_refused(tmp_path, text, message):
+    from mnist_train.config import ConfigError, read_experiment
+
+    path = Path("/dev/zero") if text is None else tmp_path / "big.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_experiment(path)
+
+
+def test_threads_beyond_any_cpu_are_refused():
+    from mnist_train.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="threads must be from 0 to 256"):
+        build_config({"threads": 100000})
