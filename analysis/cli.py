@@ -75,6 +75,17 @@ data_dir_option = _folder_option(
 )
 
 
+def log_option(what: str):
+    """`--log/--no-log` of a report command: where `what` goes in MLflow."""
+    return click.option(
+        "--log/--no-log",
+        default=True,
+        show_default=True,
+        help=f"Log {what} to MLflow (the sweep's parent run, else a new report run filed in "
+        "'<experiment> reports').",
+    )
+
+
 def selection_options(command):
     """The run selection shared by `compare` and `labels` (their union is selected)."""
     options = [
@@ -322,7 +333,8 @@ def _safe_name(name: str) -> str:
 @click.option(
     "--baseline",
     metavar="RUN_ID",
-    help="Run the others are tested against (default: the sweep's first child / the oldest run).",
+    help="Run the others are tested against (default: a study's best trial on its objective, "
+    "else the oldest run).",
 )
 @click.option(
     "--at-epoch",
@@ -331,12 +343,7 @@ def _safe_name(name: str) -> str:
     help="Also compare the runs at this epoch (default: the last epoch all runs reached).",
 )
 @report_options("Folder for report.html, runs.csv, significance.csv and figures/*.png.")
-@click.option(
-    "--log/--no-log",
-    default=True,
-    show_default=True,
-    help="Log the report to MLflow (the sweep's parent run, else a new report run).",
-)
+@log_option("the report")
 def compare_command(
     experiments,
     run_ids,
@@ -357,7 +364,8 @@ def compare_command(
     images each run fixed and broke, McNemar's test and bootstrap intervals, seed groups,
     accuracy against training time, the most-confused digit pairs and findings. It is logged to
     MLflow: to the sweep's parent run with --parent, to the open run under `mlflow run`, else to
-    a new run tagged mnist.report=comparison.
+    a new run tagged mnist.report=comparison in the experiment '<experiment> reports'. Every
+    score is a run's model of record's, and says which epoch.
 
     \b
     Examples:
@@ -439,12 +447,7 @@ def labels_command(
     help="Run that fixed / broken are judged against (default: as for compare).",
 )
 @report_options("Folder for explorer.html.")
-@click.option(
-    "--log/--no-log",
-    default=True,
-    show_default=True,
-    help="Log the page to MLflow (the sweep's parent run, else a new report run).",
-)
+@log_option("the page")
 def explore_command(
     experiments,
     run_ids,
