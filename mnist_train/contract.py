@@ -191,6 +191,7 @@ TAG_BEST_TRIAL = "mnist.study.best_trial"  # on the parent: number of the best t
 TAG_TRIAL_NUMBER = "mnist.trial.number"  # on a trial run
 TAG_TRIAL_STATE = "mnist.trial.state"  # on a trial run: RUNNING | COMPLETE | PRUNED | FAIL
 TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the Optuna trial's user attribute: its MLflow run
+TRIAL_FAILURE_ATTR = "mnist.failure_reason"  # a failed trial's user attribute: why, in one line
 # the Optuna study's own attributes (study.set_user_attr): what the study was made from
 STUDY_ATTR_SWEEP = "mnist.sweep"  # the sweep's name
 STUDY_ATTR_FINGERPRINT = "mnist.fingerprint"  # of what the study runs (see study.py)

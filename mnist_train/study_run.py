@@ -43,6 +43,7 @@ class Outcome:
     number: int = -1
     value: float | None = None
     child: Child | None = None  # its configuration, once known (a search samples it late)
+    reason: str = ""  # why it failed, when it did
 
 
 @dataclass
@@ -262,6 +263,7 @@ def _outcomes(plan: StudyPlan, study: Any) -> list[Outcome]:
                 slot,
                 trial.value if state == "COMPLETE" else None,
                 child,
+                trial.user_attrs.get(contract.TRIAL_FAILURE_ATTR, "") if state == "FAIL" else "",
             )
         )
     return out
@@ -284,6 +286,8 @@ def _close_parent(store: StudyStore, plan: StudyPlan, study: Any, result: StudyR
     for i, (outcome, _) in enumerate(known):
         rows[i] = {"trial": outcome.number, "state": outcome.state, **rows[i]}
         rows[i][plan.objective] = outcome.value
+        if result.failed:
+            rows[i]["failure_reason"] = outcome.reason
     files = {contract.STUDY_TRIALS_PATH: to_csv(rows)}
     importance = _importance(study, plan)
     if importance:
@@ -356,7 +360,8 @@ def _headline(result: StudyResult, plan: StudyPlan, rows: list[dict]) -> str:
     if pruned:
         text += f", {pruned} pruned"
     if result.failed:
-        text += f", {len(result.failed)} failed ({', '.join(o.name for o in result.failed)})"
+        failed = "; ".join(f"{o.name}: {o.reason}" if o.reason else o.name for o in result.failed)
+        text += f", {len(result.failed)} failed ({failed[:2000]})"
     if result.stopped:
         text += "; interrupted: run the command again to finish it"
     elif result.unfinished:

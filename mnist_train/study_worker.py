@@ -212,6 +212,11 @@ def run_trial(
     run_id = frozen.user_attrs.get(contract.TRIAL_RUN_ID_ATTR)
 
     def tell(state: str, value: float | None = None, message: str = "") -> str:
+        if state == "FAIL" and message:  # kept in the study: a trial may fail before its run
+            try:
+                trial.set_user_attr(contract.TRIAL_FAILURE_ATTR, message[:1000])
+            except Exception:  # the storage is away: the reason is still printed below
+                pass
         try:
             if state == "INTERRUPTED":
                 study.tell(trial, state=TrialState.FAIL)

@@ -304,3 +304,17 @@ def test_workers_are_capped_by_the_trials_left(tmp_path, data_dir):
     result = invoke(path, "--data-dir", data_dir, "--workers", "4")
     assert result.exit_code == 0, result.output
     assert "1 worker(s), not 4: 1 trial(s) left" in result.stderr
+
+
+def test_a_trial_that_fails_before_its_run_exists_keeps_its_reason(tmp_path, data_dir):
+    body = "search:\n  trials: 1\n  pruner: none\n  params:\n    batch_size: [5000]\n"
+    path = write(tmp_path, "early_fail", body, drop_last="true")
+    result = invoke(path, "--data-dir", data_dir, "--quiet")
+    assert result.exit_code == 1
+    study = optuna.load_study(study_name="early_fail", storage=storage())
+    (trial,) = study.trials
+    reason = trial.user_attrs["mnist.failure_reason"]
+    assert "batch_size (5000) is larger than the" in reason
+    assert "mlflow_run_id" not in trial.user_attrs  # it failed before any run was opened
+    parent = MlflowClient().get_run(result.stdout.split()[0])
+    assert reason in parent.data.tags["mlflow.note.content"]
