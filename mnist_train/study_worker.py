@@ -182,6 +182,34 @@ class _Heartbeat:
         self._thread.join(timeout=10)
 
 
+def _tell_study(
+    job: Job, study: Any, storage: Any, trial: Any, state: str, value: float | None, message: str
+) -> None:
+    """Tell the study how `trial` ended: COMPLETE (with its value), PRUNED, FAIL (its reason
+    kept as a trial attribute: a trial may fail before its run exists) or INTERRUPTED (failed
+    now and queued again, to resume the same run)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    if state == "FAIL" and message:
+        try:
+            trial.set_user_attr(contract.TRIAL_FAILURE_ATTR, message[:1000])
+        except Exception:  # the storage is away: the reason is still printed
+            pass
+    try:
+        if state == "INTERRUPTED":
+            study.tell(trial, state=TrialState.FAIL)
+            requeue(study, storage.get_trial(trial._trial_id))
+        elif state == "COMPLETE":
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=TrialState[state])
+    except (ValueError, UpdateFinishedTrialError) as err:
+        # failed as stale meanwhile (this worker was silent past the grace period) and queued
+        # again: the retry finds the run finished and records it
+        _say(job, f"trial {trial.number}: the study no longer expected it ({err})")
+
+
 def run_trial(
     job: Job,
     study: Any,
@@ -192,9 +220,6 @@ def run_trial(
 ) -> str:
     """Train one trial (or resume its run) and tell the study how it ended; returns the state:
     COMPLETE, PRUNED, FAIL or INTERRUPTED (failed now, queued again to resume)."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
     from .data import DataError
     from .progress import Reporter
     from .runner import (
@@ -212,23 +237,7 @@ def run_trial(
     run_id = frozen.user_attrs.get(contract.TRIAL_RUN_ID_ATTR)
 
     def tell(state: str, value: float | None = None, message: str = "") -> str:
-        if state == "FAIL" and message:  # kept in the study: a trial may fail before its run
-            try:
-                trial.set_user_attr(contract.TRIAL_FAILURE_ATTR, message[:1000])
-            except Exception:  # the storage is away: the reason is still printed below
-                pass
-        try:
-            if state == "INTERRUPTED":
-                study.tell(trial, state=TrialState.FAIL)
-                requeue(study, storage.get_trial(trial._trial_id))
-            elif state == "COMPLETE":
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=TrialState[state])
-        except (ValueError, UpdateFinishedTrialError) as err:
-            # failed as stale meanwhile (this worker was silent past the grace period) and
-            # queued again: the retry finds the run finished and records it
-            _say(job, f"trial {number}: the study no longer expected it ({err})")
+        _tell_study(job, study, storage, trial, state, value, message)
         if run_id:
             store.set_trial_state(run_id, state)
         shown = f" {plan.objective} {value:.4f}" if value is not None else ""
