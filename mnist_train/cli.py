@@ -343,8 +343,9 @@ def _run_sweep(
     """Run a study; print the parent's and trials' run ids; exit 1 if any trial failed."""
     from mlflow.exceptions import MlflowException
 
+    from .runner import EXIT_STORE_LOST
     from .study import default_storage
-    from .study_run import run_study
+    from .study_run import StoreLost, run_study
     from .tracking import quiet_mlflow_logs
 
     quiet_mlflow_logs()
@@ -364,6 +365,9 @@ def _run_sweep(
                 quiet=quiet,
                 should_stop=stop,
             )
+    except StoreLost as err:
+        _echo_safely(f"Error: {err}", err=True)
+        sys.exit(EXIT_STORE_LOST)
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
     _echo_safely(result.parent_run_id)

@@ -319,6 +319,14 @@ def _open_run(
         )
     log = RunLog.reopen(resume_run_id, system_metrics=config.system_metrics)
     log.fill_metrics([tuple(row) for row in state.get("rows", [])])
+    uploaded = log.upload_pending()
+    if uploaded:
+        print(
+            f"uploaded what run {resume_run_id} kept here while the server was away: "
+            + ", ".join(uploaded),
+            file=sys.stderr,
+            flush=True,
+        )
     return log, progress
 
 

@@ -153,6 +153,8 @@ def run_study(
         )
         raise
     outcomes = _outcomes(plan, study)
+    if not finished:
+        _stop_if_store_lost(outcomes, study.study_name)
     result = StudyResult(
         parent_id, outcomes, not finished, study.study_name, done_before, _best(outcomes, plan)
     )
@@ -178,6 +180,30 @@ def _register_best(
         },
     )
     say(f"registered trial {best.number} as {name} version {version} (@champion)")
+
+
+class StoreLost(Exception):
+    """The tracking server went away mid-study: the trials it interrupted are queued again and
+    their checkpoints kept on this machine; the command ends with EXIT_STORE_LOST."""
+
+
+def _stop_if_store_lost(outcomes: list[Outcome], study_name: str) -> None:
+    from .tracking import current_tracking_uri, pending_checkpoints, store_is_gone
+
+    if not store_is_gone():
+        return
+    kept = sorted(
+        str(path)
+        for o in outcomes
+        if o.run_id and o.state != "COMPLETE"
+        for path in pending_checkpoints(o.run_id).glob("epoch_*.pt")
+    )
+    where = f"; kept on this machine: {', '.join(kept[:3])}" if kept else ""
+    raise StoreLost(
+        f"the tracking server {current_tracking_uri()} stopped answering during study "
+        f"{study_name}; its interrupted trials are queued again{where}. Run the same command "
+        "once the server is back: they resume where they stopped"
+    )
 
 
 def _checked(plan: StudyPlan, register: str | None, trials: int | None) -> StudyPlan:

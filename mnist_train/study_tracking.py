@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import contract
 from .config import ExperimentFile
 from .store import open_store
-from .tracking import git_commit, logged_model_id
+from .tracking import git_commit, logged_model_id, pending_checkpoints
 
 
 def model_of_record(metrics: dict[str, float]) -> dict[str, float]:
@@ -61,6 +61,10 @@ class StudyStore:
         self.client.set_terminated(run_id, "KILLED")
 
     def has_checkpoints(self, run_id: str) -> bool:
+        """Whether the run can resume: a checkpoint in the store, or one kept on this machine
+        while the tracking server was away."""
+        if any(pending_checkpoints(run_id).glob("epoch_*.pt")):
+            return True
         return bool(self.client.list_artifacts(run_id, contract.CHECKPOINT_DIR))
 
     def open_parent(

@@ -91,7 +91,7 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
             continue
         state = run_trial(job, study, storage, trial, should_stop, kept)
         _tally(storage, study_id, say)
-        if state == "INTERRUPTED":
+        if state in ("INTERRUPTED", "LOST"):  # stopped, or the tracking server went away
             return False
     return False
 
@@ -186,8 +186,8 @@ def _tell_study(
     job: Job, study: Any, storage: Any, trial: Any, state: str, value: float | None, message: str
 ) -> None:
     """Tell the study how `trial` ended: COMPLETE (with its value), PRUNED, FAIL (its reason
-    kept as a trial attribute: a trial may fail before its run exists) or INTERRUPTED (failed
-    now and queued again, to resume the same run)."""
+    kept as a trial attribute: a trial may fail before its run exists), INTERRUPTED or LOST
+    (failed now and queued again, to resume the same run from what it kept)."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -197,7 +197,7 @@ def _tell_study(
         except Exception:  # the storage is away: the reason is still printed
             pass
     try:
-        if state == "INTERRUPTED":
+        if state in ("INTERRUPTED", "LOST"):
             study.tell(trial, state=TrialState.FAIL)
             requeue(study, storage.get_trial(trial._trial_id))
         elif state == "COMPLETE":
@@ -219,12 +219,14 @@ def run_trial(
     kept: _Kept,
 ) -> str:
     """Train one trial (or resume its run) and tell the study how it ended; returns the state:
-    COMPLETE, PRUNED, FAIL or INTERRUPTED (failed now, queued again to resume)."""
+    COMPLETE, PRUNED, FAIL, INTERRUPTED (failed now, queued again to resume) or LOST (the
+    tracking server went away: queued again likewise)."""
     from .data import DataError
     from .progress import Reporter
     from .runner import (
         EXIT_ENDED,
         EXIT_INTERRUPTED,
+        EXIT_STORE_LOST,
         EndRun,
         TrainingStopped,
         prepare_run,
@@ -238,7 +240,7 @@ def run_trial(
 
     def tell(state: str, value: float | None = None, message: str = "") -> str:
         _tell_study(job, study, storage, trial, state, value, message)
-        if run_id:
+        if run_id and state != "LOST":  # the tracking server is gone: nothing to tag there
             store.set_trial_state(run_id, state)
         shown = f" {plan.objective} {value:.4f}" if value is not None else ""
         note = f": {message}" if message else ""
@@ -296,6 +298,8 @@ def run_trial(
                 return tell("PRUNED", message=str(err))
             if err.exit_code == EXIT_INTERRUPTED:
                 return tell("INTERRUPTED", message="it resumes when the study runs again")
+            if err.exit_code == EXIT_STORE_LOST:  # queued again, to resume from what was kept
+                return tell("LOST", message=str(err))
             return tell("FAIL", message=str(err))
         except (ConfigError, DataError) as err:
             return tell("FAIL", message=str(err))

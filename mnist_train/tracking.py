@@ -293,6 +293,22 @@ class RunLog:
             (Path(tmp) / path.name).write_bytes(buffer.getvalue())
             self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
 
+    def upload_pending(self) -> list[str]:
+        """Upload what an earlier session kept on this machine while the tracking server was
+        away (checkpoints, per-epoch records) and remove it here; returns the names uploaded."""
+        folder = pending_checkpoints(self.run_id)
+        uploaded = []
+        for path, destination in [
+            *((p, contract.CHECKPOINT_DIR) for p in sorted(folder.glob("epoch_*.pt"))),
+            *((p, contract.EPOCH_RECORD_DIR) for p in sorted(folder.glob("records/epoch_*.npz"))),
+        ]:
+            if path.is_symlink():  # planted, not written by a run: never read through it
+                continue
+            self.client.log_artifact(self.run_id, str(path), destination)
+            path.unlink()
+            uploaded.append(path.name)
+        return uploaded
+
     def log_epoch_record(self, epoch: int, **arrays: np.ndarray) -> None:
         """One epoch's per-example record, kept on local disk until the store has it (as
         checkpoints are): a server that goes away loses no epoch of it."""

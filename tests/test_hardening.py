@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from conftest import tiny_config, train_run
@@ -242,6 +243,66 @@ def test_a_server_that_stops_mid_run_costs_a_minute_and_no_checkpoint(data_dir, 
         assert resumed.returncode == 0, err
         assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
         assert not kept.exists()  # uploaded, so no longer kept aside
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MNIST_TEST_HTTP_SERVER"),
+    reason="starts an mlflow server twice (~60 s); set MNIST_TEST_HTTP_SERVER=1",
+)
+def test_a_server_lost_mid_study_ends_in_75_and_the_next_command_resumes(data_dir, tmp_path):
+    """The tracking server goes away while a study's first trial trains: the command ends with
+    75 naming what it kept, the trial is queued again (not failed for good), and the same
+    command, once the server is back, resumes that run, uploads what was kept and finishes
+    every grid point exactly once, each step logged once."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": uri, "MNIST_WORKBENCH_CACHE": str(tmp_path / "cache")}
+    path = write_experiment(tmp_path, "lost_study", "hardening-lost", epochs=30)
+    path.write_text(path.read_text() + "grid:\n  lr: [0.01, 0.02]\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    server = start_server(tmp_path, port)
+    try:
+        process = mnist_train(path, "--data-dir", data_dir, "--storage", storage, env=env)
+        wait_for(
+            lambda: [
+                r
+                for r in runs_named("lr=0.01", uri)
+                if len(MlflowClient(uri).list_artifacts(r.info.run_id, "checkpoints")) >= 2
+            ],
+            what="two checkpoints of the first trial on the server",
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 75, err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("Error: the tracking server") and "queued again" in message
+    assert "kept on this machine: " in message
+    kept = Path(message.split("kept on this machine: ")[1].split(",")[0].split(". Run")[0])
+    assert kept.is_file()
+    study = optuna.load_study(study_name="lost_study", storage=storage)
+    assert "FAIL" in {t.state.name for t in study.trials}
+    assert any(t.state.name == "WAITING" for t in study.trials)  # queued again, not lost
+
+    server = start_server(tmp_path, port)
+    try:
+        again = mnist_train(path, "--data-dir", data_dir, "--storage", storage, env=env)
+        out, err = again.communicate(timeout=600)
+        assert again.returncode == 0, err
+        assert "uploaded what run" in err and not kept.exists()
+        client = MlflowClient(uri)
+        parent_id, *child_ids = out.split()
+        children = [client.get_run(i) for i in child_ids]
+        assert sorted(r.info.run_name for r in children) == ["lr=0.01", "lr=0.02"]
+        assert all(r.info.status == "FINISHED" for r in children)
+        for run in children:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch_loss")]
+            assert sorted(steps) == list(range(1, 30 * 10 + 1))  # 10 steps an epoch, each once
+        assert client.get_run(parent_id).info.status == "FINISHED"
     finally:
         server.terminate()
         server.wait(timeout=30)
