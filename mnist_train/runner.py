@@ -213,6 +213,7 @@ def run_training(
         prepared, parts, experiment_file, resume_run_id, parent_run_id, tags, take_over
     )
     reporter = reporter or Reporter(enabled=False)
+    unwritten: list[Row] = []  # the finished epoch's metric points not yet in the store
     try:
         if resume_run_id:
             log.beat()  # this process owns the run now
@@ -230,7 +231,9 @@ def run_training(
                 experiment_file,
                 datasets(prepared),
             )
-        last, kept = _train_and_log(log, parts, prepared, progress, reporter, should_stop, on_epoch)
+        last, kept = _train_and_log(
+            log, parts, prepared, progress, reporter, should_stop, on_epoch, unwritten
+        )
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
             _save_checkpoint(log, parts, progress, config)
             log.end("KILLED")
@@ -269,7 +272,7 @@ def run_training(
         ) from None
     except BaseException as err:
         if isinstance(err, Exception) and store_is_gone():
-            kept = _keep_locally(err, parts, progress, config, log.run_id)
+            kept = _keep_locally(err, parts, progress, config, log.run_id, unwritten)
             log.end_quietly("KILLED")
             raise TrainingStopped(
                 f"the tracking server stopped answering ({str(err).splitlines()[0][:200]}); "
@@ -380,6 +383,7 @@ def _train_and_log(
     reporter: Reporter,
     should_stop: Callable[[], bool],
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    unwritten: list[Row] | None = None,
 ) -> tuple[EpochRecord | None, _Kept | None]:
     """Drive the training loop; log each epoch's metrics, batch losses and checkpoint. Returns
     the last epoch's record and the model of record as it stands (kept in memory, so the end
@@ -410,6 +414,8 @@ def _train_and_log(
                 continue
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             rows, pending = pending + epoch_rows, []
+            if unwritten is not None:  # until the store has them: a kept checkpoint holds them
+                unwritten[:] = rows
             if record.train_correct is not None:  # before the checkpoint, which vouches for it
                 log.log_epoch_record(
                     record.epoch,
@@ -424,6 +430,8 @@ def _train_and_log(
             # point of it was logged: either way each step is logged once.
             _save_checkpoint(log, parts, progress, config, rows)
             writer.write(rows)
+            if unwritten is not None:
+                unwritten.clear()
             log.beat()
             reporter.epoch(record, config.epochs)
             last = record
@@ -441,12 +449,20 @@ def _train_and_log(
 
 
 def _keep_locally(
-    err: Exception, parts: Trainable, progress: Progress, config: RunConfig, run_id: str
+    err: Exception,
+    parts: Trainable,
+    progress: Progress,
+    config: RunConfig,
+    run_id: str,
+    unwritten: list[Row],
 ) -> Path:
-    """The newest checkpoint on local disk: the one whose upload failed, or one written now."""
+    """The newest checkpoint on local disk: the one whose upload failed, or one written now
+    holding the epoch's metric points the store never got (`unwritten`), which a resume then
+    writes: the server may go away between an epoch's end and its points' write."""
     if isinstance(err, StoreUnavailable) and err.checkpoint is not None:
         return err.checkpoint
     state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
+    state["rows"] = [list(row) for row in unwritten]
     if progress.batch == 0:
         name = checkpoint_name(state["epoch"])
     else:

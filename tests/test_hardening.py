@@ -491,3 +491,22 @@ def test_threads_beyond_any_cpu_are_refused():
 
     with pytest.raises(ConfigError, match="threads must be from 0 to 256"):
         build_config({"threads": 100000})
+
+
+def test_a_checkpoint_kept_when_the_server_goes_holds_the_points_it_never_got(tmp_path):
+    """The server may go away between an epoch's end and the write of its points: the
+    checkpoint then kept on this machine carries them, and a resume writes them."""
+    import torch as torch_
+
+    from mnist_train.config import build_config
+    from mnist_train.runner import _keep_locally, build_trainable
+    from mnist_train.train import Progress
+
+    config = build_config({"hidden_sizes": [8]})
+    parts = build_trainable(config, torch_.device("cpu"), train_images=100)
+    unwritten = [("batch_loss", 0.5, 1_700_000_000_000, 61), ("test_accuracy", 0.9, 1, 7)]
+    kept = _keep_locally(
+        RuntimeError("gone"), parts, Progress(epoch=8), config, "2" * 32, unwritten
+    )
+    state = torch_.load(kept, weights_only=True)
+    assert [tuple(row) for row in state["rows"]] == unwritten
