@@ -52,6 +52,8 @@ def write_report(
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    for earlier in (out / "figures").glob("*.png"):  # an earlier report's: not this one's
+        earlier.unlink()
     safe_frame(runs_table(c)).to_csv(out / "runs.csv", index=False)
     safe_frame(significance_frame(c)).to_csv(out / "significance.csv", index=False)
     images = figures(c)

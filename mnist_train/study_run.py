@@ -120,6 +120,8 @@ def run_study(
         say(f"study {study.study_name} is complete ({_counts(before)}): nothing to train")
         if adopt_run_id and adopt_run_id != parent_id:
             store.point_to_parent(adopt_run_id, study.study_name, parent_id)
+        if register and result.best:
+            _register_best(store, plan, result, register, say)
         say(_closing_line(store, plan, result))
         return result
     try:
@@ -153,8 +155,8 @@ def run_study(
         )
         raise
     outcomes = _outcomes(plan, study)
-    if not finished:
-        _stop_if_store_lost(outcomes, study.study_name)
+    # also when every worker ran out of trials: spawned workers stop on a lost server too
+    _stop_if_store_lost(outcomes, study.study_name)
     result = StudyResult(
         parent_id, outcomes, not finished, study.study_name, done_before, _best(outcomes, plan)
     )

@@ -232,6 +232,7 @@ def run_trial(
         prepare_run,
         run_training,
     )
+    from .tracking import store_is_gone
 
     plan, store = job.plan, kept.store
     frozen = storage.get_trial(trial._trial_id)
@@ -251,7 +252,10 @@ def run_trial(
         try:
             child = plan.config_for(number, _suggest(trial, plan), frozen.user_attrs)
             if run_id and store.run_status(run_id) == "FINISHED":  # trained, never told
-                return tell("COMPLETE", store.objective(run_id, plan.objective))
+                value = store.objective(run_id, plan.objective)
+                if value is None:  # a run recorded before its scores were logged as model/*
+                    return tell("FAIL", message=f"run {run_id} logged no model/{plan.objective}")
+                return tell("COMPLETE", value)
             if run_id and not store.has_checkpoints(run_id):  # died before its first epoch
                 store.abandon(run_id, "its worker stopped before the first checkpoint")
                 run_id = None
@@ -302,8 +306,10 @@ def run_trial(
                 return tell("LOST", message=str(err))
             return tell("FAIL", message=str(err))
         except (ConfigError, DataError) as err:
-            return tell("FAIL", message=str(err))
+            return tell("LOST" if store_is_gone() else "FAIL", message=str(err))
         except Exception as err:  # a bug in one trial must not stop the study; show where
+            if store_is_gone():  # the tracking server went away before or between runs
+                return tell("LOST", message=f"the tracking server stopped answering ({err})")
             where = traceback.extract_tb(err.__traceback__)[-1]
             text = f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})"
             return tell("FAIL", message=text)

@@ -318,3 +318,15 @@ def test_a_trial_that_fails_before_its_run_exists_keeps_its_reason(tmp_path, dat
     assert "mlflow_run_id" not in trial.user_attrs  # it failed before any run was opened
     parent = MlflowClient().get_run(result.stdout.split()[0])
     assert reason in parent.data.tags["mlflow.note.content"]
+
+
+def test_register_on_a_complete_study_registers_its_best(tmp_path, data_dir):
+    body = SEARCH.replace("  trials: 3\n", "  trials: 1\n")
+    path = write(tmp_path, "done_then_registered", body)
+    first = invoke(path, "--data-dir", data_dir, "--quiet")
+    assert first.exit_code == 0, first.output
+    again = invoke(path, "--data-dir", data_dir, "--register", "late-champion")
+    assert again.exit_code == 0, again.output
+    assert "nothing to train" in again.stderr and "registered trial 0" in again.stderr
+    version = MlflowClient().get_model_version_by_alias("late-champion", "champion")
+    assert version.tags["run_id"] == first.stdout.split()[1]
