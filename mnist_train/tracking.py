@@ -12,7 +12,8 @@ import logging
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,24 +104,34 @@ def pending_checkpoints(run_id: str) -> Path:
     return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
-def open_pending(path: Path):
+@contextmanager
+def open_pending(path: Path) -> Iterator[Any]:
     """A file under the pending folder opened for writing, never through a link: a symlink
     planted at `path` (or a linked folder on the way) is refused instead of followed, so a resume
-    cannot be made to overwrite some other file."""
+    cannot be made to overwrite some other file. The file appears at `path` only once whole
+    (written beside it, then renamed): a process killed mid-write leaves no torn checkpoint for
+    the process that takes its run over."""
     import os
 
     root = contract.default_cache_dir() / "pending-checkpoints"
     for folder in [*reversed(path.parent.parents), path.parent]:
         if folder.is_symlink() and (folder == root or root in folder.parents):
             raise ConfigError(f"{folder} is a symbolic link; refusing to write a checkpoint there")
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link; refusing to write through it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as err:
-        if path.is_symlink():
-            raise ConfigError(f"{path} is a symbolic link; refusing to write through it") from None
-        raise ConfigError(f"cannot write {path}: {err.strerror}") from None
-    return os.fdopen(fd, "wb")
+        raise ConfigError(f"cannot write {partial}: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(partial, path)  # replaces a link planted meanwhile, never writes through it
+    finally:
+        if partial.exists():
+            partial.unlink()
 
 
 def model_name(run_name: str, tags: dict[str, str] | None = None) -> str:
@@ -525,7 +536,13 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
     latest = max([*names, *local], key=_checkpoint_order)
     if latest in local and latest not in names:
         # written while the tracking server was away: the newest, and on this machine only
-        return _load_state(local[latest], f"{local[latest]}")
+        try:
+            return _load_state(local[latest], f"{local[latest]}")
+        except ConfigError:
+            if not names:
+                raise
+            # unreadable (say, left by another version): the store's newest will do
+            latest = max(names, key=_checkpoint_order)
     return load_checkpoint(run_id, latest)
 
 

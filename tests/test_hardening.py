@@ -454,18 +454,20 @@ def test_a_symlink_planted_among_pending_checkpoints_is_refused_not_followed(tmp
     folder = pending_checkpoints("0" * 32)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "epoch_002.pt").symlink_to(victim)
-    with pytest.raises(ConfigError, match="symbolic link"):
-        open_pending(folder / "epoch_002.pt")
+    with pytest.raises(ConfigError, match="symbolic link"), open_pending(folder / "epoch_002.pt"):
+        pass
     assert victim.read_text() == "keep me"
     linked = pending_checkpoints("1" * 32)
     linked.parent.mkdir(parents=True, exist_ok=True)
     linked.symlink_to(tmp_path)  # the run's whole folder planted as a link
     with pytest.raises(ConfigError, match="symbolic link"):
-        open_pending(linked / "records" / "epoch_001.npz")
+        with open_pending(linked / "records" / "epoch_001.npz"):
+            pass
     assert not (tmp_path / "records").exists()
     with open_pending(folder / "epoch_003.pt") as f:  # an ordinary file is written as before
         f.write(b"state")
     assert (folder / "epoch_003.pt").read_bytes() == b"state"
+    assert not list(folder.glob(".*.part"))  # written beside it, then renamed into place
 
 
 @pytest.mark.parametrize(
