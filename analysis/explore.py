@@ -196,13 +196,12 @@ def explore_runs(
 ) -> ExploreResult:
     """Select runs as `compare` does, build the view, write explorer.html, log it."""
     from analysis.comparison import choose_baseline
+    from analysis.publish import check_out_folder
     from analysis.runs import connect
     from analysis.selection import load_comparison_runs
 
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise AnalysisError("choose runs with --experiment, --runs, --parent or --filter")
-    from analysis.publish import check_out_folder
-
     check_out_folder(out_dir, (Path(contract.EXPLORER_PATH).name,))
     client = connect(tracking_uri)
     runs, excluded, notes = load_comparison_runs(

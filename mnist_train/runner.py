@@ -287,18 +287,28 @@ def run_training(
         reporter.close()
 
 
-def _open_run(*args: Any) -> tuple[RunLog, Progress]:
+def _open_run(
+    prepared: Prepared,
+    parts: Trainable,
+    experiment_file: ExperimentFile | None,
+    resume_run_id: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    take_over: bool,
+) -> tuple[RunLog, Progress]:
     """`_open_or_reopen`, with a tracking server that stops answering there said as such:
     nothing of this session is recorded yet, so what the run had stays where it was."""
     try:
-        return _open_or_reopen(*args)
+        return _open_or_reopen(
+            prepared, parts, experiment_file, resume_run_id, parent_run_id, tags, take_over
+        )
     except Exception as err:
         if not store_is_gone():
             raise
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise TrainingStopped(
             f"the tracking server stopped answering before the run could start ({reason})",
-            args[3] or "",  # resume_run_id
+            resume_run_id or "",
             exit_code=EXIT_STORE_LOST,
         ) from None
 
