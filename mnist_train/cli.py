@@ -344,7 +344,7 @@ def _run_sweep(
     from mlflow.exceptions import MlflowException
 
     from .runner import EXIT_STORE_LOST
-    from .study import default_storage
+    from .study import QueueingStopped, default_storage
     from .study_run import StoreLost, run_study
     from .tracking import quiet_mlflow_logs
 
@@ -368,6 +368,13 @@ def _run_sweep(
     except StoreLost as err:
         _echo_safely(f"Error: {err}", err=True)
         sys.exit(EXIT_STORE_LOST)
+    except QueueingStopped as err:
+        _echo_safely(
+            f"Error: stopped while queueing the trials of study {err}; the half-made study was "
+            "removed, and the same command starts it again",
+            err=True,
+        )
+        sys.exit(stop.exit_code(130))
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None
     _echo_safely(result.parent_run_id)

@@ -85,6 +85,14 @@ class StudyPlan:
             what = [settings(c.config.to_params()) for c in self.children]
         return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
 
+    def settings(self) -> dict[str, Any]:
+        """What the fingerprint covers, readable: the base config's fields (overrides
+        applied), and the children's names or the search, to say what changed."""
+        base = {k: str(v) for k, v in sorted(self.base.items()) if k not in FIXED_KEYS}
+        if self.spec:
+            return {"base": base, "search": [repr(p) for p in self.spec.params]}
+        return {"base": base, "children": [c.name for c in self.children]}
+
     def queued(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(params, user attributes) of each trial queued at creation ({}: the sampler picks)."""
         if self.spec is None:
@@ -164,7 +172,7 @@ def default_storage(tracking_uri: str) -> str:
 
 def mask(url: str) -> str:
     """The URL with its password replaced by `***`."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
+    return contract.mask_url(url)
 
 
 SCHEMA_LOCK_KEY = 730_522_001  # PostgreSQL advisory lock: this workbench's schema creation
@@ -291,57 +299,112 @@ def open_study(
     trials: int | None,
     create_parent: Callable[[str], str],
     say: Callable[[str], None],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[Any, str]:
     """(study, parent run id): a new study when there is none (or `force`), else the latest.
 
-    `create_parent(study_name)` makes the MLflow parent run of a new study.
+    `create_parent(study_name)` makes the MLflow parent run of a new study. A study whose
+    creation is stopped or fails before it is ready is deleted again: the next command starts
+    it afresh instead of waiting on a study nobody will finish setting up.
     """
     import optuna
 
-    latest = latest_study_name(storage, plan.sweep_name)
-    name = latest or plan.sweep_name
-    if force and latest:
-        name = f"{plan.sweep_name}#{_generation(latest) + 1}"
-    created = False
-    if latest is None or force:
-        try:
-            study = optuna.create_study(study_name=name, storage=storage, direction=plan.direction)
-            # dashboards (optuna-dashboard) label the value with the metric, not "Objective 0"
-            study.set_metric_names([plan.objective])
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:  # another machine created it first
+    with _storage_writes(storage):
+        latest = latest_study_name(storage, plan.sweep_name)
+        name = latest or plan.sweep_name
+        if force and latest:
+            name = f"{plan.sweep_name}#{_generation(latest) + 1}"
+        created = False
+        if latest is None or force:
+            try:
+                study = optuna.create_study(
+                    study_name=name, storage=storage, direction=plan.direction
+                )
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:  # another machine created it first
+                study = optuna.load_study(study_name=name, storage=storage)
+        else:
             study = optuna.load_study(study_name=name, storage=storage)
-    else:
-        study = optuna.load_study(study_name=name, storage=storage)
-    if created:
-        study.set_user_attr(contract.STUDY_ATTR_SWEEP, plan.sweep_name)
-        study.set_user_attr(contract.STUDY_ATTR_FINGERPRINT, plan.fingerprint())
-        study.set_user_attr(contract.STUDY_ATTR_FILE, str(plan.experiment.path))
-        study.set_user_attr(contract.STUDY_ATTR_PARENT, create_parent(name))
-        _queue(study, plan, plan.queued())
-        study.set_user_attr(contract.STUDY_ATTR_TRIALS, plan.trials)
-        study.set_user_attr(contract.STUDY_ATTR_READY, True)
-    else:
-        _wait_until_ready(study, say)
-        _check_same_sweep(study, plan)
-    _extend(study, plan, trials)
+        if created:
+            _set_up(study, plan, storage, create_parent, say, should_stop)
+        else:
+            _wait_until_ready(study, say)
+            _check_same_sweep(study, plan)
+        _extend(study, plan, trials, say, should_stop)
     return study, study.user_attrs[contract.STUDY_ATTR_PARENT]
 
 
-def _queue(study: Any, plan: StudyPlan, queued: list[tuple[dict, dict]]) -> None:
+class QueueingStopped(Exception):
+    """A stop signal came while a new study's trials were being queued; the study is gone."""
+
+
+QUEUE_CHUNK = 200  # trials queued between two looks at the stop flag
+
+
+def _set_up(study, plan, storage, create_parent, say, should_stop) -> None:
+    """Queue a new study's trials, then make its parent and mark it ready; undone on failure."""
+    import optuna
+
+    try:
+        # dashboards (optuna-dashboard) label the value with the metric, not "Objective 0"
+        study.set_metric_names([plan.objective])
+        study.set_user_attr(contract.STUDY_ATTR_SWEEP, plan.sweep_name)
+        study.set_user_attr(contract.STUDY_ATTR_FINGERPRINT, plan.fingerprint())
+        study.set_user_attr(contract.STUDY_ATTR_SETTINGS, plan.settings())
+        study.set_user_attr(contract.STUDY_ATTR_FILE, str(plan.experiment.path))
+        _queue(study, plan, plan.queued(), say, should_stop)
+        study.set_user_attr(contract.STUDY_ATTR_TRIALS, plan.trials)
+        study.set_user_attr(contract.STUDY_ATTR_PARENT, create_parent(study.study_name))
+        study.set_user_attr(contract.STUDY_ATTR_READY, True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+        raise
+
+
+def _queue(
+    study: Any,
+    plan: StudyPlan,
+    queued: list[tuple[dict, dict]],
+    say: Callable[[str], None],
+    should_stop: Callable[[], bool],
+) -> None:
+    """Add `queued` as WAITING trials, a chunk at a time so that a stop signal is heard."""
     import optuna
     from optuna.trial import TrialState
 
     distributions = plan.distributions()
-    study.add_trials(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=params,
-            distributions={k: distributions[k] for k in params},
-            user_attrs=attrs,
+    if len(queued) > QUEUE_CHUNK:
+        say(f"queueing {len(queued)} trials in study {study.study_name}")
+    for start in range(0, len(queued), QUEUE_CHUNK):
+        if should_stop():
+            raise QueueingStopped(study.study_name)
+        study.add_trials(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                user_attrs=attrs,
+            )
+            for params, attrs in queued[start : start + QUEUE_CHUNK]
         )
-        for params, attrs in queued
-    )
+
+
+@contextlib.contextmanager
+def _storage_writes(storage: Any) -> Iterator[None]:
+    """A storage that refuses a write (a read-only file, a full disk, a user without rights)
+    is one line naming the storage and the database's reason."""
+    import optuna
+
+    try:
+        yield
+    except optuna.exceptions.StorageInternalError as err:
+        cause = err.__cause__
+        reason = str(getattr(cause, "orig", None) or cause or err).strip().splitlines()
+        url = mask(str(getattr(storage, "url", "")))
+        raise StudyError(
+            f"study storage {url} refused a write: {reason[0] if reason else 'no reason given'}"
+        ) from None
 
 
 def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
@@ -361,29 +424,59 @@ def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
 
 def _check_same_sweep(study: Any, plan: StudyPlan) -> None:
     attrs = study.user_attrs
-    if attrs.get(contract.STUDY_ATTR_FINGERPRINT) != plan.fingerprint():
-        raise StudyError(
-            f"the storage's study {study.study_name} was made from another sweep file "
-            f"({attrs.get(contract.STUDY_ATTR_FILE, 'unknown')}, or this file before a change); "
-            "start a new study with --force, or rename the sweep (name: ...)"
-        )
-
-
-def _extend(study: Any, plan: StudyPlan, trials: int | None) -> None:
-    """`--trials N` above the study's count queues the difference; below it is an error."""
-    if trials is None or plan.spec is None:
+    if attrs.get(contract.STUDY_ATTR_FINGERPRINT) == plan.fingerprint():
         return
-    if plan.spec.sampler == "grid":
+    made = f"the storage's study {study.study_name}"
+    advice = "start a new study with --force, or rename the sweep (name: ...)"
+    stored = attrs.get(contract.STUDY_ATTR_SETTINGS)
+    if stored is None:  # a study made before its settings were kept beside the fingerprint
+        raise StudyError(
+            f"{made} was made from another sweep file ({attrs.get(contract.STUDY_ATTR_FILE, '?')}"
+            f", or this file before a change); {advice}"
+        )
+    raise StudyError(f"{made} {describe_change(stored, plan.settings())}; {advice}")
+
+
+def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two `StudyPlan.settings()`, in words (the first few settings)."""
+    old, new = before.get("base", {}), now.get("base", {})
+    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    if keys:
+        said = [f"{k} {old.get(k, '(unset)')} (now {new.get(k, 'unset')})" for k in keys[:4]]
+        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        return f"was made with {', '.join(said)}{more}"
+    for part, words in (("children", "its grid, variants or seeds"), ("search", "its search")):
+        if before.get(part) != now.get(part):
+            return f"was made with other values in {words}"
+    return "was made from another version of this sweep file"
+
+
+def _extend(
+    study: Any,
+    plan: StudyPlan,
+    trials: int | None,
+    say: Callable[[str], None],
+    should_stop: Callable[[], bool],
+) -> None:
+    """A higher trial count (`--trials N`, or the file's `trials:` edited upwards) queues the
+    difference; a lower one is an error."""
+    if plan.spec is None:
+        return
+    if trials is not None and plan.spec.sampler == "grid":
         raise StudyError("--trials does not apply to sampler grid: it runs every point once")
     have = int(study.user_attrs.get(contract.STUDY_ATTR_TRIALS, plan.spec.trials))
-    if trials < have:
+    wanted = plan.spec.trials if trials is None else trials
+    source = "the file's trials:" if trials is None else "--trials"
+    if plan.spec.sampler == "grid" or wanted == have or (trials is None and wanted < have):
+        return  # a file's count below an earlier --trials keeps the study as it grew
+    if wanted < have:
         raise StudyError(
-            f"study {study.study_name} already has {have} trials; --trials can only raise it "
-            "(--force starts a new study)"
+            f"study {study.study_name} already has {have} trials; {source} {wanted} can only "
+            "raise it (--force starts a new study)"
         )
-    if trials > have:
-        _queue(study, plan, [({}, {})] * (trials - have))
-        study.set_user_attr(contract.STUDY_ATTR_TRIALS, trials)
+    _queue(study, plan, [({}, {})] * (wanted - have), say, should_stop)
+    study.set_user_attr(contract.STUDY_ATTR_TRIALS, wanted)
+    say(f"study {study.study_name}: {wanted - have} more trials queued ({source} {wanted})")
 
 
 def retried_number(trial: Any) -> int | None:

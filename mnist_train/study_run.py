@@ -88,14 +88,7 @@ def run_study(
     data.load_mnist(data_dir)  # download once, here, before workers race to
     storage = open_storage(storage_url)
     store = StudyStore()
-    if adopt_run_id:
-        experiment_id, experiment_name = store.experiment_of_run(adopt_run_id)
-        plan = replace(plan, base={**plan.base, "experiment": experiment_name})
-        plan = replace(
-            plan, children=tuple(_in_experiment(c, experiment_name) for c in plan.children)
-        )
-    else:
-        experiment_id = store.ensure_experiment(plan.experiment_name)
+    plan, experiment_id = _filed(store, plan, adopt_run_id)
 
     def create_parent(study_name: str) -> str:
         tags = {
@@ -108,7 +101,13 @@ def run_study(
         )
 
     study, parent_id = open_study(
-        plan, storage, force=force, trials=trials, create_parent=create_parent, say=say
+        plan,
+        storage,
+        force=force,
+        trials=trials,
+        create_parent=create_parent,
+        say=say,
+        should_stop=should_stop,
     )
     before = _outcomes(plan, study)
     done_before = sum(o.state in ("COMPLETE", "PRUNED") for o in before)
@@ -262,6 +261,17 @@ def _closing_line(store: StudyStore, plan: StudyPlan, result: StudyResult) -> st
     if epoch is not None:
         stated += f" (epoch {int(epoch)})"
     return f"study {result.study_name}: best trial {best.number} ({best.name}): {stated}; {where}"
+
+
+def _filed(store: StudyStore, plan: StudyPlan, adopt_run_id: str | None) -> tuple[StudyPlan, str]:
+    """The plan filed where its runs go, and that experiment's id: the experiment of the run
+    `mlflow run` opened (`adopt_run_id`), else the file's."""
+    if not adopt_run_id:
+        return plan, store.ensure_experiment(plan.experiment_name)
+    experiment_id, experiment_name = store.experiment_of_run(adopt_run_id)
+    plan = replace(plan, base={**plan.base, "experiment": experiment_name})
+    children = tuple(_in_experiment(c, experiment_name) for c in plan.children)
+    return replace(plan, children=children), experiment_id
 
 
 def _in_experiment(child: Child, experiment: str) -> Child:

@@ -139,8 +139,81 @@ def test_a_study_of_another_sweep_file_under_the_same_name_is_refused(tmp_path, 
     )
     result = invoke(changed, "--data-dir", data_dir, "--quiet")
     checks.assert_one_line_error(
-        result.output, result.exit_code, "was made from another sweep file"
+        result.output, result.exit_code, "was made with other values in its search"
     )
+    overridden = invoke(first, "--data-dir", data_dir, "--quiet", "--max-train", "300")
+    checks.assert_one_line_error(
+        overridden.output,
+        overridden.exit_code,
+        f"study same_name was made with max_train {TINY['max_train']} (now 300)",
+    )
+
+
+def test_raising_trials_in_the_file_queues_more_and_lowering_it_keeps_the_study(tmp_path, data_dir):
+    path = write(tmp_path, "grown", SEARCH.replace("  trials: 3\n", "  trials: 1\n"))
+    assert invoke(path, "--data-dir", data_dir, "--quiet").exit_code == 0
+    path.write_text(path.read_text().replace("  trials: 1\n", "  trials: 2\n"))
+    grown = invoke(path, "--data-dir", data_dir)
+    assert grown.exit_code == 0, grown.output
+    assert "1 more trials queued (the file's trials: 2)" in grown.stderr
+    study = optuna.load_study(study_name="grown", storage=storage())
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    path.write_text(path.read_text().replace("  trials: 2\n", "  trials: 1\n"))
+    again = invoke(path, "--data-dir", data_dir)
+    assert again.exit_code == 0 and "nothing to train" in again.stderr
+    lowered = invoke(path, "--data-dir", data_dir, "--trials", "1")
+    checks.assert_one_line_error(
+        lowered.output, lowered.exit_code, "already has 2 trials; --trials 1 can only raise it"
+    )
+
+
+def test_a_read_only_storage_is_one_line(tmp_path, data_dir):
+    import subprocess
+
+    path = write(tmp_path, "read_only", SEARCH)
+    frozen = tmp_path / "frozen.db"
+    optuna.create_study(storage=f"sqlite:///{frozen}", study_name="someone_elses")
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        result = invoke(path, "--data-dir", data_dir, "--storage", f"sqlite:///{frozen}")
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+    checks.assert_one_line_error(
+        result.output, result.exit_code, "refused a write: attempt to write a readonly database"
+    )
+    assert optuna.get_all_study_names(f"sqlite:///{frozen}") == ["someone_elses"]
+
+
+def test_a_stop_while_queueing_leaves_no_half_made_study_or_parent(tmp_path, monkeypatch):
+    """Queueing checks the stop flag between chunks; a stopped creation removes its study (the
+    parent is made only once every trial is queued)."""
+    from mnist_train import study as study_module
+    from mnist_train.config import read_experiment
+
+    monkeypatch.setattr(study_module, "QUEUE_CHUNK", 2)
+    path = write(tmp_path, "stopped", SEARCH.replace("  trials: 3\n", "  trials: 9\n"))
+    plan = study_module.make_plan(read_experiment(path), {})
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    storage = study_module.open_storage(url)
+    looks = []
+    parents = []
+    with pytest.raises(study_module.QueueingStopped):
+        study_module.open_study(
+            plan,
+            storage,
+            force=False,
+            trials=None,
+            create_parent=parents.append,
+            say=lambda text: None,
+            should_stop=lambda: looks.append(1) or len(looks) > 3,
+        )
+    assert len(looks) == 4 and parents == []  # three chunks queued, then the stop was heard
+    assert optuna.get_all_study_names(url) == []
+    study, parent = study_module.open_study(
+        plan, storage, force=False, trials=None, create_parent=lambda name: "p1", say=print
+    )
+    assert parent == "p1" and len(study.trials) == 9
 
 
 def test_a_pruned_trial_stops_keeps_its_checkpoints_and_is_marked(tmp_path, data_dir):
