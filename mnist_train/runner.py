@@ -29,8 +29,10 @@ from .progress import Reporter
 from .run_record import Prepared, datasets, run_params, run_tags
 from .store import open_store
 from .tracking import (
+    CacheUnwritable,
     RunLog,
     StoreUnavailable,
+    check_cache_writable,
     check_tracking_server,
     current_tracking_uri,
     load_checkpoint,
@@ -207,6 +209,7 @@ def run_training(
     """
     config = prepared.config
     open_store()
+    check_cache_writable()
     parts = build_trainable(config, prepared.device, len(prepared.tensors.train_y))
     model = parts.model
     log, progress = _open_run(
@@ -252,24 +255,10 @@ def run_training(
         shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
         reporter.finish(result.record.epoch, result.record.scores, _why_this_epoch(config, result))
         return result
-    except NonFiniteLoss as err:
-        log.end("FAILED", reason=str(err))
-        raise TrainingStopped(
-            f"training diverged: {err}; run {log.run_id} marked FAILED", log.run_id, 1
-        ) from None
     except TrainingStopped:
         raise
-    except EndRun as err:
-        log.end("KILLED")
-        raise TrainingStopped(str(err), log.run_id, exit_code=EXIT_ENDED) from None
-    except KeyboardInterrupt:
-        log.end("KILLED")
-        raise TrainingStopped(
-            f"interrupted; run {log.run_id} marked KILLED, it resumes from its last epoch "
-            f"checkpoint with: mnist-train run <experiment file> --resume {log.run_id}",
-            log.run_id,
-            exit_code=EXIT_INTERRUPTED,
-        ) from None
+    except (NonFiniteLoss, EndRun, KeyboardInterrupt, CacheUnwritable) as err:
+        raise _ended(log, err) from None
     except BaseException as err:
         if isinstance(err, Exception) and store_is_gone():
             kept = _keep_locally(err, parts, progress, config, log.run_id, unwritten)
@@ -285,6 +274,33 @@ def run_training(
         raise
     finally:
         reporter.close()
+
+
+def _ended(log: RunLog, err: BaseException) -> TrainingStopped:
+    """End the run as an expected stop `err` leaves it; the one line the user reads."""
+    resume = f"mnist-train run <experiment file> --resume {log.run_id}"
+    if isinstance(err, NonFiniteLoss):
+        log.end("FAILED", reason=str(err))
+        return TrainingStopped(
+            f"training diverged: {err}; run {log.run_id} marked FAILED", log.run_id, 1
+        )
+    if isinstance(err, CacheUnwritable):
+        log.end("FAILED", reason=str(err))
+        return TrainingStopped(
+            f"{err}. Run {log.run_id} is marked FAILED and keeps what the store has; once there "
+            f"is room: {resume}",
+            log.run_id,
+            exit_code=1,
+        )
+    log.end("KILLED")
+    if isinstance(err, EndRun):
+        return TrainingStopped(str(err), log.run_id, exit_code=EXIT_ENDED)
+    return TrainingStopped(
+        f"interrupted; run {log.run_id} marked KILLED, it resumes from its last epoch "
+        f"checkpoint with: {resume}",
+        log.run_id,
+        exit_code=EXIT_INTERRUPTED,
+    )
 
 
 def _open_run(

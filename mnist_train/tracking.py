@@ -11,6 +11,7 @@ import io
 import logging
 import subprocess
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -104,13 +105,26 @@ def pending_checkpoints(run_id: str) -> Path:
     return contract.default_cache_dir() / "pending-checkpoints" / run_id
 
 
+class CacheUnwritable(ConfigError):
+    """The cache folder (where checkpoints wait for the store) cannot be written."""
+
+
+def _unwritable(path: Path, err: OSError) -> CacheUnwritable:
+    root = contract.default_cache_dir()
+    return CacheUnwritable(
+        f"cannot write {path}: {err.strerror or err}; checkpoints wait in the cache folder {root} "
+        "until the store has them: set MNIST_WORKBENCH_CACHE to a writable folder with room"
+    )
+
+
 @contextmanager
-def open_pending(path: Path) -> Iterator[Any]:
-    """A file under the pending folder opened for writing, never through a link: a symlink
-    planted at `path` (or a linked folder on the way) is refused instead of followed, so a resume
-    cannot be made to overwrite some other file. The file appears at `path` only once whole
-    (written beside it, then renamed): a process killed mid-write leaves no torn checkpoint for
-    the process that takes its run over."""
+def open_pending(path: Path) -> Iterator[io.BytesIO]:
+    """A buffer whose bytes become the file `path` under the pending folder, never written
+    through a link: a symlink planted at `path` (or a linked folder on the way) is refused
+    instead of followed, so a resume cannot be made to overwrite some other file. The file
+    appears at `path` only once whole (written beside it, then renamed): a process killed
+    mid-write leaves no torn checkpoint for the process that takes its run over. A folder that
+    cannot be written, or a full disk, is a `CacheUnwritable` naming the folder."""
     import os
 
     root = contract.default_cache_dir() / "pending-checkpoints"
@@ -119,19 +133,28 @@ def open_pending(path: Path) -> Iterator[Any]:
             raise ConfigError(f"{folder} is a symbolic link; refusing to write a checkpoint there")
     if path.is_symlink():
         raise ConfigError(f"{path} is a symbolic link; refusing to write through it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    yield buffer  # serialised in memory first: a failed write is the disk's error, not torch's
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    except OSError as err:
-        raise ConfigError(f"cannot write {partial}: {err.strerror}") from None
-    try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            f.write(buffer.getbuffer())
         os.replace(partial, path)  # replaces a link planted meanwhile, never writes through it
+    except OSError as err:
+        raise _unwritable(path, err) from None
     finally:
         if partial.exists():
             partial.unlink()
+
+
+def check_cache_writable() -> None:
+    """`CacheUnwritable` now, before a run starts, rather than after its first epoch."""
+    probe = contract.default_cache_dir() / "pending-checkpoints" / f".probe-{uuid.uuid4().hex}"
+    with open_pending(probe) as f:
+        f.write(b"ok")
+    probe.unlink()
 
 
 def model_name(run_name: str, tags: dict[str, str] | None = None) -> str:
