@@ -8,6 +8,7 @@ heavier than the standard library, so the analysis side can use it without impor
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,7 @@ TRIAL_FAILURE_ATTR = "mnist.failure_reason"  # a failed trial's user attribute: 
 # the Optuna study's own attributes (study.set_user_attr): what the study was made from
 STUDY_ATTR_SWEEP = "mnist.sweep"  # the sweep's name
 STUDY_ATTR_FINGERPRINT = "mnist.fingerprint"  # of what the study runs (see study.py)
+STUDY_ATTR_SETTINGS = "mnist.settings"  # what the fingerprint covers, to say what changed
 STUDY_ATTR_FILE = "mnist.sweep_file"
 STUDY_ATTR_PARENT = "mnist.parent_run_id"
 STUDY_ATTR_TRIALS = "mnist.trials"
@@ -223,3 +225,8 @@ def default_cache_dir() -> Path:
         return Path(os.environ["MNIST_WORKBENCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mnist-workbench"
+
+
+def mask_url(url: str) -> str:
+    """A database or server URL with its password replaced by `***`, for anything shown."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)

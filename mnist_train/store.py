@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import contract
 from .config import ConfigError
 
 
@@ -15,6 +16,10 @@ from .config import ConfigError
 def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock beside a SQLite store while it is first touched: MLflow creates or
     migrates its tables on first use, and two processes doing that at once lose a run."""
+    if uri.startswith("postgresql"):
+        with _advisory_lock(uri):
+            yield
+        return
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -27,6 +32,36 @@ def store_lock(uri: str) -> Iterator[None]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+TRACKING_SCHEMA_LOCK_KEY = 730_522_002  # PostgreSQL advisory lock: MLflow's tables created
+
+
+@contextmanager
+def _advisory_lock(uri: str) -> Iterator[None]:
+    """A lock in the PostgreSQL database itself while MLflow creates or migrates its tables:
+    machines meeting a fresh database at once otherwise race in CREATE TABLE (MLflow's own
+    initialisation lock holds on one host only). An unreachable database is left for MLflow
+    to report, in `open_store`'s one line."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 4})
+        connection = engine.connect()
+    except Exception:
+        yield
+        return
+    key = {"key": TRACKING_SCHEMA_LOCK_KEY}
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+        connection.commit()
+        yield
+    finally:
+        try:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+        finally:
+            connection.close()
+            engine.dispose()
 
 
 _OPENED: set[str] = set()  # tracking URIs this process has opened
@@ -46,7 +81,7 @@ def open_store() -> None:
         except Exception as err:  # MLflow raises many types for a store it cannot open
             detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise ConfigError(
-                f"cannot open the tracking store {uri} ({type(err).__name__}: {detail}); is it "
-                "an MLflow database in a writable folder?"
+                f"cannot open the tracking store {contract.mask_url(uri)} "
+                f"({type(err).__name__}: {detail}); is it an MLflow database in a writable folder?"
             ) from None
     _OPENED.add(uri)
