@@ -213,3 +213,149 @@ def test_machines_meeting_a_fresh_storage_at_once_all_open_it(server):
     assert [code for code, _, _ in results] == [0, 0, 0], results
     assert [out.strip() for _, out, _ in results] == ["0", "0", "0"]
     assert all(server.storage_url.split("@")[0] not in err for _, _, err in results)
+
+
+def _empty(url: str) -> None:
+    """The database behind `url` with nothing in it: a fresh storage or store."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE"))
+        connection.execute(sqlalchemy.text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def test_machines_meeting_a_fresh_tracking_database_at_once_all_open_it(server, tmp_path):
+    """MLflow's own initialisation lock is a file in the host's temporary folder, so machines
+    meeting a fresh PostgreSQL tracking database race in CREATE TABLE. Three processes, each
+    with a temporary folder of its own (as on three hosts), open it at the same moment: the
+    advisory lock in `store.open_store` lets each create the tables or wait for the one that
+    does."""
+    import subprocess
+    import sys
+    import time
+
+    _empty(server.storage_url)
+    opener = (
+        "import sys, time, mlflow; from mnist_train.store import open_store; "
+        "mlflow.set_tracking_uri(sys.argv[2]); "
+        "time.sleep(max(0, float(sys.argv[1]) - time.time())); open_store(); "
+        "print(len(mlflow.MlflowClient().search_experiments()))"
+    )
+    start = time.time() + 4  # after every interpreter has imported mlflow
+    procs = []
+    for host in "abc":
+        (tmp_path / host).mkdir()
+        env = {**os.environ, "PYTHONPATH": os.getcwd(), "TMPDIR": str(tmp_path / host)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", opener, str(start), server.storage_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()[-1500:]) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    assert [out.strip() for _, out, _ in results] == ["1", "1", "1"]  # the Default experiment
+
+
+def test_three_machines_on_a_fresh_storage_survive_the_server_going_and_coming_back(
+    server, tmp_path, data_dir
+):
+    """Issue 21's closing case, with real processes: three `mnist-train` processes (each with a
+    cache and temporary folder of its own, as on three machines) start one grid study at the same
+    moment on an empty PostgreSQL storage; the tracking server is killed while they train and
+    they end with 75; with the server back on the same port the same three commands finish the
+    study. Every grid point is FINISHED exactly once and each step is logged once."""
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from mlflow import MlflowClient
+    from mlflow_server import free_port, start_server
+
+    _empty(server.storage_url)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    sweep = tmp_path / "fleet.yaml"
+    sweep.write_text(
+        "name: fleet\nexperiment: team-fleet\nmax_train: 1000\nmax_test: 200\n"
+        "batch_size: 100\nepochs: 30\nhidden_sizes: [16]\nsystem_metrics: false\n"
+        "grid:\n  lr: [0.01, 0.02, 0.03, 0.04]\n"
+    )
+    command = [sys.executable, "-m", "mnist_train", "run", str(sweep), "--quiet"]
+    command += ["--storage", server.storage_url, "--data-dir", str(data_dir)]
+
+    def fleet() -> list[subprocess.Popen]:
+        procs = []
+        for host in "abc":
+            folder = tmp_path / host
+            (folder / "tmp").mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TMPDIR": str(folder / "tmp")}
+            env["MNIST_WORKBENCH_CACHE"] = str(folder / "cache")
+            env.pop("MNIST_STUDY_STORAGE", None)
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    cwd=folder,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        return procs
+
+    mlflow_server = start_server(tmp_path, port)
+    try:
+        first = fleet()
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            experiment = client.get_experiment_by_name("team-fleet")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if any(
+                len(client.list_artifacts(r.info.run_id, "checkpoints")) >= 2
+                for r in runs
+                if "mlflow.parentRunId" in r.data.tags
+            ):
+                break
+            assert all(p.poll() is None for p in first), [p.communicate() for p in first]
+            time.sleep(0.3)
+        else:
+            raise AssertionError("no trial reached its second checkpoint")
+    finally:
+        mlflow_server.terminate()
+        mlflow_server.wait(timeout=30)
+    ended = [(p.wait(timeout=300), p.stderr.read()) for p in first]
+    assert {code for code, _ in ended} <= {0, 75} and 75 in {c for c, _ in ended}, ended
+    for code, err in ended:
+        if code == 75:
+            assert err.strip().splitlines()[-1].startswith("Error: the tracking server"), err
+
+    mlflow_server = start_server(tmp_path, port)
+    try:
+        again = fleet()
+        finished = [(p.wait(timeout=600), p.stderr.read()[-2000:]) for p in again]
+        assert [code for code, _ in finished] == [0, 0, 0], finished
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("team-fleet")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        names = sorted(r.info.run_name for r in children)
+        assert names == ["lr=0.01", "lr=0.02", "lr=0.03", "lr=0.04"]  # each point once
+        assert all(r.info.status == "FINISHED" for r in children)
+        for run in children:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "batch_loss")]
+            assert sorted(steps) == list(range(1, 30 * 10 + 1)), run.info.run_name
+    finally:
+        mlflow_server.terminate()
+        mlflow_server.wait(timeout=30)
+    study = optuna.load_study(study_name="fleet", storage=server.storage_url)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
