@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import subprocess
+import sys
 import tempfile
 import uuid
 import warnings
@@ -547,7 +549,9 @@ def _checkpoint_order(name: str) -> tuple[int, int]:
 
 
 def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
-    """The run's newest checkpoint (see `load_checkpoint`)."""
+    """The run's newest readable checkpoint (see `load_checkpoint`): one kept on this machine
+    while the server was away, else the store's. A torn one (its writer killed mid-write or
+    mid-upload) gives way to the one before, said on stderr; one holding code is refused."""
     from mlflow.tracking import MlflowClient
 
     listed = MlflowClient().list_artifacts(run_id, contract.CHECKPOINT_DIR)
@@ -556,17 +560,21 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
     local = {p.name: p for p in pending_checkpoints(run_id).glob("epoch_*.pt")}
     if not names and not local:
         raise ConfigError(f"run {run_id} has no checkpoint to resume from")
-    latest = max([*names, *local], key=_checkpoint_order)
-    if latest in local and latest not in names:
-        # written while the tracking server was away: the newest, and on this machine only
+    candidates = sorted({*names, *local}, key=_checkpoint_order, reverse=True)
+    for i, name in enumerate(candidates):
         try:
-            return _load_state(local[latest], f"{local[latest]}")
-        except ConfigError:
-            if not names:
+            if name in local and name not in names:  # written while the server was away
+                return _load_state(local[name], f"{local[name]}")
+            return load_checkpoint(run_id, name)
+        except TornCheckpoint as err:
+            if i + 1 == len(candidates):
                 raise
-            # unreadable (say, left by another version): the store's newest will do
-            latest = max(names, key=_checkpoint_order)
-    return load_checkpoint(run_id, latest)
+            print(f"{err}; resuming from {candidates[i + 1]}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+class TornCheckpoint(ConfigError):
+    """A checkpoint file that ends early or is no zip archive: its writer stopped mid-write."""
 
 
 def load_checkpoint(run_id: str, name: str) -> dict[str, Any]:
@@ -589,7 +597,11 @@ def _load_state(path: Path, what: str) -> dict[str, Any]:
         return torch.load(path, weights_only=True)
     except Exception as err:  # truncated, or holds more than tensors and plain values
         detail = str(err).splitlines()[0][:200] if str(err) else ""
-        raise ConfigError(
-            f"checkpoint {what} cannot be read ({type(err).__name__}: {detail}); "
-            "it is damaged or not a workbench checkpoint"
+        if isinstance(err, pickle.UnpicklingError):  # code where tensors belong: never skipped
+            raise ConfigError(
+                f"checkpoint {what} cannot be read ({type(err).__name__}: {detail}); "
+                "it is damaged or not a workbench checkpoint"
+            ) from None
+        raise TornCheckpoint(
+            f"checkpoint {what} is torn ({type(err).__name__}: {detail})"
         ) from None

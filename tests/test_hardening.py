@@ -558,3 +558,28 @@ def test_a_full_cache_folder_fails_the_run_in_one_line_and_keeps_it(data_dir, tm
     assert run.info.status == "FAILED"
     assert "No space left on device" in run.data.tags[contract.TAG_FAILURE_REASON]
     assert run.info.run_id in out  # the run's id on stdout, as for any run
+
+
+def test_a_torn_newest_checkpoint_gives_way_to_the_one_before(data_dir, tmp_path, capsys):
+    """A process killed mid-upload may leave its newest checkpoint torn in the store: whoever
+    takes the run over resumes from the checkpoint before it, and says so. A checkpoint holding
+    code is still refused, never skipped."""
+    from mnist_train.tracking import load_latest_checkpoint
+
+    run_id = train_run(tiny_config(name="torn", epochs=2), data_dir)
+    client = MlflowClient()
+    whole = Path(client.download_artifacts(run_id, "checkpoints/epoch_002.pt", str(tmp_path)))
+    torn = tmp_path / "torn" / "epoch_002.pt"
+    torn.parent.mkdir()
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    client.log_artifact(run_id, str(torn), "checkpoints")
+    state = load_latest_checkpoint(run_id)
+    assert state["epoch"] == 1
+    assert "epoch_002.pt of run" in capsys.readouterr().err
+    planted = tmp_path / "planted" / "epoch_002.pt"
+    planted.parent.mkdir()
+    torch.save({"model": Payload(tmp_path / "ran")}, planted)
+    client.log_artifact(run_id, str(planted), "checkpoints")
+    with pytest.raises(ConfigError, match="not a workbench checkpoint"):
+        load_latest_checkpoint(run_id)
+    assert not (tmp_path / "ran").exists()
