@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,10 +13,12 @@ venv: $(STAMP)
 
 # Reinstall when the dependency list changes; pip takes torch from local wheels where it can.
 $(STAMP): pyproject.toml
+	@echo "Installing the workbench and its dependencies into $(VENV) (first time: about 3 minutes; torch and MLflow are the large ones)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]' | grep -E --line-buffered '^(Collecting|Installing|Successfully|ERROR)' ; test $${PIPESTATUS[0]} -eq 0
 	touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

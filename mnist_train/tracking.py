@@ -567,10 +567,21 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
                 return _load_state(local[name], f"{local[name]}")
             return load_checkpoint(run_id, name)
         except TornCheckpoint as err:
-            if i + 1 == len(candidates):
+            if i + 1 == len(candidates) or not _never_recorded(run_id, name):
                 raise
             print(f"{err}; resuming from {candidates[i + 1]}", file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
+
+
+def _never_recorded(run_id: str, name: str) -> bool:
+    """Whether checkpoint `name` is an epoch's whose metric points the store lacks: its writer
+    died between the two (the checkpoint comes first), so training that epoch again logs each
+    step once. Otherwise going back a checkpoint would log its steps twice."""
+    from mlflow.tracking import MlflowClient
+
+    epoch, whole = _checkpoint_order(name)
+    history = MlflowClient().get_metric_history(run_id, contract.TEST_ACCURACY)
+    return bool(whole) and epoch not in {m.step for m in history}
 
 
 class TornCheckpoint(ConfigError):

@@ -240,10 +240,11 @@ def test_a_truncated_checkpoint_on_resume_is_one_line(experiment, data_dir, tmp_
             run_id=run_id, artifact_path="checkpoints/epoch_001.pt", dst_path=str(tmp_path)
         )
     )
-    damaged = tmp_path / "epoch_002.pt"
+    damaged = tmp_path / "torn" / "epoch_001.pt"  # an epoch whose points the store has
+    damaged.parent.mkdir()
     damaged.write_bytes(path.read_bytes()[:1000])
     client.log_artifact(run_id, str(damaged), "checkpoints")
     result = invoke(
         experiment, "--data-dir", data_dir, *QUICK, "--set", "epochs=3", "--resume", run_id
     )
-    assert_one_line_error(result, "epoch_002.pt of run")
+    assert_one_line_error(result, "epoch_001.pt of run", "is torn")

@@ -569,14 +569,20 @@ def test_a_torn_newest_checkpoint_gives_way_to_the_one_before(data_dir, tmp_path
     run_id = train_run(tiny_config(name="torn", epochs=2), data_dir)
     client = MlflowClient()
     whole = Path(client.download_artifacts(run_id, "checkpoints/epoch_002.pt", str(tmp_path)))
-    torn = tmp_path / "torn" / "epoch_002.pt"
+    torn = tmp_path / "torn" / "epoch_003.pt"  # uploaded in part; its points never written
     torn.parent.mkdir()
     torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     client.log_artifact(run_id, str(torn), "checkpoints")
     state = load_latest_checkpoint(run_id)
-    assert state["epoch"] == 1
-    assert "epoch_002.pt of run" in capsys.readouterr().err
-    planted = tmp_path / "planted" / "epoch_002.pt"
+    assert state["epoch"] == 2
+    assert "epoch_003.pt of run" in capsys.readouterr().err
+    recorded = tmp_path / "recorded" / "epoch_002.pt"  # torn, but its points are stored:
+    recorded.parent.mkdir()  # going back would log them twice, so it is refused
+    recorded.write_bytes(whole.read_bytes()[:1000])
+    client.log_artifact(run_id, str(recorded), "checkpoints")
+    with pytest.raises(ConfigError, match="epoch_002.pt of run .* is torn"):
+        load_latest_checkpoint(run_id)
+    planted = tmp_path / "planted" / "epoch_003.pt"
     planted.parent.mkdir()
     torch.save({"model": Payload(tmp_path / "ran")}, planted)
     client.log_artifact(run_id, str(planted), "checkpoints")
