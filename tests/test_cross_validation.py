@@ -4,6 +4,8 @@ tests/test_cv_labels.py reads the folds back)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,8 @@ from mnist_train import contract, data
 from mnist_train.cli import cli
 from mnist_train.config import ConfigError, RunConfig, build_config, read_experiment
 from mnist_train.study_grid import expand, varying_keys
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 @pytest.mark.parametrize(("n", "k"), [(10, 2), (1000, 3), (60000, 5), (7, 7), (3001, 20)])
@@ -155,3 +159,23 @@ def test_a_fold_run_stores_its_held_out_images_at_the_model_of_record(data_dir, 
     record = client.download_artifacts(result.run_id, contract.TRAIN_DYNAMICS_PATH, tmp_path)
     with np.load(record) as npz:
         np.testing.assert_array_equal(npz["index"], prepared.train_index)
+
+
+def test_the_example_file_is_five_folds_of_one_setting():
+    children = expand(read_experiment(EXPERIMENTS / "cv_labels.yaml"))
+    assert [c.name for c in children] == [f"fold={k}" for k in range(5)]
+    assert varying_keys(children) == ["cv_fold"]
+    assert {(c.config.cv_folds, c.config.validation) for c in children} == {(5, 0)}
+
+
+@pytest.mark.full_data
+def test_the_example_folds_partition_the_full_training_set(full_data_dir):
+    from mnist_train.runner import prepare_run
+
+    held = []
+    for child in expand(read_experiment(EXPERIMENTS / "cv_labels.yaml")):
+        prepared = prepare_run(child.config, full_data_dir)
+        assert len(prepared.train_index) == 48_000 and len(prepared.val_index) == 12_000
+        assert not set(prepared.train_index.tolist()) & set(prepared.val_index.tolist())
+        held.append(prepared.val_index)
+    assert sorted(np.concatenate(held).tolist()) == list(range(60_000))
