@@ -129,6 +129,7 @@ def metric_format(name: str) -> str:
 # --- parameters logged beside the config fields
 TRAIN_IMAGES = "train_images"  # images trained on
 VAL_IMAGES = "val_images"  # images held out of the training set for validation
+TEST_IMAGES = "test_images"
 NORMALIZE_MEAN, NORMALIZE_STD = "normalize_mean", "normalize_std"  # as applied to [0, 1] pixels
 SEED_PARAM = "seed"
 NAME_PARAM = "name"

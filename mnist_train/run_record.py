@@ -42,7 +42,7 @@ def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
             contract.NORMALIZE_STD: f"{tensors.std:.6g}",
             contract.NUM_PARAMS: str(models.count_parameters(model)),
             contract.TRAIN_IMAGES: str(len(prepared.train_split)),
-            "test_images": str(len(prepared.test_split)),
+            contract.TEST_IMAGES: str(len(prepared.test_split)),
             contract.VAL_IMAGES: str(len(prepared.val_split) if prepared.val_split else 0),
         }
     )
