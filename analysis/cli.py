@@ -409,9 +409,15 @@ def labels_command(
 ):
     """Suspected label errors in the test and training sets, found from stored runs.
 
-    Writes label_issues.csv (test set: index, given, suggested, agreement, score; most suspect
-    first), label_issues_train.csv and report.html with galleries. The more runs (a seeds sweep,
-    CNNs), the better the list. With --parent the report is logged to the sweep's parent run.
+    Writes label_issues.csv (test set: index, given, suggested, agreement, score, flagged; most
+    suspect first), label_issues_train.csv and report.html with galleries. The more runs (a
+    seeds sweep, CNNs), the better the list. With --parent the report is logged to the sweep's
+    parent run.
+
+    The training set is ranked out of sample when the runs are a cross-validation study (a
+    `folds: K` sweep: every training image scored by the model that held it out), else in
+    sample from the runs' training records (models that trained on those images); the report
+    and the last line say which.
     """
     from analysis.labels_report import run_labels
 
@@ -433,6 +439,11 @@ def labels_command(
     click.echo(
         f"{len(result.test)} test and {len(result.train)} training images suspected, "
         f"from {result.n_runs} run(s)"
+    )
+    training = result.training
+    ranked = f"all {len(training.table)} ranked, " if training.out_of_sample else ""
+    click.echo(
+        f"training set: {ranked}{training.basis} ({training.n_runs} run(s))",
     )
     click.echo(f"report: {result.path}")
     if parent_run_id:

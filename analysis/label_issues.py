@@ -3,11 +3,14 @@
 Test set: confident learning (Northcutt et al. 2021) on the softmax probabilities averaged over
 the selected runs, through cleanlab's `find_label_issues` (its default, prune by noise rate): a
 held-out set scored by several independently trained models is the setting it was made for.
-Training set: the per-example training record keeps, per epoch, the probability each image's
-label got and the digit predicted; an image whose label stays improbable and whose prediction
-settles on another digit in most runs is suspect. Output columns: `index` (torchvision
-position), `given`, `suggested`, `agreement` (the share of runs whose own prediction is the
-suggested digit), `score` (label quality in [0, 1], lower is more suspect); most suspect first.
+Training set, from K-fold cross-validation runs: the same ranking on out-of-sample probabilities,
+each image scored by the models that held it out (`folds.assemble`). Training set otherwise: the
+per-example training record keeps, per epoch, the probability each image's label got and the
+digit predicted; an image whose label stays improbable and whose prediction settles on another
+digit in most runs is suspect (in-sample: the models trained on these very images). Output
+columns: `index` (torchvision position), `given`, `suggested`, `agreement` (the share of runs
+whose own prediction is the suggested digit), `score` (label quality in [0, 1], lower is more
+suspect); most suspect first.
 The test-set ranking holds every image with a boolean `flagged` (confident learning's verdict):
 a score ranks, but only the verdict says where the ranking stops being suspicious.
 """
@@ -24,7 +27,13 @@ TRAIN_AGREEMENT_FROM = 0.5  # ... and the share of runs predicting the same othe
 
 
 def test_set_ranking(labels, probs_by_run, index) -> pd.DataFrame:
-    """Every one of N test images scored by R runs, most suspect label first.
+    """Every one of N test images scored by R runs, most suspect label first (`ranking`)."""
+    return ranking(labels, probs_by_run, index)
+
+
+def ranking(labels, probs_by_run, index) -> pd.DataFrame:
+    """Every one of N images scored by R runs that never trained on them (the test set, or the
+    training set's held-out folds), most suspect label first.
 
     labels int (N,); probs_by_run float (R, N, 10), each row a softmax; index int (N,).
     Columns RANKING_COLUMNS: `score` is cleanlab's self-confidence of the averaged probabilities

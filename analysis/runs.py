@@ -27,6 +27,7 @@ from mnist_train import contract
 from mnist_train.contract import (
     BATCH_LOSS,
     EPOCH_METRICS,
+    HELDOUT_PREDICTIONS_PATH,
     MAX_RUNS,
     N_CLASSES,
     OPTIONAL_EPOCH_METRICS,
@@ -442,6 +443,18 @@ def load_example_records(
         except Exception as err:
             raise AnalysisError(f"{local}: not a per-example record ({first_line(err)})") from None
     return found[0], found[1]
+
+
+def load_heldout_predictions(
+    client: MlflowClient, run_id: str, *, cache_dir: str | Path | None = None
+) -> Predictions | None:
+    """A cross-validation run's `predictions/heldout.npz` (its held-out fold, `index` into the
+    training set), checked as test predictions are; None when the run stored none, and
+    AnalysisError when what it stored is not usable."""
+    local = fetch_artifact(
+        client, get_run(client, run_id), HELDOUT_PREDICTIONS_PATH, cache_dir=cache_dir
+    )
+    return None if local is None else Predictions.from_npz(local)
 
 
 def _epochs_override(tags: dict[str, str]) -> dict[str, str]:

@@ -211,9 +211,9 @@ def run(
 ):
     """Run EXPERIMENT_FILE (YAML) and print the ids of the MLflow runs it created.
 
-    A file with `grid`, `variants`, `seeds` or `search` is a sweep, run as one Optuna study:
-    one parent run (printed first) with a nested run per trial. Running it again continues the
-    study: finished trials are kept, interrupted ones resume from their last checkpoint.
+    A file with `grid`, `variants`, `seeds`, `folds` or `search` is a sweep, run as one Optuna
+    study: one parent run (printed first) with a nested run per trial. Running it again continues
+    the study: finished trials are kept, interrupted ones resume from their last checkpoint.
 
     Under `mlflow run` (MLFLOW_RUN_ID set), the run MLflow opened becomes the parent and the
     training runs are its nested children.

@@ -32,6 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # torch threads: more than any CPU here has; 100,000 aborted the process inside libgomp
 MAX_THREADS = 256
+MAX_FOLDS = 20  # cross-validation folds: beyond 20 each fold's model costs more than it adds
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class RunConfig:
     validation: int = 0  # hold out the last N training images (the classic split: 5000)
     early_stopping_patience: int | None = None  # stop after N epochs without improvement
     early_stopping_metric: str = "val_loss"  # val_loss (lower is better) | val_accuracy
+    # cross-validation (a `folds: K` sweep sets both): the run holds out fold `cv_fold` of
+    # `cv_folds` as its validation split and trains on the other folds
+    cv_folds: int = 0  # K folds of the training images (0: no cross-validation; else 2 to 20)
+    cv_fold: int = 0  # the fold held out, 0 to K-1
     # data
     normalize: str = (
         "estimate"  # none (pixels/255) | estimate (mean/std of 1000 train images) | standard
@@ -138,6 +143,7 @@ class RunConfig:
                 f"validation ({self.validation}) must be less than the training images "
                 f"(max_train {self.max_train})"
             )
+        self._check_cross_validation()
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ConfigError(
@@ -147,6 +153,43 @@ class RunConfig:
                 raise ConfigError(
                     "early_stopping_patience needs a validation split (set validation, e.g. 5000)"
                 )
+
+    def _check_cross_validation(self) -> None:
+        folds, fold = self.cv_folds, self.cv_fold
+        if folds == 0:
+            if fold != 0:
+                raise ConfigError(
+                    f"cv_fold ({fold}) needs cv_folds (2 to {MAX_FOLDS}); "
+                    "a `folds: K` sweep sets both"
+                )
+            return
+        if not 2 <= folds <= MAX_FOLDS:
+            raise ConfigError(
+                f"cv_folds must be 0 (no cross-validation) or 2 to {MAX_FOLDS}, got {folds}"
+            )
+        if not 0 <= fold < folds:
+            raise ConfigError(f"cv_fold must be 0 to {folds - 1} (cv_folds {folds}), got {fold}")
+        if self.validation:
+            raise ConfigError(
+                f"cross-validation ({folds} folds) holds out each fold in turn as the validation "
+                f"split; it cannot be combined with validation: {self.validation} (remove it)"
+            )
+        if self.early_stopping_patience is not None:
+            raise ConfigError(
+                "early_stopping_patience cannot be combined with cross-validation: it would "
+                "choose the epoch on the held-out fold whose probabilities score its labels"
+            )
+        if self.max_train is not None and self.max_train < folds:
+            raise ConfigError(
+                f"cv_folds ({folds}) needs at least one training image per fold "
+                f"(max_train {self.max_train})"
+            )
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether the run scores a validation split: the last `validation` training images, or
+        its cross-validation fold."""
+        return self.validation > 0 or self.cv_folds > 0
 
     def to_params(self) -> dict[str, str]:
         """The flat parameter dict logged to MLflow; lists are written as `[100, 50]`."""
@@ -172,6 +215,8 @@ class RunConfig:
             "gamma": self.scheduler == "step",
             "min_lr": self.scheduler == "cosine",
             "early_stopping_metric": self.early_stopping_patience is not None,
+            "cv_folds": self.cv_folds > 0,
+            "cv_fold": self.cv_folds > 0,
         }
         return when.get(key, True)
 
@@ -280,11 +325,11 @@ class ExperimentFile:
 
     path: Path
     base: dict[str, Any]
-    sweep: dict[str, Any] = field(default_factory=dict)  # grid / variants / seeds, if any
+    sweep: dict[str, Any] = field(default_factory=dict)  # grid / variants / seeds / folds
     text: str = ""
 
 
-SWEEP_KEYS = ("grid", "variants", "seeds", "search")
+SWEEP_KEYS = ("grid", "variants", "seeds", "folds", "search")
 META_KEYS = ("description",)
 
 

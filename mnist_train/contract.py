@@ -128,11 +128,31 @@ def metric_format(name: str) -> str:
 
 
 # --- parameters logged beside the config fields
+TRAIN_IMAGES = "train_images"  # images trained on
 VAL_IMAGES = "val_images"  # images held out of the training set for validation
+TEST_IMAGES = "test_images"
+NORMALIZE_MEAN, NORMALIZE_STD = "normalize_mean", "normalize_std"  # as applied to [0, 1] pixels
 SEED_PARAM = "seed"
+NAME_PARAM = "name"
+# with cross-validation (a `folds: K` sweep): K, and the fold the run holds out (0 .. K-1)
+CV_FOLDS_PARAM = "cv_folds"
+CV_FOLD_PARAM = "cv_fold"
+# what differs between the folds of one cross-validation and nothing else: runs whose other
+# params agree are one replicate, a full set of folds
+PER_FOLD_PARAMS = (
+    NAME_PARAM,
+    CV_FOLD_PARAM,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
+    NORMALIZE_MEAN,
+    NORMALIZE_STD,
+)
 
 # --- artifacts
 PREDICTIONS_PATH = "predictions/test.npz"  # labels int (N,), probs float32 (N, 10), index int (N,)
+# with cross-validation: the held-out fold's images at the model of record, the same arrays with
+# `index` into the torchvision training set
+HELDOUT_PREDICTIONS_PATH = "predictions/heldout.npz"
 CHECKPOINT_DIR = "checkpoints"  # epoch_NNN.pt, epoch_NNN_partial.pt
 # per-example records: probs float16 (E, N, 10), epochs (E,), index (N,) ...
 TEST_BY_EPOCH_PATH = "predictions/test_by_epoch.npz"

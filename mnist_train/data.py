@@ -23,6 +23,9 @@ from . import idx
 
 STANDARD_MEAN, STANDARD_STD = 0.1307, 0.3081  # the usual full-training-set MNIST statistics
 ESTIMATE_IMAGES = 1000  # seed 000 estimates mean and std from the first 1000 training images
+# Cross-validation folds come from one fixed permutation, never from a run's seed: the runs of a
+# study (other seeds and settings included) cut the same folds, so they partition the images.
+FOLDS_SEED = 20_000_521
 
 
 class DataError(RuntimeError):
@@ -139,6 +142,30 @@ def hold_out(split: Split, n: int) -> tuple[Split, Split]:
     cut = len(split) - n
     return Split(split.images[:cut], split.labels[:cut]), Split(
         split.images[cut:], split.labels[cut:]
+    )
+
+
+def folds(n: int, k: int) -> list[torch.Tensor]:
+    """The positions (int64, ascending) of each of `k` folds of images 0..n-1: a permutation drawn
+    from FOLDS_SEED (its own generator; the global one, which orders the batches, is untouched)
+    cut into `k` parts whose sizes differ by at most one. Together they hold every position once.
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"{k} folds of {n} images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(FOLDS_SEED))
+    return [part.sort().values for part in order.tensor_split(k)]
+
+
+def hold_out_fold(split: Split, k: int, fold: int) -> tuple[Split, Split, torch.Tensor]:
+    """(the images outside fold `fold` of `k`, the fold's images, the fold's positions in
+    `split`): cross-validation's training and held-out sets, each in `split`'s order."""
+    held = folds(len(split), k)[fold]
+    kept = torch.ones(len(split), dtype=torch.bool)
+    kept[held] = False
+    return (
+        Split(split.images[kept], split.labels[kept]),
+        Split(split.images[held], split.labels[held]),
+        held,
     )
 
 

@@ -22,11 +22,13 @@ class Prepared:
     config: RunConfig
     tensors: Tensors
     test_index: np.ndarray  # int64 (N_test,) positions in the torchvision test set
+    train_index: np.ndarray  # int64 (N_train,) positions of `train_split` in the training set
     train_split: data.Split  # the images trained on (validation images excluded)
     test_split: data.Split
     data_dir: Path
     device: torch.device
-    val_split: data.Split | None = None  # the last `validation` training images, held out
+    val_split: data.Split | None = None  # held out: the last `validation` images, or a fold
+    val_index: np.ndarray | None = None  # int64, positions of `val_split` in the training set
 
 
 def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
@@ -35,13 +37,15 @@ def run_params(prepared: Prepared, model: torch.nn.Module) -> dict[str, str]:
     tensors = prepared.tensors
     params = prepared.config.applied_params()
     params.update(
-        normalize_mean=f"{tensors.mean:.6g}",
-        normalize_std=f"{tensors.std:.6g}",
-        num_params=str(models.count_parameters(model)),
-        train_images=str(len(prepared.train_split)),
-        test_images=str(len(prepared.test_split)),
+        {
+            contract.NORMALIZE_MEAN: f"{tensors.mean:.6g}",
+            contract.NORMALIZE_STD: f"{tensors.std:.6g}",
+            contract.NUM_PARAMS: str(models.count_parameters(model)),
+            contract.TRAIN_IMAGES: str(len(prepared.train_split)),
+            contract.TEST_IMAGES: str(len(prepared.test_split)),
+            contract.VAL_IMAGES: str(len(prepared.val_split) if prepared.val_split else 0),
+        }
     )
-    params[contract.VAL_IMAGES] = str(len(prepared.val_split) if prepared.val_split else 0)
     return params
 
 

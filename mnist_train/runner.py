@@ -126,7 +126,7 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     key = (str(data_dir), config.max_train, config.max_test, config.validation, config.normalize)
-    key += (str(device),)
+    key += (config.cv_folds, config.cv_fold, str(device))
     if cache is not None and key in cache:
         # a worker's next trial: the server answered its last one, and the run will tell
         prepared = dataclasses.replace(cache[key], config=config)
@@ -135,29 +135,50 @@ def prepare_run(config: RunConfig, data_dir: str | Path, *, cache: dict | None =
     check_tracking_server(current_tracking_uri())
     train_split, test_split = data.load_mnist(data_dir)
     train_split, test_split = train_split.head(config.max_train), test_split.head(config.max_test)
-    val_split = None
-    if config.validation:
-        if config.validation >= len(train_split):
-            raise ConfigError(
-                f"validation ({config.validation}) must be less than the "
-                f"{len(train_split)} training images"
-            )
-        train_split, val_split = data.hold_out(train_split, config.validation)
+    train_split, val_split, train_index, val_index = _held_out(config, train_split)
     _check_batches(config, len(train_split))
     prepared = Prepared(
         config=config,
         tensors=prepare(train_split, test_split, config, device, validation=val_split),
         test_index=np.arange(len(test_split), dtype=np.int64),
+        train_index=train_index,
         train_split=train_split,
         test_split=test_split,
         data_dir=Path(data_dir).resolve(),
         device=device,
         val_split=val_split,
+        val_index=val_index,
     )
     if cache is not None:
         cache.clear()
         cache[key] = prepared
     return prepared
+
+
+def _held_out(
+    config: RunConfig, split: data.Split
+) -> tuple[data.Split, data.Split | None, np.ndarray, np.ndarray | None]:
+    """(the images trained on, the held-out ones or None, and the positions of each in the
+    torchvision training set): the last `validation` images, or cross-validation's fold."""
+    positions = np.arange(len(split), dtype=np.int64)
+    if config.validation:
+        if config.validation >= len(split):
+            raise ConfigError(
+                f"validation ({config.validation}) must be less than the "
+                f"{len(split)} training images"
+            )
+        trained, held = data.hold_out(split, config.validation)
+        return trained, held, positions[: len(trained)], positions[len(trained) :]
+    if config.cv_folds:
+        if config.cv_folds > len(split):
+            raise ConfigError(
+                f"cv_folds ({config.cv_folds}) must be at most the {len(split)} training images"
+            )
+        trained, held, fold = data.hold_out_fold(split, config.cv_folds, config.cv_fold)
+        inside = np.ones(len(split), dtype=bool)
+        inside[fold.numpy()] = False
+        return trained, held, positions[inside], fold.numpy().astype(np.int64)
+    return split, None, positions, None
 
 
 def _check_batches(config: RunConfig, train_images: int) -> None:
@@ -579,8 +600,18 @@ def _log_results(
     log.log_final({contract.record_key(k): v for k, v in record.scores.items()}, step=record_epoch)
     labels = prepared.test_split.labels.numpy().astype(np.int64)
     log.log_predictions(labels, probs, prepared.test_index)
+    if config.cv_folds and prepared.val_split is not None:
+        # the fold this run never trained on, scored by the model of record: out-of-sample
+        # probabilities for the label-quality ranking of the training set
+        logits = infer(model, tensors.val_x, config.test_batch_size)
+        log.log_arrays(
+            contract.HELDOUT_PREDICTIONS_PATH,
+            labels=prepared.val_split.labels.numpy().astype(np.int64),
+            probs=torch.softmax(logits, 1).cpu().numpy().astype(np.float32),
+            index=prepared.val_index,
+        )
     if config.per_example_record:
-        log.log_per_example_records(last.epoch, len(prepared.train_split), prepared.test_index)
+        log.log_per_example_records(last.epoch, prepared.train_index, prepared.test_index)
 
     deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
     deployable.eval()

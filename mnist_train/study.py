@@ -1,10 +1,11 @@
 """Every sweep and search is one Optuna study: its plan, its storage, and joining it.
 
-A `grid`, `variants` or `seeds` file becomes a study whose trials are all queued when the study is
-created, one per configuration: workers pop queued trials atomically (a row lock in the storage),
-so every configuration runs exactly once however many workers and machines share the study. A
-`search` file queues `trials` empty trials whose parameters the sampler (TPE, random) picks when a
-worker takes one, with every finished trial already known; `sampler: grid` queues every point.
+A `grid`, `variants`, `seeds` or `folds` file becomes a study whose trials are all queued when
+the study is created, one per configuration: workers pop queued trials atomically (a row lock in
+the storage), so every configuration runs exactly once however many workers and machines share
+the study. A `search` file queues `trials` empty trials whose parameters the sampler (TPE,
+random) picks when a worker takes one, with every finished trial already known; `sampler: grid`
+queues every point.
 
 The process that creates a study also creates its MLflow parent run and marks the study ready;
 processes that join wait for that, check the study was made from the same sweep file, and pull
@@ -52,7 +53,7 @@ class StudyPlan:
     def objective(self) -> str:
         if self.spec:
             return self.spec.objective
-        on_val = all(c.config.validation for c in self.children)
+        on_val = all(c.config.holds_out for c in self.children)
         return contract.VAL_ACCURACY if on_val else contract.TEST_ACCURACY
 
     @property

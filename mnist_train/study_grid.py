@@ -1,14 +1,15 @@
 """Sweep planning: one experiment file expanded into the configurations of its children (pure).
 
-A sweep file is an experiment file with up to three extra sections:
+A sweep file is an experiment file with up to four extra sections:
 
     grid:      {lr: [0.01, 0.001]}          # cartesian product over the listed values
     variants:  [{name: layers=3, hidden_sizes: [100, 100]}, ...]   # named partial configs
     seeds:     [0, 1, 2]                    # replicates (or a count: `seeds: 5` is 0..4)
+    folds:     5                            # K-fold cross-validation: child k holds out fold k
 
 Every child is validated like a single config, and its name says what varies (`lr=0.01`,
-`layers=3,seed=2`). This module also formats the sweep's summary table; running a sweep is
-`study_run.py`'s job, and nothing here touches MLflow.
+`layers=3,seed=2`, `seed=1,fold=4`). This module also formats the sweep's summary table;
+running a sweep is `study_run.py`'s job, and nothing here touches MLflow.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from . import contract
-from .config import FIELDS, SWEEP_KEYS, ConfigError, ExperimentFile, RunConfig, build_config, coerce
+from .config import (
+    FIELDS,
+    MAX_FOLDS,
+    SWEEP_KEYS,
+    ConfigError,
+    ExperimentFile,
+    RunConfig,
+    build_config,
+    coerce,
+)
 from .csv_safe import rows_to_csv
 
 FIXED_KEYS = ("name", "experiment")  # one per sweep: the parent's name, and where all runs live
@@ -48,7 +58,7 @@ class Child:
 
 
 def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) -> list[Child]:
-    """Every child of a sweep file, in order variants x grid x seeds, validated.
+    """Every child of a sweep file, in order variants x grid x seeds x folds, validated.
 
     `overrides` (from `--set`, `--max-train`, ...) apply to every child; overriding a key the sweep
     varies is an error, and an overridden `name` names the parent only.
@@ -60,6 +70,9 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
     if unknown:  # read_experiment only collects known sections; guard against misuse
         raise ConfigError(f"{path}: unknown sweep sections {sorted(unknown)}")
     base = {**experiment.base, **{k: v for k, v in overrides.items() if k != "name"}}
+    folds = _read_folds(path, sections.get("folds"), base, overrides)
+    if folds:  # every check below sees the cross-validation (it refuses validation, ...)
+        base.update(cv_folds=folds, cv_fold=0)
     build_config(base, source=str(path))  # a bad base is reported once, not per child
 
     variants = _read_variants(path, sections.get("variants"), base)
@@ -71,6 +84,7 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
         ("variants", {k for v in variants for k in v if k != "name"}),
         ("grid", set(grid)),
         ("seeds", {"seed"} if seeds else set()),
+        ("folds", {"cv_folds", "cv_fold"} if folds else set()),
     ):
         for key in sorted(keys):
             if key in varied:
@@ -84,7 +98,7 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
     grid_keys = list(grid)
     for variant in variants or [{}]:
         for values in itertools.product(*(grid[k] for k in grid_keys)):
-            for seed in seeds or [None]:
+            for seed, fold in itertools.product(seeds or [None], range(folds) if folds else [None]):
                 settings = {k: v for k, v in variant.items() if k != "name"}
                 settings.update(zip(grid_keys, values))
                 parts = [variant["name"]] if variant else []
@@ -92,6 +106,9 @@ def expand(experiment: ExperimentFile, overrides: dict[str, Any] | None = None) 
                 if seed is not None:
                     settings["seed"] = seed
                     parts.append(f"seed={seed}")
+                if fold is not None:
+                    settings.update(cv_folds=folds, cv_fold=fold)
+                    parts.append(f"fold={fold}")
                 name = ",".join(parts) or str(base.get("name", path.stem))
                 if name in names:
                     raise ConfigError(f"{path}: two children would both be named {name!r}")
@@ -205,6 +222,23 @@ def _read_seeds(path: Path, seeds: Any, base: dict) -> list[int]:
     if len(set(out)) < len(out):
         raise ConfigError(f"{path}: seeds lists a seed twice")
     return out
+
+
+def _read_folds(path: Path, folds: Any, base: dict, overrides: dict) -> int:
+    """K of `folds: K` (0 when the file has no folds section); the fields it sets may be set
+    nowhere else."""
+    if folds is None:
+        return 0
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= MAX_FOLDS:
+        raise ConfigError(
+            f"{path}: folds must be a number of folds from 2 to {MAX_FOLDS}, got {folds!r}"
+        )
+    for key in ("cv_folds", "cv_fold"):
+        if key in overrides:
+            raise ConfigError(f"{path}: cannot override {key}: the sweep varies it (folds)")
+        if key in base:
+            raise ConfigError(f"{path}: {key} is set by folds: {folds}; remove it from the file")
+    return folds
 
 
 def summary_rows(

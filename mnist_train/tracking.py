@@ -389,7 +389,7 @@ class RunLog:
                 return {key: npz[key] for key in npz.files}
 
     def log_per_example_records(
-        self, last_epoch: int, n_train: int, test_index: np.ndarray
+        self, last_epoch: int, train_index: np.ndarray, test_index: np.ndarray
     ) -> None:
         """The contract's per-example artifacts, assembled from the run's per-epoch records
         (those of an earlier, interrupted session included): float16 keeps them at ~200 kB an
@@ -415,7 +415,7 @@ class RunLog:
             label_prob=np.stack([r["label_prob"] for r in records]),
             predicted=np.stack([r["predicted"] for r in records]),
             epochs=epochs,
-            index=np.arange(n_train, dtype=np.int64),
+            index=train_index,
         )
 
     def log_model(
