@@ -255,9 +255,12 @@ def run_training(
                 experiment_file,
                 datasets(prepared),
             )
-        last, kept = _train_and_log(
-            log, parts, prepared, progress, reporter, should_stop, on_epoch, unwritten
-        )
+        if resume_run_id and _nothing_to_train(progress, config):
+            last, kept = _last_recorded(log, progress), None  # a run left unended: end it
+        else:
+            last, kept = _train_and_log(
+                log, parts, prepared, progress, reporter, should_stop, on_epoch, unwritten
+            )
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
             _save_checkpoint(log, parts, progress, config)
             log.end("KILLED")
@@ -371,14 +374,22 @@ def _open_or_reopen(
             system_metrics=config.system_metrics,
         )
         return log, Progress()
-    state = _resume_state(resume_run_id, config, take_over)
+    state, status = _resume_state(resume_run_id, config, take_over)
     progress = restore(state, parts.model, parts.optimizer, parts.scheduler)
-    if progress.stopped_early:
+    if _nothing_to_train(progress, config) and status != "FINISHED":
+        # its owner trained every epoch (or stopped early) but never ended it: end it here
+        print(
+            f"run {resume_run_id} trained all it had to but was never ended; recording its "
+            "results from its last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif progress.stopped_early:
         raise ConfigError(
             f"run {resume_run_id} stopped early at epoch {progress.epoch - 1} "
             f"(no improvement in {config.early_stopping_patience} epochs); nothing to resume"
         )
-    if progress.epoch > config.epochs:
+    elif progress.epoch > config.epochs:
         raise ConfigError(
             f"run {resume_run_id} already finished {progress.epoch - 1} epochs; "
             f"raise epochs (--set epochs=N) to train it further"
@@ -409,8 +420,15 @@ def _why_this_epoch(config: RunConfig, result: RunResult) -> str:
     return f"best {metric} of {result.last_epoch} epochs"
 
 
-def _resume_state(run_id: str, config: RunConfig, take_over: bool = False) -> dict[str, Any]:
-    """The checkpoint to continue `run_id` from, after checking the run may be continued."""
+def _nothing_to_train(progress: Progress, config: RunConfig) -> bool:
+    return progress.stopped_early or progress.epoch > config.epochs
+
+
+def _resume_state(
+    run_id: str, config: RunConfig, take_over: bool = False
+) -> tuple[dict[str, Any], str]:
+    """The checkpoint to continue `run_id` from, after checking the run may be continued, and
+    the run's status."""
     from .tracking import load_latest_checkpoint, read_run
 
     status, logged, tags = read_run(run_id)
@@ -435,7 +453,7 @@ def _resume_state(run_id: str, config: RunConfig, take_over: bool = False) -> di
             f"run {run_id} has a onecycle schedule sized to {trained_to} epochs; it cannot be "
             f"resumed with epochs {config.epochs}"
         )
-    return load_latest_checkpoint(run_id)
+    return load_latest_checkpoint(run_id), status
 
 
 def _train_and_log(
@@ -478,7 +496,7 @@ def _train_and_log(
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             rows, pending = pending + epoch_rows, []
             if unwritten is not None:  # until the store has them: a kept checkpoint holds them
-                unwritten[:] = rows
+                unwritten[:] = [*writer.pending(), *rows]
             if record.train_correct is not None:  # before the checkpoint, which vouches for it
                 log.log_epoch_record(
                     record.epoch,
@@ -492,10 +510,9 @@ def _train_and_log(
             # (`fill_metrics`); killed before the checkpoint, the epoch is trained again and no
             # point of it was logged: either way each step is logged once.
             _save_checkpoint(log, parts, progress, config, rows)
-            writer.write(rows)
-            if unwritten is not None:
-                unwritten.clear()
-            log.beat()
+            writer.write(rows, owner_tags())  # the heartbeat rides with the points
+            if unwritten is not None:  # a writer in another process confirms them at its close
+                unwritten[:] = writer.pending()
             reporter.epoch(record, config.epochs)
             last = record
             if not early_stopping:
@@ -505,10 +522,29 @@ def _train_and_log(
             if on_epoch is not None:
                 on_epoch(record)
     finally:
-        writer.close()
+        writer.close()  # raises if a write failed: `unwritten` then still holds the points
+        if unwritten is not None:
+            unwritten[:] = writer.pending()
         if pending:  # an interrupted epoch resumes after these steps, so keep them
             log.write_rows(pending)
     return last, kept
+
+
+def _last_recorded(log: RunLog, progress: Progress) -> EpochRecord:
+    """The last trained epoch's record as the store has it (its scores; no arrays)."""
+    epoch = progress.epoch - 1
+    fields = {
+        "train_loss": contract.TRAIN_LOSS,
+        "train_accuracy": contract.TRAIN_ACCURACY,
+        "test_loss": contract.TEST_LOSS,
+        "test_accuracy": contract.TEST_ACCURACY,
+        "epoch_time_s": contract.EPOCH_TIME,
+    }
+    values = {}
+    for field_name, key in fields.items():
+        history = log.client.get_metric_history(log.run_id, key)
+        values[field_name] = next((m.value for m in history if m.step == epoch), float("nan"))
+    return EpochRecord(epoch=epoch, test_probs=np.empty((0, contract.N_CLASSES)), **values)
 
 
 def _keep_locally(

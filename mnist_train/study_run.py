@@ -144,7 +144,7 @@ def run_study(
         if workers > 1:
             finished = run_workers(job, workers, should_stop)
         else:
-            finished = work(job, should_stop, say)
+            finished = work(job, should_stop, say, shared_writer=True)
     except KeyboardInterrupt:  # a second Ctrl-C: trials were already asked to stop
         store.end_parent(parent_id, "KILLED")
         raise

@@ -26,6 +26,8 @@ from . import contract
 from .config import ConfigError
 from .study import StudyPlan, open_storage, requeue
 from .study_grid import format_value
+from .tracking import current_tracking_uri
+from .tracking_writer import start_shared_writer, stop_shared_writer
 
 POLL_S = 2.0
 
@@ -63,11 +65,18 @@ def pruner_for(plan: StudyPlan) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) -> bool:
-    """Run trials until the study has none left; False when stopped before that."""
+def work(
+    job: Job,
+    should_stop: Callable[[], bool],
+    say: Callable[[str], None],
+    *,
+    shared_writer: bool = False,
+) -> bool:
+    """Run trials until the study has none left; False when stopped before that.
+
+    `shared_writer`: the only worker on this machine has its runs' metrics written by one
+    helper process on the other core while it trains (with more workers, every core trains)."""
     import optuna
-    from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
 
     from .study_tracking import StudyStore
 
@@ -80,6 +89,18 @@ def work(job: Job, should_stop: Callable[[], bool], say: Callable[[str], None]) 
     )
     study_id = storage.get_study_id_from_name(job.study_name)
     kept = _Kept(StudyStore(), {})  # one store client and MNIST prepared once, per worker
+    if shared_writer:
+        start_shared_writer(current_tracking_uri())
+    try:
+        return _work(job, study, storage, study_id, kept, should_stop, say)
+    finally:
+        stop_shared_writer()
+
+
+def _work(job, study, storage, study_id, kept, should_stop, say) -> bool:
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
     while not should_stop():
         fail_stale_trials(study)
         trial = _claim(study, storage, study_id, job.storage_url)

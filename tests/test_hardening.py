@@ -589,3 +589,41 @@ def test_a_torn_newest_checkpoint_gives_way_to_the_one_before(data_dir, tmp_path
     with pytest.raises(ConfigError, match="not a workbench checkpoint"):
         load_latest_checkpoint(run_id)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_run_stopped_after_its_last_epoch_is_ended_by_whoever_resumes_it(data_dir):
+    """A process killed after its last epoch's checkpoint but before the run's end (a SIGKILL
+    test caught this under load) leaves a run with nothing to train: the process taking it over
+    records its results from the checkpoint and ends it FINISHED, as an uninterrupted run ends."""
+    import numpy as np
+
+    from mnist_train.runner import TrainingStopped, prepare_run, run_training
+
+    config = tiny_config(name="unended", epochs=2, experiment="hardening-unended")
+
+    def stop_after_last(record):
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingStopped):
+        run_training(prepare_run(config, data_dir), on_epoch=stop_after_last)
+    (left,) = runs_named("unended")
+    assert left.info.status == "KILLED"
+    ended = run_training(prepare_run(config, data_dir), resume_run_id=left.info.run_id)
+    straight = run_training(prepare_run(config, data_dir))
+    client = MlflowClient()
+    run = client.get_run(ended.run_id)
+    assert run.info.status == "FINISHED"
+    assert ended.record.epoch == straight.record.epoch == 2
+    assert ended.record.scores == pytest.approx(straight.record.scores)
+    assert run.data.metrics["model/test_accuracy"] == pytest.approx(
+        client.get_run(straight.run_id).data.metrics["model/test_accuracy"]
+    )
+    for run_id in (ended.run_id, straight.run_id):
+        client.download_artifacts(run_id, "predictions/test.npz", str(data_dir.parent / run_id))
+    probs = [
+        np.load(data_dir.parent / i / "test.npz")["probs"] for i in (ended.run_id, straight.run_id)
+    ]
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
+    steps = [m.step for m in client.get_metric_history(ended.run_id, "batch_loss")]
+    assert len(steps) == len(set(steps))  # nothing logged twice
