@@ -495,8 +495,11 @@ def _train_and_log(
                 continue
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
             rows, pending = pending + epoch_rows, []
+            # every point the store is not yet known to hold: this epoch's, and those a writer
+            # in another process has not confirmed; the checkpoint carries them
+            unconfirmed = [*writer.pending(), *rows]
             if unwritten is not None:  # until the store has them: a kept checkpoint holds them
-                unwritten[:] = [*writer.pending(), *rows]
+                unwritten[:] = unconfirmed
             if record.train_correct is not None:  # before the checkpoint, which vouches for it
                 log.log_epoch_record(
                     record.epoch,
@@ -505,11 +508,12 @@ def _train_and_log(
                     predicted=record.train_predicted,
                     test_probs=record.test_probs.astype(np.float16),
                 )
-            # The checkpoint first, holding the epoch's metrics; then the metrics. A process
-            # killed in between leaves them in the checkpoint, and a resume writes them
+            # The checkpoint first, holding the unconfirmed metrics; then the metrics. A process
+            # killed in between (or before its writer wrote them) leaves them in the checkpoint,
+            # and a resume, here or on another machine, writes the ones the store lacks
             # (`fill_metrics`); killed before the checkpoint, the epoch is trained again and no
             # point of it was logged: either way each step is logged once.
-            _save_checkpoint(log, parts, progress, config, rows)
+            _save_checkpoint(log, parts, progress, config, unconfirmed)
             writer.write(rows, owner_tags())  # the heartbeat rides with the points
             if unwritten is not None:  # a writer in another process confirms them at its close
                 unwritten[:] = writer.pending()
