@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import logging
 import os
 import statistics
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run on {QUICK} images, 2 seeds"
     )
+    parser.add_argument("--json", type=Path, help="write the figures here too (bench_story.py)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -146,6 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         (f"time <= {RATIO_TARGET:g}x floor", ratio <= RATIO_TARGET),
     )
     print("targets: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in checks))
+    if args.json:
+        figures = {
+            "seeds": len(rows),
+            "mean": mean,
+            "worst": worst,
+            "worst_seed": worst_seed,
+            "train_s": statistics.mean(seconds),
+            "floor_s": reference,
+            "ratio": ratio,
+            "load": os.getloadavg()[0],
+        }
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -55,6 +56,11 @@ def run_study(trials: int, workers: int, env: dict, cwd: Path, data_dir: str, st
         raise SystemExit(f"study failed ({done.returncode}): {done.stderr[-2000:]}")
     parent = done.stdout.split()[0]
     return seconds, parent
+
+
+# issue 19: a warm trial's MLflow start-to-end over its train_time_s, per setup
+TAX_TARGETS = {"local": 1.10, "server": 1.20}
+summary: dict[str, dict] = {}  # setup -> figures of its one-worker row, for --json
 
 
 def trial_times(parent: str, tracking_uri: str) -> dict:
@@ -101,9 +107,25 @@ def measure(label: str, args, env: dict, tracking_uri: str, storage: str, worker
         tracking, engine = run - train, cycle - run
         line += f" {cycle:.2f} | {train:.2f} | {tracking:.2f} ({100 * tracking / train:.0f}%) |"
         line += f" {engine:.2f} ({100 * engine / train:.0f}%) |"
+        ratio = statistics.median(i / t for i, t in zip(times["inside"], times["trains"]))
+        target = TAX_TARGETS[label.split()[0]]
+        verdict = "met" if ratio <= target else "MISSED"
+        line += f" {ratio:.2f}x (<= {target:.2f}x {verdict}) | {load()} |"
+        summary[f"{label.split()[0]}, {workers} worker(s)"] = {
+            "workers": workers,
+            "trials_per_min": steady,
+            "tax": ratio,
+            "target": target,
+            "load": os.getloadavg()[0],
+        }
     else:
-        line += " | | | |"
+        line += " | | | | | |"
     print(line, flush=True)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
 
 
 def team_server_module():
@@ -119,13 +141,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here too (bench_story.py)")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
     print(
         "| setup | workers | command s | trials/min (command) | trials/min (steady) "
-        "| warm cycle s | train s | run's own recording s | engine + data s |"
+        "| warm cycle s | train s | run's own recording s | engine + data s "
+        "| tax (run / train) | load 1/5 min |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-study-store-") as store:
         uri = f"sqlite:///{store}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -159,4 +183,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        if "--json" in sys.argv:
+            Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(summary, indent=1))
