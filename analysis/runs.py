@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from analysis import records
 from analysis.artifacts import fetch_artifact
 from analysis.errors import AnalysisError, first_line
 from mnist_train import contract
@@ -152,16 +153,7 @@ def _predictions_problem(labels: np.ndarray, probs: np.ndarray, index: np.ndarra
         return "no rows"
     if labels.min() < 0 or labels.max() >= N_CLASSES:
         return f"labels outside 0-{N_CLASSES - 1}"
-    if not np.isfinite(probs).all():
-        return f"{int((~np.isfinite(probs)).any(axis=1).sum())} rows of probs are not finite"
-    if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
-        return "probs outside [0, 1]"
-    sums = probs.sum(axis=1)
-    if np.abs(sums - 1).max() > 1e-3:
-        return f"{int((np.abs(sums - 1) > 1e-3).sum())} rows of probs do not sum to 1"
-    if index.min() < 0 or len(np.unique(index)) != len(index):
-        return "index holds negative or repeated positions"
-    return ""
+    return records.probs_problem(probs) or records.index_problem(index)
 
 
 @dataclass
