@@ -297,22 +297,31 @@ def _report_one(
     elif run.predictions is None:
         extra = []  # without predictions there are no image galleries: missing images are no news
 
-    records = runs.load_example_records(client, run.run_id, cache_dir=cache_dir)
+    test_record, train_record, left_out = runs.load_example_records(
+        client, run, cache_dir=cache_dir
+    )
+    extra += [f"{line}; the report's dynamics sections from it are skipped" for line in left_out]
     train_images = None
-    if records[1] is not None:
+    if train_record is not None:
         try:
             train_images = mnist_images.load_train_images(
                 mnist_images.resolve_data_dir(data_dir, run)
             )
         except AnalysisError:
             pass  # the dynamics figures still come, without their image galleries
+        if train_images is not None and train_record.index.max() >= len(train_images):
+            extra.append(
+                f"the training images at hand are {len(train_images)}, the run's record "
+                f"reaches position {int(train_record.index.max())}: no training-image galleries"
+            )
+            train_images = None
     written = report.build_run_report(
         run,
         out,
         images=pixels,
         train_labels=mnist_images.train_labels_for(run, data_dir),
         notices=extra,
-        records=records,
+        records=(test_record, train_record),
         train_images=train_images,
     )
     for line in written.notices:

@@ -1,6 +1,7 @@
-"""The per-run report's dynamics sections, from the run's per-example records: the confusion
-matrix at every epoch, test images whose prediction changed, forgetting events, and the
-dataset-cartography map with its easy, ambiguous and hard-to-learn images."""
+"""The per-run report's dynamics sections, from the run's per-example records (checked by
+`records.py` as they were read): the confusion matrix at every epoch, test images whose
+prediction changed, forgetting events, and the dataset-cartography map with its easy, ambiguous
+and hard-to-learn images."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import dynamics, metrics
+from analysis.records import EpochPredictions, TrainingRecord
 
 GALLERY = 20  # images per gallery
 Add = Callable[[object, str, str, str], None]  # add(display, file, title, caption)
@@ -17,8 +19,8 @@ Add = Callable[[object, str, str, str], None]  # add(display, file, title, capti
 
 def add_dynamics_sections(
     add: Add,
-    test_record: dict | None,
-    train_record: dict | None,
+    test_record: EpochPredictions | None,
+    train_record: TrainingRecord | None,
     test_labels: np.ndarray | None,
     test_images: np.ndarray | None,
     train_images: np.ndarray | None,
@@ -35,11 +37,13 @@ def add_dynamics_sections(
     return summary
 
 
-def _test_sections(add: Add, record: dict, labels: np.ndarray, images: np.ndarray | None) -> dict:
+def _test_sections(
+    add: Add, record: EpochPredictions, labels: np.ndarray, images: np.ndarray | None
+) -> dict:
     from analysis.figures.compare import ConfusionGridDisplay
     from analysis.figures.dynamics import ImageGridDisplay
 
-    probs, epochs = record["probs"], record["epochs"]
+    probs, epochs = record.probs, record.epochs
     matrices = {
         f"epoch {int(e)}": metrics.confusion_matrix(labels, p.argmax(1))
         for e, p in zip(epochs, probs)
@@ -53,7 +57,7 @@ def _test_sections(add: Add, record: dict, labels: np.ndarray, images: np.ndarra
     changes = dynamics.changed_predictions(probs)
     if len(changes) and images is not None:
         shown = changes.head(GALLERY)
-        index = record["index"][shown["position"]]
+        index = record.index[shown["position"]]
         captions = [
             f"#{i} e{e}: {b}→{a}"
             for i, e, b, a in zip(index, shown["epoch"], shown["before"], shown["after"])
@@ -69,13 +73,13 @@ def _test_sections(add: Add, record: dict, labels: np.ndarray, images: np.ndarra
 
 def _train_sections(
     add: Add,
-    record: dict,
+    record: TrainingRecord,
     images: np.ndarray | None,
     labels: np.ndarray | None,
 ) -> dict:
     from analysis.figures.dynamics import CartographyDisplay
 
-    correct, label_prob = record["correct"], record["label_prob"]
+    correct, label_prob = record.correct, record.label_prob
     forgetting = dynamics.forgetting(correct)
     table = dynamics.cartography(label_prob, correct)
     counts = table["region"].value_counts()
@@ -98,7 +102,7 @@ def _train_sections(
 
 def _train_galleries(
     add: Add,
-    record: dict,
+    record: TrainingRecord,
     forgetting: pd.DataFrame,
     table: pd.DataFrame,
     images: np.ndarray,
@@ -109,9 +113,8 @@ def _train_galleries(
     epoch (`given→predicted`), and the number the ranking reads."""
     from analysis.figures.dynamics import ImageGridDisplay
 
-    index = record["index"]
-    predicted = record.get("predicted")
-    last = predicted[-1] if predicted is not None else None
+    index = record.index
+    last = record.predicted[-1] if record.predicted is not None else None
     confidence, variability = table["confidence"], table["variability"]
 
     def caption(row: int, number: str) -> str:

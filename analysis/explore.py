@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import label_issues
-from analysis.errors import AnalysisError, first_line
+from analysis.errors import AnalysisError
 from analysis.runs import RunData
 from mnist_train import contract
 
@@ -198,7 +198,7 @@ def explore_runs(
     from analysis.comparison import choose_baseline
     from analysis.publish import check_out_folder
     from analysis.runs import connect
-    from analysis.selection import load_comparison_runs
+    from analysis.selection import load_comparison_runs, predictions_missing, predictions_notes
 
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise AnalysisError("choose runs with --experiment, --runs, --parent or --filter")
@@ -215,14 +215,11 @@ def explore_runs(
     notes += [f"skipped {e.label}: {e.reason}" for e in excluded]
     with_predictions = [r for r in runs if r.predictions is not None]
     if not with_predictions:
-        raise AnalysisError(
-            f"none of the {len(runs)} selected run(s) stored {contract.PREDICTIONS_PATH}"
-        )
+        raise predictions_missing(runs)
     base = next(r for r in runs if r.run_id == choose_baseline(with_predictions, baseline))
     shared, more = _same_test_set(with_predictions, base)
     notes += more
-    if len(with_predictions) < len(runs):
-        notes.append(f"{len(runs) - len(with_predictions)} run(s) stored no test predictions")
+    notes += predictions_notes(runs)
     arrays = [_run_arrays(client, r, cache_dir, notes) for r in shared]
     view = build_view(
         arrays, base.predictions.labels, base.predictions.index, baseline=shared.index(base)
@@ -261,32 +258,19 @@ def _same_test_set(runs: list[RunData], base: RunData) -> tuple[list[RunData], l
 
 
 def _run_arrays(client, run: RunData, cache_dir, notes: list[str]) -> RunArrays:
-    """A run's predictions and, when it kept a matching one, its per-epoch record."""
-    from analysis.artifacts import fetch_artifact
-    from analysis.runs import get_run
+    """A run's predictions and, when it kept a usable one, its per-epoch record (checked
+    against its predictions by `runs.load_epoch_predictions`)."""
+    from analysis.runs import load_epoch_predictions
 
     p = run.predictions
-    path = fetch_artifact(
-        client, get_run(client, run.run_id), contract.TEST_BY_EPOCH_PATH, cache_dir=cache_dir
-    )
-    if path is None:
+    record, problem = load_epoch_predictions(client, run, cache_dir=cache_dir)
+    if problem:
+        notes.append(f"{problem}: no per-epoch columns for it")
+    elif record is None:
         notes.append(f"{run.label} kept no {contract.TEST_BY_EPOCH_PATH}: no per-epoch columns")
+    if record is None:
         return RunArrays(run.run_id, run.label, p.probs)
-    try:
-        with np.load(path) as npz:
-            probs, epochs, index = npz["probs"], npz["epochs"], npz["index"]
-    except Exception as err:  # a truncated or foreign file: the page goes on without it
-        notes.append(f"{run.label}: unreadable {contract.TEST_BY_EPOCH_PATH} ({first_line(err)})")
-        return RunArrays(run.run_id, run.label, p.probs)
-    if probs.shape != (len(epochs), len(p), contract.N_CLASSES) or not np.array_equal(
-        index, p.index
-    ):
-        notes.append(
-            f"{run.label}: {contract.TEST_BY_EPOCH_PATH} does not match its predictions "
-            f"(probs {probs.shape}): no per-epoch columns"
-        )
-        return RunArrays(run.run_id, run.label, p.probs)
-    return RunArrays(run.run_id, run.label, p.probs, probs, epochs)
+    return RunArrays(run.run_id, run.label, p.probs, record.probs, record.epochs)
 
 
 def _test_images(base: RunData, data_dir) -> np.ndarray:

@@ -16,6 +16,7 @@ sweep, CNNs), the better the list: the report says how many it rests on.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import folds, label_issues
-from analysis.artifacts import fetch_artifact
 from analysis.comparison import Excluded
 from analysis.errors import AnalysisError
-from analysis.runs import RunData
+from analysis.runs import RunData, int_param
 from mnist_train import contract
 from mnist_train.csv_safe import safe_frame
 
@@ -121,13 +121,12 @@ def labels_report(
     """
     from analysis import images as mnist_images
     from analysis.html import render
+    from analysis.selection import predictions_missing, predictions_notes
 
-    notes: list[str] = []
     usable = [r for r in runs if r.predictions is not None]
-    if len(usable) < len(runs):
-        notes.append(f"{len(runs) - len(usable)} run(s) stored no test predictions: left out")
     if not usable:
-        raise AnalysisError("none of the selected runs stored test predictions")
+        raise predictions_missing(runs)
+    notes = predictions_notes(runs)
     # runs scored on the same test set as most of them
     common = Counter(tuple(r.predictions.index) for r in usable).most_common(1)[0][0]
     same = [r for r in usable if tuple(r.predictions.index) == common]
@@ -233,7 +232,7 @@ def _assemble_folds(client, fold_runs: list[RunData], excluded, cache_dir) -> fo
             folds.HeldOut(
                 run=name,
                 folds=_folds_of(run.params),
-                fold=_int_param(run.params, contract.CV_FOLD_PARAM) or 0,
+                fold=int_param(run.params, contract.CV_FOLD_PARAM) or 0,
                 replicate=tuple(
                     sorted(
                         (k, v) for k, v in run.params.items() if k not in contract.PER_FOLD_PARAMS
@@ -248,22 +247,15 @@ def _assemble_folds(client, fold_runs: list[RunData], excluded, cache_dir) -> fo
     return folds.assemble(held)
 
 
-def _int_param(params: dict[str, str], key: str) -> int | None:
-    try:
-        return int(params[key])
-    except (KeyError, ValueError):
-        return None
-
-
 def _folds_of(params: dict[str, str]) -> int:
     """K of a cross-validation run, else 0."""
-    return max(_int_param(params, contract.CV_FOLDS_PARAM) or 0, 0)
+    return max(int_param(params, contract.CV_FOLDS_PARAM) or 0, 0)
 
 
 def _n_training_images(params: dict[str, str]) -> int | None:
     """The images a fold run's folds divide: those it trained on and those it held out."""
-    trained = _int_param(params, contract.TRAIN_IMAGES)
-    held = _int_param(params, contract.VAL_IMAGES)
+    trained = int_param(params, contract.TRAIN_IMAGES)
+    held = int_param(params, contract.VAL_IMAGES)
     return None if trained is None or held is None else trained + held
 
 
@@ -305,39 +297,62 @@ def _training_section(training: TrainingSet, images) -> dict:
 
 
 def _train_issues(client, runs, cache_dir, notes, data_dir) -> tuple[pd.DataFrame, int]:
-    records = []
-    for run in runs:
-        from analysis.runs import get_run
+    """The in-sample suspects from the runs' training records (`runs.load_training_record`:
+    checked, a run whose record is not usable is left out with a note), on the training images
+    all of them recorded."""
+    from analysis.runs import load_training_record
 
-        path = fetch_artifact(
-            client, get_run(client, run.run_id), contract.TRAIN_DYNAMICS_PATH, cache_dir=cache_dir
-        )
-        if path is not None:
-            with np.load(path) as npz:
-                records.append({key: npz[key] for key in npz.files})
-    if not records:
-        notes.append("no run has a per-example training record: no training-set list")
-        return pd.DataFrame(columns=label_issues.COLUMNS), 0
-    n = min(len(r["index"]) for r in records)
-    last = min(3, min(len(r["epochs"]) for r in records))
-    if "predicted" not in records[0]:
-        notes.append("these runs' records predate the predicted digit: no training-set list")
-        return pd.DataFrame(columns=label_issues.COLUMNS), 0
-    labels = _train_labels(runs[0], n, data_dir)
+    kept, predate = [], 0
+    for run in runs:
+        record, problem = load_training_record(client, run, cache_dir=cache_dir)
+        if problem:
+            notes.append(f"{problem}; the training-set list rests on the other runs")
+        elif record is not None and record.predicted is None:
+            predate += 1
+        elif record is not None:
+            kept.append(record)
+    if predate:
+        notes.append(f"{predate} run(s) kept records that predate the predicted digit: left out")
+    empty = pd.DataFrame(columns=label_issues.COLUMNS)
+    if not kept:
+        notes.append("no run has a usable per-example training record: no training-set list")
+        return empty, 0
+    index = functools.reduce(np.intersect1d, [r.index for r in kept])
+    if not len(index):
+        notes.append("the runs' training records share no image: no training-set list")
+        return empty, 0
+    if any(len(r.index) > len(index) for r in kept):
+        notes.append(f"the training-set list holds the {len(index)} images every record covers")
+    columns = [_positions(r.index, index) for r in kept]
+    last = min(3, min(len(r.epochs) for r in kept))
     table = label_issues.train_set_issues(
-        labels,
-        np.stack([r["label_prob"][-last:, :n] for r in records]),
-        np.stack([r["predicted"][-last:, :n] for r in records]),
-        records[0]["index"][:n],
+        _train_labels(runs[0], index, data_dir),
+        np.stack([r.label_prob[-last:][:, c] for r, c in zip(kept, columns)]),
+        np.stack([r.predicted[-last:][:, c] for r, c in zip(kept, columns)]),
+        index,
         last=last,
     )
-    return table, len(records)
+    return table, len(kept)
 
 
-def _train_labels(run: RunData, n: int, data_dir) -> np.ndarray:
+def _positions(held: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of `wanted` stands in `held` (distinct positions, all of `wanted` among them)."""
+    order = np.argsort(held)
+    return order[np.searchsorted(held, wanted, sorter=order)]
+
+
+def _train_labels(run: RunData, index: np.ndarray, data_dir) -> np.ndarray:
+    """The given labels of the training images at `index` (torchvision positions)."""
     from analysis import images as mnist_images
 
-    return mnist_images.load_train_labels(mnist_images.resolve_data_dir(data_dir, run))[:n]
+    folder = mnist_images.resolve_data_dir(data_dir, run)
+    labels = mnist_images.load_train_labels(folder)
+    if index.max() >= len(labels):
+        raise AnalysisError(
+            f"the training labels in {folder} are {len(labels)}, the runs' records reach "
+            f"position {int(index.max())}: pass the --data-dir they were trained on"
+        )
+    return labels[index]
 
 
 def _section(key, title, table, images, caption) -> dict:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis import metrics
 from analysis.errors import AnalysisError
+from analysis.records import EpochPredictions, TrainingRecord
 from analysis.runs import RunData
 from mnist_train import contract
 
@@ -73,7 +74,7 @@ def build_run_report(
     images: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     notices: list[str] | None = None,
-    records: tuple[dict | None, dict | None] = (None, None),
+    records: tuple[EpochPredictions | None, TrainingRecord | None] = (None, None),
     train_images: np.ndarray | None = None,
 ) -> RunReport:
     """Write the report of `run` into `out_dir`.
@@ -81,9 +82,9 @@ def build_run_report(
     `images`: uint8 (M, 28, 28) MNIST test images indexed by the predictions' `index`, or None
     (the image galleries are then skipped). `train_labels`: int (M,) training labels for the
     dataset view, or None. `notices`: extra lines to show in the report, e.g. why
-    images are missing. `records`: the run's per-example (test, training) records, or None
-    each; `train_images` uint8 (M, 28, 28) for their galleries. Raises AnalysisError when
-    the run has nothing to report on.
+    images are missing. `records`: the run's per-example (test, training) records, checked
+    (`runs.load_example_records`), or None each; `train_images` uint8 (M, 28, 28) for their
+    galleries. Raises AnalysisError when the run has nothing to report on.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

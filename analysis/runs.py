@@ -2,8 +2,11 @@
 
 Everything the analysis needs from a run is gathered here once: params, tags, status, the
 per-epoch and per-step metric histories, and the stored test predictions (`predictions/test.npz`,
-through the artifact cache of `artifacts.py`). The rest of the package works on the returned
-`RunData` and never reads MLflow itself (`publish.py` writes the reports back).
+through the artifact cache of `artifacts.py`); the per-example records and a fold's held-out
+predictions on request. Every stored array is checked (`records.py`) before it is handed out: one
+that is not usable is left out of its run with a notice naming the run and the reason. The rest
+of the package works on the returned `RunData` and never reads MLflow itself (`publish.py`
+writes the reports back).
 
 MLflow is imported inside the functions that need it: `import mlflow` costs about a second, and
 `analysis.metrics` / `analysis.plots` users should not pay it.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from analysis import records
 from analysis.artifacts import fetch_artifact
 from analysis.errors import AnalysisError, first_line
+from analysis.records import EpochPredictions, TrainingRecord
 from mnist_train import contract
 from mnist_train.contract import (
     BATCH_LOSS,
@@ -35,7 +40,10 @@ from mnist_train.contract import (
     TAG_EPOCHS,
     TAG_PARENT,
     TEST_BY_EPOCH_PATH,
+    TEST_IMAGES,
     TRAIN_DYNAMICS_PATH,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
     default_tracking_uri,
 )
 from mnist_train.server_probe import is_http, probe_http_store
@@ -152,16 +160,21 @@ def _predictions_problem(labels: np.ndarray, probs: np.ndarray, index: np.ndarra
         return "no rows"
     if labels.min() < 0 or labels.max() >= N_CLASSES:
         return f"labels outside 0-{N_CLASSES - 1}"
-    if not np.isfinite(probs).all():
-        return f"{int((~np.isfinite(probs)).any(axis=1).sum())} rows of probs are not finite"
-    if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
-        return "probs outside [0, 1]"
-    sums = probs.sum(axis=1)
-    if np.abs(sums - 1).max() > 1e-3:
-        return f"{int((np.abs(sums - 1) > 1e-3).sum())} rows of probs do not sum to 1"
-    if index.min() < 0 or len(np.unique(index)) != len(index):
-        return "index holds negative or repeated positions"
-    return ""
+    return records.probs_problem(probs) or records.index_problem(index)
+
+
+def left_out(run_name: str, run_id: str, path: str, reason: str) -> str:
+    """The notice for a stored file left out of a run: the run, the file and why, in one line."""
+    name = f"{run_name} ({run_id[:8]})" if run_name else run_id
+    return f"run {name}: its {path} is left out ({reason})"
+
+
+def int_param(params: dict[str, str], key: str) -> int | None:
+    """A run's param read as a whole number; None when it is absent or not one."""
+    try:
+        return int(params[key])
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass
@@ -171,7 +184,8 @@ class RunData:
     `epochs`: DataFrame indexed by epoch (1, 2, ...) with the columns of EPOCH_METRICS that were
     logged (accuracies as fractions, losses as mean cross-entropy, times in seconds).
     `batch_loss`: Series indexed by global optimisation step. `predictions` is None when the run
-    stored none (for example it was killed before the end); `notices` then says why.
+    stored none (for example it was killed before the end) or stored ones that are not usable;
+    `notices` then says why, and `left_out` maps such a stored file to the reason.
     """
 
     run_id: str
@@ -186,6 +200,7 @@ class RunData:
     batch_loss: pd.Series
     predictions: Predictions | None = None
     notices: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # artifact path -> why it is not used
     start_time: int | None = None  # ms since the epoch, as MLflow stores it
     end_time: int | None = None
 
@@ -373,6 +388,7 @@ def load_run(
     else:
         batch_loss = _empty_steps()
     notices: list[str] = []
+    unusable: dict[str, str] = {}
     predictions = None
     if with_predictions:
         path = fetch_artifact(client, run, PREDICTIONS_PATH, cache_dir=cache_dir)
@@ -380,9 +396,10 @@ def load_run(
             try:
                 predictions = Predictions.from_npz(path)
             except AnalysisError as err:  # the run still has its curves: left out of the rest
+                unusable[PREDICTIONS_PATH] = str(err)
                 notices.append(
-                    f"run {info.run_id}: its {PREDICTIONS_PATH} is left out ({err}); prediction "
-                    "diagnostics are skipped"
+                    left_out(info.run_name, info.run_id, PREDICTIONS_PATH, str(err))
+                    + "; prediction diagnostics are skipped"
                 )
         else:
             notices.append(
@@ -395,6 +412,11 @@ def load_run(
         if n_children:
             raise AnalysisError(
                 f"run {run_id} is a sweep parent with {n_children} child runs; analyse a child run"
+            )
+        if PREDICTIONS_PATH in unusable:
+            raise AnalysisError(
+                f"run {run_id} has none of the workbench metrics, and its {PREDICTIONS_PATH} is "
+                f"left out ({unusable[PREDICTIONS_PATH]}): nothing to analyse"
             )
         raise AnalysisError(
             f"run {run_id} has none of the workbench metrics ({', '.join(EPOCH_METRICS)}, "
@@ -420,29 +442,74 @@ def load_run(
         batch_loss=batch_loss,
         predictions=predictions,
         notices=notices,
+        left_out=unusable,
         start_time=info.start_time,
         end_time=info.end_time,
     )
 
 
+def load_epoch_predictions(
+    client: MlflowClient, run: RunData, *, cache_dir: str | Path | None = None
+) -> tuple[EpochPredictions | None, str | None]:
+    """The run's `predictions/test_by_epoch.npz`, checked against its logged epochs, its
+    `test_images` param and its test predictions: (record, None), (None, None) when it stored
+    none, (None, notice) when what it stored is not usable (see `left_out`)."""
+
+    def check(arrays: dict) -> EpochPredictions:
+        return records.epoch_predictions(
+            arrays,
+            logged_epochs=run.epochs.index,
+            n_images=int_param(run.params, TEST_IMAGES),
+            index=run.predictions.index if run.predictions is not None else None,
+        )
+
+    return _load_record(client, run, TEST_BY_EPOCH_PATH, check, cache_dir)
+
+
+def load_training_record(
+    client: MlflowClient, run: RunData, *, cache_dir: str | Path | None = None
+) -> tuple[TrainingRecord | None, str | None]:
+    """The run's `dynamics/train.npz`, checked against its logged epochs and its
+    `train_images` / `val_images` params; returns as `load_epoch_predictions` does."""
+    trained, held = int_param(run.params, TRAIN_IMAGES), int_param(run.params, VAL_IMAGES)
+
+    def check(arrays: dict) -> TrainingRecord:
+        return records.training_record(
+            arrays,
+            logged_epochs=run.epochs.index,
+            n_images=trained,
+            n_drawn=None if trained is None else trained + (held or 0),
+        )
+
+    return _load_record(client, run, TRAIN_DYNAMICS_PATH, check, cache_dir)
+
+
 def load_example_records(
-    client: MlflowClient, run_id: str, *, cache_dir: str | Path | None = None
-) -> tuple[dict | None, dict | None]:
-    """The run's per-example records as dicts of arrays: (predictions/test_by_epoch.npz,
-    dynamics/train.npz), None for each it lacks."""
-    run = get_run(client, run_id)
-    found = []
-    for path in (TEST_BY_EPOCH_PATH, TRAIN_DYNAMICS_PATH):
-        local = fetch_artifact(client, run, path, cache_dir=cache_dir)
-        if local is None:
-            found.append(None)
-            continue
-        try:
-            with np.load(local) as npz:
-                found.append({key: npz[key] for key in npz.files})
-        except Exception as err:
-            raise AnalysisError(f"{local}: not a per-example record ({first_line(err)})") from None
-    return found[0], found[1]
+    client: MlflowClient, run: RunData, *, cache_dir: str | Path | None = None
+) -> tuple[EpochPredictions | None, TrainingRecord | None, list[str]]:
+    """Both per-example records of the run (None for each it lacks or that is not usable) and
+    a notice for each left out."""
+    test, test_notice = load_epoch_predictions(client, run, cache_dir=cache_dir)
+    train, train_notice = load_training_record(client, run, cache_dir=cache_dir)
+    return test, train, [n for n in (test_notice, train_notice) if n]
+
+
+def _load_record(
+    client: MlflowClient, run: RunData, path: str, check: Callable, cache_dir
+) -> tuple:
+    local = fetch_artifact(client, get_run(client, run.run_id), path, cache_dir=cache_dir)
+    if local is None:
+        return None, None
+    try:
+        with np.load(local) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as err:  # truncated zip, a pickle, not an npz at all ...
+        reason = f"not readable: {type(err).__name__}: {first_line(err)[:200]}"
+        return None, left_out(run.run_name, run.run_id, path, reason)
+    try:
+        return check(arrays), None
+    except AnalysisError as err:
+        return None, left_out(run.run_name, run.run_id, path, str(err))
 
 
 def load_heldout_predictions(

@@ -1,5 +1,6 @@
 """Selecting the runs a comparison or a label-issue report reads: by experiment, id or name,
-sweep parent or MLflow filter, leaving out sweep parents and earlier report runs."""
+sweep parent or MLflow filter, leaving out sweep parents and earlier report runs; what to say of
+the selected runs that have no usable test predictions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 
 from analysis.comparison import MAX_COMPARED_RUNS, Excluded
 from analysis.errors import AnalysisError
-from analysis.runs import RunData
+from analysis.runs import RunData, left_out
 from mnist_train import contract
 
 
@@ -62,3 +63,39 @@ def load_comparison_runs(
         notes.append(f"skipped {skipped_parents} sweep parent run(s) (their children are compared)")
     runs.sort(key=lambda r: (r.start_time or 0, r.run_id))
     return runs, excluded, notes
+
+
+def predictions_missing(runs: Sequence[RunData]) -> AnalysisError:
+    """The one-line error for a selection none of whose runs has usable test predictions: how
+    many, and why for the first few (stored none, or what was wrong with what they stored)."""
+    shown = 3
+    why = [
+        f"{run.label}: {run.left_out.get(contract.PREDICTIONS_PATH, 'stored none')}"
+        for run in runs[:shown]
+    ]
+    more = f"; {len(runs) - shown} more" if len(runs) > shown else ""
+    return AnalysisError(
+        f"none of the {len(runs)} selected run(s) has usable {contract.PREDICTIONS_PATH}"
+        + (f" ({'; '.join(why)}{more})" if why else "")
+    )
+
+
+def predictions_notes(runs: Sequence[RunData]) -> list[str]:
+    """Notices for the runs of `runs` without usable test predictions, which a report of test
+    predictions leaves out: each that stored unusable ones by name with the reason, then how
+    many stored none."""
+    lacking = [run for run in runs if run.predictions is None]
+    unusable = [run for run in lacking if contract.PREDICTIONS_PATH in run.left_out]
+    notes = [
+        left_out(
+            run.run_name,
+            run.run_id,
+            contract.PREDICTIONS_PATH,
+            run.left_out[contract.PREDICTIONS_PATH],
+        )
+        + ": the run is left out"
+        for run in unusable
+    ]
+    if len(lacking) > len(unusable):
+        notes.append(f"{len(lacking) - len(unusable)} run(s) stored no test predictions: left out")
+    return notes
