@@ -10,8 +10,8 @@ run, with the load average beside it.
    over its `train_time_s` (`bench_study.py`).
 3. **Start-up**: `mnist-train run experiments/seed000_mlp.yaml` on an existing store against its
    floor, a bare `python -c "import torch, mlflow"` plus the run's own `train_time_s`;
-   `mnist-analysis run <that run>` against a bare `import mlflow, matplotlib.pyplot, pandas`
-   (+ 0.5 s for the report itself); `make demo` on a fresh store. Each command is timed right
+   `mnist-analysis run <that run>` less 0.5 s (the report's own allowance) against a bare
+   `import mlflow, matplotlib.pyplot, pandas`; `make demo` on a fresh store. Each command is timed right
    after its floor, `--repeats` times; the table shows medians of the per-repeat ratios.
 
     .venv/bin/python benchmarks/bench_story.py --data-dir ../shared/data          # ~8 min
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGETS = {  # issue 19
     "run": 1.35,  # seed-MLP run on an existing store, over its floor
-    "analysis": 1.6,  # mnist-analysis run, over its floor + 0.5 s
+    "analysis": 1.6,  # mnist-analysis run less 0.5 s, over its floor
     "demo": 40.0,  # make demo after install, seconds
 }
 
@@ -93,7 +93,7 @@ def start_up(data_dir: Path, repeats: int) -> dict:
             )
             report = [str(BIN / "mnist-analysis"), "run", run_id, "--out", str(work / f"r{i}")]
             seconds, _ = timed(report, existing, work)
-            out["analysis"].append((seconds, floor_report + 0.5))
+            out["analysis"].append((seconds - 0.5, floor_report))  # 1.6x its floor + 0.5 s
             out["load"].append(load())
         demo_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{work}/demo.db"}
         make = ["make", "-s", "-C", str(ROOT), "demo", f"DEMO_OUT={work / 'demo'}"]
@@ -168,7 +168,7 @@ def main() -> None:
         )
     for key, what, target in (
         ("run", "mnist-train run seed000, existing store", TARGETS["run"]),
-        ("analysis", "mnist-analysis run <run>", TARGETS["analysis"]),
+        ("analysis", "mnist-analysis run <run>, less 0.5 s", TARGETS["analysis"]),
     ):
         ratios = [s / f for s, f in startup[key]]
         ratio = statistics.median(ratios)

@@ -51,20 +51,37 @@ class ImageGridDisplay:
         self.images, self.captions, self.n_cols = images, captions, n_cols
 
     def plot(self, figure=None) -> ImageGridDisplay:
+        """One axes holding the grid as one mosaic image, captions as text under each cell:
+        an axes per image cost ~0.25 s a grid, most of a report's drawing time."""
         k = len(self.captions)
         cols = max(1, min(self.n_cols, k))
         rows = max(1, -(-k // cols))
         figure = figure or new_figure(
             1.25 * cols + 0.2, 1.5 * rows + 0.2, left=0.1, right=0.1, top=0.1, bottom=0.1
         )
-        axes = np.atleast_1d(figure.subplots(rows, cols)).ravel()
-        for i, ax in enumerate(axes):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i >= k:
-                ax.axis("off")
-                continue
-            ax.imshow(self.images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xlabel(self.captions[i], fontsize=7)
-        self.figure_, self.axes_ = figure, axes
+        side, gap_x, gap_y = 28, 8, 14  # pixels: a cell, the space between, the caption's row
+        mosaic = np.full(
+            (rows * (side + gap_y), cols * (side + gap_x)), np.nan, dtype=np.float32
+        )
+        for i in range(k):
+            top, left = (i // cols) * (side + gap_y), (i % cols) * (side + gap_x)
+            mosaic[top : top + side, left : left + side] = self.images[i]
+        ax = figure.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        cmap = matplotlib_gray()
+        ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+        for i, caption in enumerate(self.captions):
+            x = (i % cols) * (side + gap_x) + side / 2 - 0.5
+            y = (i // cols) * (side + gap_y) + side + 1
+            ax.text(x, y, caption, fontsize=7, ha="center", va="top")
+        self.figure_, self.axes_ = figure, ax
         return self
+
+
+def matplotlib_gray():
+    """Grey for pixels; white where the mosaic has none (NaN)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].copy()
+    cmap.set_bad("white")
+    return cmap
