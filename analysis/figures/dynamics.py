@@ -60,9 +60,7 @@ class ImageGridDisplay:
             1.25 * cols + 0.2, 1.5 * rows + 0.2, left=0.1, right=0.1, top=0.1, bottom=0.1
         )
         side, gap_x, gap_y = 28, 8, 14  # pixels: a cell, the space between, the caption's row
-        mosaic = np.full(
-            (rows * (side + gap_y), cols * (side + gap_x)), np.nan, dtype=np.float32
-        )
+        mosaic = np.full((rows * (side + gap_y), cols * (side + gap_x)), np.nan, dtype=np.float32)
         for i in range(k):
             top, left = (i // cols) * (side + gap_y), (i % cols) * (side + gap_x)
             mosaic[top : top + side, left : left + side] = self.images[i]
