@@ -11,8 +11,9 @@ run, with the load average beside it.
 3. **Start-up**: `mnist-train run experiments/seed000_mlp.yaml` on an existing store against its
    floor, a bare `python -c "import torch, mlflow"` plus the run's own `train_time_s`;
    `mnist-analysis run <that run>` less 0.5 s (the report's own allowance) against a bare
-   `import mlflow, matplotlib.pyplot, pandas`; `make demo` on a fresh store. Each command is timed right
-   after its floor, `--repeats` times; the table shows medians of the per-repeat ratios.
+   `import mlflow, matplotlib.pyplot, pandas`; `make demo` on a fresh store. Each command is
+   timed right after its floor, `--repeats` times; the table shows medians of the per-repeat
+   ratios.
 
     .venv/bin/python benchmarks/bench_story.py --data-dir ../shared/data          # ~8 min
     .venv/bin/python benchmarks/bench_story.py --data-dir ../shared/data --quick  # ~3 min
