@@ -369,11 +369,7 @@ def _run_sweep(
         _echo_safely(f"Error: {err}", err=True)
         sys.exit(EXIT_STORE_LOST)
     except QueueingStopped as err:
-        _echo_safely(
-            f"Error: stopped while queueing the trials of study {err}; the half-made study was "
-            "removed, and the same command starts it again",
-            err=True,
-        )
+        _echo_safely(f"Error: {err}", err=True)
         sys.exit(stop.exit_code(130))
     except MlflowException as err:
         raise click.ClickException(f"MLflow: {str(err).splitlines()[0]}") from None

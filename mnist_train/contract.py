@@ -249,4 +249,5 @@ def default_cache_dir() -> Path:
 
 def mask_url(url: str) -> str:
     """A database or server URL with its password replaced by `***`, for anything shown."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
+    url = re.sub(r"^([a-z0-9+]+://[^:/@]+):[^@]*@", r"\1:***@", url, flags=re.I)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.I)

@@ -421,7 +421,9 @@ def _why_this_epoch(config: RunConfig, result: RunResult) -> str:
 
 
 def _nothing_to_train(progress: Progress, config: RunConfig) -> bool:
-    return progress.stopped_early or progress.epoch > config.epochs
+    """Training went as far as `config` asks: early stopping, or exactly its last epoch (a run
+    resumed with fewer epochs than it trained is refused instead)."""
+    return progress.stopped_early or progress.epoch == config.epochs + 1
 
 
 def _resume_state(

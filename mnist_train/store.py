@@ -75,13 +75,13 @@ def open_store() -> None:
     uri = mlflow.get_tracking_uri()
     if uri in _OPENED:
         return
-    with store_lock(uri):
-        try:
+    try:
+        with store_lock(uri):
             MlflowClient().search_experiments(max_results=1)
-        except Exception as err:  # MLflow raises many types for a store it cannot open
-            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            raise ConfigError(
-                f"cannot open the tracking store {contract.mask_url(uri)} "
-                f"({type(err).__name__}: {detail}); is it an MLflow database in a writable folder?"
-            ) from None
+    except Exception as err:  # MLflow (and the lock's driver) raise many types
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ConfigError(
+            f"cannot open the tracking store {contract.mask_url(uri)} "
+            f"({type(err).__name__}: {detail}); is it an MLflow database in a writable folder?"
+        ) from None
     _OPENED.add(uri)

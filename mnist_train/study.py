@@ -92,7 +92,11 @@ class StudyPlan:
         base = {k: str(v) for k, v in sorted(self.base.items()) if k not in FIXED_KEYS}
         if self.spec:
             return {"base": base, "search": [repr(p) for p in self.spec.params]}
-        return {"base": base, "children": [c.name for c in self.children]}
+        names = json.dumps([c.name for c in self.children])  # a digest: any storage holds it
+        children = (
+            f"{len(self.children)} children, {hashlib.sha256(names.encode()).hexdigest()[:16]}"
+        )
+        return {"base": base, "children": children}
 
     def queued(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(params, user attributes) of each trial queued at creation ({}: the sampler picks)."""
@@ -179,6 +183,27 @@ def mask(url: str) -> str:
 SCHEMA_LOCK_KEY = 730_522_001  # PostgreSQL advisory lock: this workbench's schema creation
 
 
+EXTEND_LOCK_KEY = 730_522_003  # PostgreSQL advisory lock: a study's trial count raised
+
+
+@contextlib.contextmanager
+def study_lock(url: str, key: int) -> Iterator[None]:
+    """Machines that change the same study's trial count take turns: an advisory lock in a
+    PostgreSQL storage (it holds across hosts), a file lock beside a SQLite one."""
+    if url.startswith("sqlite:///"):
+        import fcntl
+
+        with open(url[len("sqlite:///") :] + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    with _advisory(url, key, {"connect_args": {"connect_timeout": 4}}):
+        yield
+
+
 @contextlib.contextmanager
 def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
     """Hold a PostgreSQL advisory lock while Optuna creates or migrates its tables. Machines
@@ -189,18 +214,23 @@ def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
     if not url.startswith("postgresql"):
         yield
         return
+    with _advisory(url, SCHEMA_LOCK_KEY, engine_kwargs):
+        yield
+
+
+@contextlib.contextmanager
+def _advisory(url: str, key: int, engine_kwargs: dict[str, Any]) -> Iterator[None]:
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
         with engine.connect() as connection:
-            lock = sqlalchemy.text("SELECT pg_advisory_lock(:key)")
-            connection.execute(lock, {"key": SCHEMA_LOCK_KEY})
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
                 yield
             finally:
                 unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
-                connection.execute(unlock, {"key": SCHEMA_LOCK_KEY})
+                connection.execute(unlock, {"key": key})
     finally:
         engine.dispose()
 
@@ -331,12 +361,13 @@ def open_study(
         else:
             _wait_until_ready(study, say)
             _check_same_sweep(study, plan)
-        _extend(study, plan, trials, say, should_stop)
+        _extend(study, plan, str(getattr(storage, "url", "")), trials, say, should_stop)
     return study, study.user_attrs[contract.STUDY_ATTR_PARENT]
 
 
 class QueueingStopped(Exception):
-    """A stop signal came while a new study's trials were being queued; the study is gone."""
+    """A stop signal came while a study's trials were being queued; the message says what was
+    kept."""
 
 
 QUEUE_CHUNK = 200  # trials queued between two looks at the stop flag
@@ -357,6 +388,13 @@ def _set_up(study, plan, storage, create_parent, say, should_stop) -> None:
         study.set_user_attr(contract.STUDY_ATTR_TRIALS, plan.trials)
         study.set_user_attr(contract.STUDY_ATTR_PARENT, create_parent(study.study_name))
         study.set_user_attr(contract.STUDY_ATTR_READY, True)
+    except QueueingStopped:
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+        raise QueueingStopped(
+            f"stopped while queueing the trials of the new study {study.study_name}; it was "
+            "removed, and the same command starts it again"
+        ) from None
     except BaseException:
         with contextlib.suppress(Exception):
             optuna.delete_study(study_name=study.study_name, storage=storage)
@@ -411,7 +449,7 @@ def _storage_writes(storage: Any) -> Iterator[None]:
 def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     told = False
-    while not study.user_attrs.get(contract.STUDY_ATTR_READY):
+    while not _ready(study):
         if time.monotonic() > deadline:
             raise StudyError(
                 f"study {study.study_name} was created but never set up (its creator stopped?); "
@@ -421,6 +459,16 @@ def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:
             say(f"waiting for study {study.study_name} to be set up by the machine creating it")
             told = True
         time.sleep(0.5)
+
+
+def _ready(study: Any) -> bool:
+    try:
+        return bool(study.user_attrs.get(contract.STUDY_ATTR_READY))
+    except KeyError:  # Optuna's "no study with study_id": its creator was stopped and removed it
+        raise StudyError(
+            f"study {study.study_name} was removed by the machine creating it (stopped while "
+            "queueing its trials); run the command again to create it"
+        ) from None
 
 
 def _check_same_sweep(study: Any, plan: StudyPlan) -> None:
@@ -455,6 +503,7 @@ def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str:
 def _extend(
     study: Any,
     plan: StudyPlan,
+    storage_url: str,
     trials: int | None,
     say: Callable[[str], None],
     should_stop: Callable[[], bool],
@@ -475,9 +524,22 @@ def _extend(
             f"study {study.study_name} already has {have} trials; {source} {wanted} can only "
             "raise it (--force starts a new study)"
         )
-    _queue(study, plan, [({}, {})] * (wanted - have), say, should_stop)
-    study.set_user_attr(contract.STUDY_ATTR_TRIALS, wanted)
-    say(f"study {study.study_name}: {wanted - have} more trials queued ({source} {wanted})")
+    with study_lock(storage_url, EXTEND_LOCK_KEY):  # machines raising it at once: once
+        have = int(study.user_attrs.get(contract.STUDY_ATTR_TRIALS, plan.spec.trials))
+        start = have
+        while have < wanted:
+            chunk = min(QUEUE_CHUNK, wanted - have)
+            _queue(study, plan, [({}, {})] * chunk, say, lambda: False)
+            have += chunk
+            study.set_user_attr(contract.STUDY_ATTR_TRIALS, have)  # what is queued, so far
+            if should_stop() and have < wanted:
+                raise QueueingStopped(
+                    f"stopped while queueing more trials of study {study.study_name}: "
+                    f"{have - start} of {wanted - start} queued and kept; the same command "
+                    "queues the rest"
+                )
+    if have > start:
+        say(f"study {study.study_name}: {have - start} more trials queued ({source} {wanted})")
 
 
 def retried_number(trial: Any) -> int | None:

@@ -32,7 +32,7 @@ from .process import scoped_env
 from .server_probe import is_http, probe_http_store
 from .tracking_writer import (
     InlineWriter,
-    ProcessWriter,
+    OwnWriter,
     Row,
     SharedHandle,
     retry_conflicts,
@@ -291,14 +291,14 @@ class RunLog:
         for split, dataset in zip(datasets, made, strict=True):
             self.datasets[split.split] = (dataset.name, dataset.digest)
 
-    def metric_writer(self, points: int) -> InlineWriter | ProcessWriter | SharedHandle:
+    def metric_writer(self, points: int) -> InlineWriter | SharedHandle:
         """A writer for `points` metric rows to come: this process's shared helper when it has
         one (a study worker), else a helper process of its own when there are many."""
         shared = shared_writer(current_tracking_uri())
         if shared is not None:
             return SharedHandle(shared, self.run_id)
         if points >= BACKGROUND_WRITES_FROM:
-            return ProcessWriter(current_tracking_uri(), self.run_id)
+            return OwnWriter(current_tracking_uri(), self.run_id)
         return InlineWriter(self.client, self.run_id)
 
     def write_rows(self, rows: list[Row]) -> None:

@@ -1,10 +1,11 @@
-"""Metric writes for `tracking.py`, optionally from a helper process.
+"""Metric writes for `tracking.py`: inline, or from a helper process (`SharedWriter`).
 
 MLflow's SQL store inserts metric rows one ORM object at a time (~0.2 ms a row here), so the
 9,000 per-step losses of a 15-epoch softmax run cost more than a second — a third of its training
 time. A helper process writes each epoch's batch while the next epoch trains on the other core.
 A thread would not help: it fights the training loop for the GIL (measured: slower than writing
-inline). This module imports only MLflow, so the spawned process starts without torch.
+inline). This module imports only MLflow, so the spawned process starts without torch. A study
+worker keeps one helper for all its runs; a long run outside a study starts one of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Row = tuple[str, float, int, int]  # (key, value, timestamp ms, step)
@@ -73,137 +74,152 @@ class InlineWriter:
         pass
 
 
-class ProcessWriter:
-    """Writes batches of rows, in order, from a helper process (`python -m
-    mnist_train.tracking_writer`).
+class SharedWriter:
+    """One helper process that writes the metrics of every run a long-lived process trains (a
+    study worker), so that each run's points are written on the other core while it trains
+    without paying the helper's start (~1.5 s of imports) per run.
 
-    A plain subprocess rather than multiprocessing: spawn would import the caller's main module
-    again, which runs an unguarded script's training a second time. Batches are pickled down the
-    child's stdin by a feeder thread, so a child still importing MLflow never blocks training.
-    `close` waits until every batch is written and raises if any write failed, so a run is never
-    marked FINISHED with metrics missing. Starting the helper costs ~1.5 s of imports on the other
-    core, worth it only for runs with thousands of points.
-    """
+    Messages go down its stdin in order, pickled by a feeder thread (training never waits on a
+    full pipe); the helper answers on stdout, a line each: `done RUN N` once a batch of N rows is
+    written, `error RUN REASON` at a run's first failed write (it writes nothing more for that
+    run), `ok RUN` to a `sync`. The tracking URI reaches it through its environment, never its
+    command line, where `ps` would show a database password."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str):
+        import os
+
+        self.tracking_uri = tracking_uri
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_train.tracking_writer", tracking_uri, run_id],
+            [sys.executable, "-m", "mnist_train.tracking_writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, URI_ENV: tracking_uri},
             start_new_session=True,  # Ctrl-C is the parent's to handle; it then waits for us
         )
-        self._batches: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-        self._feed_error: BaseException | None = None
+        self._messages: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed, name="metric-feeder", daemon=True)
         self._feeder.start()
-        self._pending: list[Row] = []
+        self._answers: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, name="metric-answers", daemon=True)
+        self._reader.start()
 
     def _feed(self) -> None:
         pipe = self._process.stdin
         try:
-            while (batch := self._batches.get()) is not None:
-                pickle.dump(batch, pipe)
+            while (message := self._messages.get()) is not None:
+                pickle.dump(message, pipe)
                 pipe.flush()
-        except OSError as err:  # the helper died; `close` reports what it said
-            self._feed_error = err
+        except OSError:  # the helper died: its runs' syncs say so
+            pass
         finally:
             try:
                 pipe.close()
             except OSError:
                 pass
 
-    def write(self, rows: list[Row], tags: dict[str, str] | None = None) -> None:
-        self._pending.extend(rows)
-        self._batches.put((rows, tags))
-
-    def pending(self) -> list[Row]:
-        """Rows handed over whose write is not confirmed yet (until `close` returns): a run
-        stopped meanwhile keeps them in its local checkpoint, and a resume writes the ones the
-        store lacks."""
-        return list(self._pending)
-
-    def close(self) -> None:
-        self._batches.put(None)
-        self._feeder.join()
-        report = self._process.stdout.read().decode(errors="replace").strip()
-        self._process.stdout.close()
-        code = self._process.wait()
-        if code != 0 or report != "ok" or self._feed_error:
-            raise RuntimeError(
-                f"writing metrics failed: {report or self._feed_error or f'exit code {code}'}"
-            )
-        self._pending.clear()
-
-
-class SharedWriter:
-    """One helper process that writes the metrics of every run a long-lived process trains (a
-    study worker), so that each run's points are written on the other core while it trains
-    without paying the helper's start (~1.5 s of imports) per run. Messages go down its stdin in
-    order; `sync(run_id)` waits for the helper to answer once everything sent before is written,
-    with the first error it met for that run, if any."""
-
-    def __init__(self, tracking_uri: str):
-        self.tracking_uri = tracking_uri
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_train.tracking_writer", tracking_uri, "--shared"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._answers.put(line.decode(errors="replace").strip())
+        self._answers.put("")  # the helper is gone
 
     def alive(self) -> bool:
         return self._process.poll() is None
 
     def send(self, message: tuple) -> None:
-        pickle.dump(message, self._process.stdin)
-        self._process.stdin.flush()
+        self._messages.put(message)
 
-    def sync(self, run_id: str) -> None:
-        try:
-            self.send(("sync", run_id))
-            answer = self._process.stdout.readline().decode(errors="replace").strip()
-        except OSError as err:
-            answer = f"the metric writer is gone ({err})"
-        if answer != "ok":
-            raise RuntimeError(f"writing metrics failed: {answer or 'the metric writer is gone'}")
+    def answers(self, block: bool) -> Iterator[str]:
+        """The helper's answers so far; with `block`, wait for at least one."""
+        try:  # blocking ends at the latest with the helper: its reader then puts ""
+            yield self._answers.get(block=block)
+        except queue.Empty:
+            return
+        while True:
+            try:
+                yield self._answers.get_nowait()
+            except queue.Empty:
+                return
 
     def close(self) -> None:
+        self._messages.put(None)
+        self._feeder.join(timeout=60)
         try:
-            self._process.stdin.close()
-        except OSError:
-            pass
-        self._process.wait(timeout=60)
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(timeout=5)
+        self._process.stdout.close()
 
 
 class SharedHandle:
-    """A run's writer on a `SharedWriter`: writes return at once; `close` confirms them."""
+    """A run's writer on a `SharedWriter`: writes return at once; each is confirmed by the
+    helper later (then dropped from `pending`); a failed one raises at the run's next write or
+    at `close`, which waits until every write of the run is confirmed."""
 
     def __init__(self, shared: SharedWriter, run_id: str):
         self.shared, self.run_id = shared, run_id
-        self._pending: list[Row] = []
+        self._batches: list[list[Row]] = []  # sent, not yet confirmed, oldest first
+        self._error: str | None = None
 
     def write(self, rows: list[Row], tags: dict[str, str] | None = None) -> None:
-        self._pending.extend(rows)
-        try:
-            self.shared.send(("rows", self.run_id, rows, tags))
-        except OSError:
-            pass  # the helper died: `close` says so, and `pending` still holds the rows
+        self._take(self.shared.answers(block=False))
+        self._batches.append(list(rows))
+        self.shared.send(("rows", self.run_id, rows, tags))
 
     def pending(self) -> list[Row]:
-        return list(self._pending)
+        return [row for batch in self._batches for row in batch]
 
     def close(self) -> None:
-        self.shared.sync(self.run_id)
-        self._pending.clear()
+        self.shared.send(("sync", self.run_id))
+        while True:
+            if self._take(self.shared.answers(block=True)):
+                return
+
+    def _take(self, answers: Iterator[str]) -> bool:
+        """Read the helper's answers about this run (True at its `ok`); raise on an error."""
+        done = False
+        for answer in answers:
+            kind, _, rest = answer.partition(" ")
+            run_id, _, detail = rest.partition(" ")
+            if not answer:
+                self._error = self._error or "the metric writer is gone"
+            elif run_id != self.run_id:
+                continue  # an earlier run's late answer
+            elif kind == "done" and self._batches:
+                self._batches.pop(0)
+            elif kind == "error":
+                self._error = detail
+            elif kind == "ok":
+                done = True
+            if self._error:
+                raise RuntimeError(f"writing metrics failed: {self._error}")
+        return done
+
+
+class OwnWriter(SharedHandle):
+    """A run's writer on a helper process of its own, closed with the run: for a long run
+    (thousands of points) outside a study worker."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        super().__init__(SharedWriter(tracking_uri), run_id)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.shared.close()
 
 
 _SHARED: SharedWriter | None = None
+URI_ENV = "MLFLOW_TRACKING_URI"  # how a helper learns the store: never on its command line
 
 
 def start_shared_writer(tracking_uri: str) -> None:
     """Start this process's `SharedWriter` (a study worker does, once)."""
     global _SHARED
     if _SHARED is None or not _SHARED.alive() or _SHARED.tracking_uri != tracking_uri:
+        stop_shared_writer()
         _SHARED = SharedWriter(tracking_uri)
 
 
@@ -221,64 +237,46 @@ def shared_writer(tracking_uri: str) -> SharedWriter | None:
     return None
 
 
-def _serve_shared(tracking_uri: str) -> None:
-    """The shared helper: write each run's rows in order; answer each sync with the run's
-    first error since its last sync, or `ok`."""
+def _serve_shared() -> None:
+    """The shared helper: write each run's rows in order, answering as `SharedWriter` says."""
+    import os
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    errors: dict[str, str] = {}
+    client = MlflowClient(os.environ[URI_ENV])
+    failed: set[str] = set()
     source = sys.stdin.buffer
+
+    def say(line: str) -> None:
+        sys.stdout.write(line.replace("\n", " ") + "\n")
+        sys.stdout.flush()
+
     while True:
         try:
             message = pickle.load(source)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):
             return
-        if message[0] == "sync":
-            answer = errors.pop(message[1], "ok")
-            try:
-                sys.stdout.write(answer.replace("\n", " ") + "\n")
-                sys.stdout.flush()
-            except OSError:
-                return
-            continue
-        _, run_id, rows, tags = message
-        if run_id in errors:  # after a failure, keep reading so the parent never blocks
-            continue
         try:
-            write_rows(client, run_id, rows, tags)
-        except Exception as err:  # told to the parent at its next sync
-            errors[run_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-
-
-def _serve(tracking_uri: str, run_id: str) -> None:
-    """The helper process: write every pickled batch from stdin, then say `ok` or the error."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    error = None
-    source = sys.stdin.buffer
-    while True:
-        try:
-            rows, tags = pickle.load(source)
-        except EOFError:
-            break
-        if error is None:  # after a failure, keep reading so the parent never blocks
+            if message[0] == "sync":
+                say(f"ok {message[1]}")
+                continue
+            _, run_id, rows, tags = message
+            if run_id in failed:  # keep reading so the parent never blocks
+                continue
             try:
                 write_rows(client, run_id, rows, tags)
-            except Exception as err:  # reported to the parent, which raises it
-                error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    try:
-        sys.stdout.write(error or "ok")
-        sys.stdout.flush()
-    except OSError:  # the training process is gone (kill -9): nobody is left to tell
-        pass
+                say(f"done {run_id} {len(rows)}")
+            except Exception as err:  # the parent raises it at the run's next write
+                failed.add(run_id)
+                say(f"error {run_id} {type(err).__name__}: {first_line(err)}")
+        except OSError:  # the training process is gone (kill -9): nobody is left to tell
+            return
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else ""
 
 
 if __name__ == "__main__":
-    if sys.argv[2] == "--shared":
-        _serve_shared(sys.argv[1])
-    else:
-        _serve(*sys.argv[1:3])
+    _serve_shared()

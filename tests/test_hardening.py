@@ -627,3 +627,20 @@ def test_a_run_stopped_after_its_last_epoch_is_ended_by_whoever_resumes_it(data_
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
     steps = [m.step for m in client.get_metric_history(ended.run_id, "batch_loss")]
     assert len(steps) == len(set(steps))  # nothing logged twice
+
+
+def test_a_metric_writer_helper_has_no_tracking_uri_on_its_command_line(tmp_path):
+    """The helper learns the store from its environment: a database password in the tracking
+    URI never reaches `ps`."""
+    import psutil
+
+    from mnist_train.tracking_writer import SharedWriter
+
+    uri = f"sqlite:///{tmp_path / 'secret-7f3a.db'}"
+    writer = SharedWriter(uri)
+    try:
+        command = " ".join(psutil.Process(writer._process.pid).cmdline())
+        assert "secret-7f3a" not in command and "mnist_train.tracking_writer" in command
+    finally:
+        writer.close()
+    assert writer._process.returncode is not None  # reaped, not left behind
