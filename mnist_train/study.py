@@ -290,10 +290,14 @@ def open_storage(url: str, *, retry: bool = True) -> Any:
                 heartbeat_stale_trial_callback=callback if retry else None,
             )
     except Exception as err:  # sqlalchemy's OperationalError, ImportError of a driver, ...
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-        raise StudyError(
-            f"cannot open study storage {mask(url)}: {reason[0] if reason else type(err).__name__}"
-        ) from None
+        reason = _database_reason(err) or type(err).__name__
+        raise StudyError(f"cannot open study storage {mask(url)}: {reason}") from None
+
+
+def _database_reason(err: BaseException | None) -> str:
+    """The first line of what the database said (sqlalchemy keeps it as `orig`), else of `err`."""
+    lines = str(getattr(err, "orig", None) or err or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def requeue(study: Any, trial: Any) -> None:
@@ -438,12 +442,9 @@ def _storage_writes(storage: Any) -> Iterator[None]:
     try:
         yield
     except optuna.exceptions.StorageInternalError as err:
-        cause = err.__cause__
-        reason = str(getattr(cause, "orig", None) or cause or err).strip().splitlines()
+        reason = _database_reason(err.__cause__ or err) or "no reason given"
         url = mask(str(getattr(storage, "url", "")))
-        raise StudyError(
-            f"study storage {url} refused a write: {reason[0] if reason else 'no reason given'}"
-        ) from None
+        raise StudyError(f"study storage {url} refused a write: {reason}") from None
 
 
 def _wait_until_ready(study: Any, say: Callable[[str], None]) -> None:

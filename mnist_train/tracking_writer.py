@@ -79,11 +79,13 @@ class SharedWriter:
     study worker), so that each run's points are written on the other core while it trains
     without paying the helper's start (~1.5 s of imports) per run.
 
-    Messages go down its stdin in order, pickled by a feeder thread (training never waits on a
-    full pipe); the helper answers on stdout, a line each: `done RUN N` once a batch of N rows is
-    written, `error RUN REASON` at a run's first failed write (it writes nothing more for that
-    run), `ok RUN` to a `sync`. The tracking URI reaches it through its environment, never its
-    command line, where `ps` would show a database password."""
+    A plain subprocess rather than multiprocessing: spawn would import the caller's main module
+    again, which runs an unguarded script's training a second time. Messages go down its stdin
+    in order, pickled by a feeder thread (training never waits on a full pipe); the helper
+    answers on stdout, a line each: `done RUN N` once a batch of N rows is written, `error RUN
+    REASON` at a run's first failed write (it writes nothing more for that run), `ok RUN` to a
+    `sync`. The tracking URI reaches it through its environment, never its command line, where
+    `ps` would show a database password."""
 
     def __init__(self, tracking_uri: str):
         import os
@@ -218,7 +220,7 @@ URI_ENV = "MLFLOW_TRACKING_URI"  # how a helper learns the store: never on its c
 def start_shared_writer(tracking_uri: str) -> None:
     """Start this process's `SharedWriter` (a study worker does, once)."""
     global _SHARED
-    if _SHARED is None or not _SHARED.alive() or _SHARED.tracking_uri != tracking_uri:
+    if shared_writer(tracking_uri) is None:
         stop_shared_writer()
         _SHARED = SharedWriter(tracking_uri)
 

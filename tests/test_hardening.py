@@ -514,6 +514,19 @@ def test_a_checkpoint_kept_when_the_server_goes_holds_the_points_it_never_got(tm
     assert [tuple(row) for row in state["rows"]] == unwritten
 
 
+def train_with_cache(experiment: Path, data_dir, cache: Path, undo: list[str]):
+    """(exit code, stdout, stderr) of a run whose cache folder is `cache`; `undo` restores the
+    folder afterwards, whatever happened."""
+    try:
+        process = mnist_train(
+            experiment, "--data-dir", data_dir, env={"MNIST_WORKBENCH_CACHE": str(cache)}
+        )
+        out, err = process.communicate(timeout=120)
+    finally:
+        subprocess.run(undo, check=True)
+    return process.returncode, out, err
+
+
 def test_a_cache_folder_that_cannot_be_written_is_one_line_before_the_run(data_dir, tmp_path):
     import checks
 
@@ -522,16 +535,8 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line_before_the_run(data_d
     if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here")
     experiment = write_experiment(tmp_path, "locked_cache", "hardening-cache", epochs=1)
-    try:
-        process = mnist_train(
-            experiment, "--data-dir", data_dir, env={"MNIST_WORKBENCH_CACHE": str(locked)}
-        )
-        out, err = process.communicate(timeout=120)
-    finally:
-        subprocess.run(["chattr", "-i", str(locked)], check=True)
-    checks.assert_one_line_error(
-        err, process.returncode, "Operation not permitted", "set MNIST_WORKBENCH_CACHE"
-    )
+    code, _, err = train_with_cache(experiment, data_dir, locked, ["chattr", "-i", str(locked)])
+    checks.assert_one_line_error(err, code, "Operation not permitted", "set MNIST_WORKBENCH_CACHE")
     assert not runs_named("locked_cache")  # refused before any run was opened
 
 
@@ -544,16 +549,8 @@ def test_a_full_cache_folder_fails_the_run_in_one_line_and_keeps_it(data_dir, tm
     if subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here")
     experiment = write_experiment(tmp_path, "full_cache", "hardening-cache", epochs=2)
-    try:
-        process = mnist_train(
-            experiment, "--data-dir", data_dir, env={"MNIST_WORKBENCH_CACHE": str(full)}
-        )
-        out, err = process.communicate(timeout=120)
-    finally:
-        subprocess.run(["umount", str(full)], check=True)
-    checks.assert_one_line_error(
-        err, process.returncode, "No space left on device", "is marked FAILED", code=1
-    )
+    code, out, err = train_with_cache(experiment, data_dir, full, ["umount", str(full)])
+    checks.assert_one_line_error(err, code, "No space left on device", "is marked FAILED", code=1)
     (run,) = runs_named("full_cache")
     assert run.info.status == "FAILED"
     assert "No space left on device" in run.data.tags[contract.TAG_FAILURE_REASON]

@@ -176,45 +176,6 @@ def test_one_grid_study_split_by_two_commands_survives_a_sigkill(server, tmp_pat
     assert retry[0].state.name == "COMPLETE"
 
 
-def test_machines_meeting_a_fresh_storage_at_once_all_open_it(server):
-    """Three processes open an empty PostgreSQL storage at the same moment: each creates
-    Optuna's tables or waits for the one that does (an advisory lock in the database), and none
-    dies on a duplicate type. Runs last in this module: it empties the storage first."""
-    import subprocess
-    import sys
-
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(server.storage_url)
-    with engine.begin() as connection:  # a fresh storage: no Optuna tables
-        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sqlalchemy.text("CREATE SCHEMA public"))
-    engine.dispose()
-    opener = (
-        "import sys, time; from mnist_train.study import open_storage; import optuna; "
-        "time.sleep(max(0, float(sys.argv[1]) - time.time())); "
-        "storage = open_storage(sys.argv[2]); print(len(optuna.get_all_study_names(storage)))"
-    )
-    import time
-
-    start = time.time() + 3  # after every interpreter has imported optuna
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", opener, str(start), server.storage_url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(3)
-    ]
-    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
-    assert [code for code, _, _ in results] == [0, 0, 0], results
-    assert [out.strip() for _, out, _ in results] == ["0", "0", "0"]
-    assert all(server.storage_url.split("@")[0] not in err for _, _, err in results)
-
-
 def _empty(url: str) -> None:
     """The database behind `url` with nothing in it: a fresh storage or store."""
     import sqlalchemy
@@ -226,16 +187,50 @@ def _empty(url: str) -> None:
     engine.dispose()
 
 
+def _at_the_same_moment(opener: str, url: str, envs: list[dict], *, lead_s: float, timeout: float):
+    """(exit code, stdout, stderr) of `python -c opener START URL` in one process per `envs`,
+    each waiting until START (`lead_s` from now, once every interpreter has its imports)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + lead_s
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener, str(start), url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.getcwd(), **env},
+        )
+        for env in envs
+    ]
+    return [(p.wait(timeout=timeout), p.stdout.read(), p.stderr.read()) for p in procs]
+
+
+def test_machines_meeting_a_fresh_storage_at_once_all_open_it(server):
+    """Three processes open an empty PostgreSQL storage at the same moment: each creates
+    Optuna's tables or waits for the one that does (an advisory lock in the database), and none
+    dies on a duplicate type. Runs last in this module: it empties the storage first."""
+    _empty(server.storage_url)  # a fresh storage: no Optuna tables
+    opener = (
+        "import sys, time; from mnist_train.study import open_storage; import optuna; "
+        "time.sleep(max(0, float(sys.argv[1]) - time.time())); "
+        "storage = open_storage(sys.argv[2]); print(len(optuna.get_all_study_names(storage)))"
+    )
+    # started after every interpreter has imported optuna
+    results = _at_the_same_moment(opener, server.storage_url, [{}] * 3, lead_s=3, timeout=120)
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    assert [out.strip() for _, out, _ in results] == ["0", "0", "0"]
+    assert all(server.storage_url.split("@")[0] not in err for _, _, err in results)
+
+
 def test_machines_meeting_a_fresh_tracking_database_at_once_all_open_it(server, tmp_path):
     """MLflow's own initialisation lock is a file in the host's temporary folder, so machines
     meeting a fresh PostgreSQL tracking database race in CREATE TABLE. Three processes, each
     with a temporary folder of its own (as on three hosts), open it at the same moment: the
     advisory lock in `store.open_store` lets each create the tables or wait for the one that
     does."""
-    import subprocess
-    import sys
-    import time
-
     _empty(server.storage_url)
     opener = (
         "import sys, time, mlflow; from mnist_train.store import open_store; "
@@ -243,21 +238,12 @@ def test_machines_meeting_a_fresh_tracking_database_at_once_all_open_it(server, 
         "time.sleep(max(0, float(sys.argv[1]) - time.time())); open_store(); "
         "print(len(mlflow.MlflowClient().search_experiments()))"
     )
-    start = time.time() + 4  # after every interpreter has imported mlflow
-    procs = []
-    for host in "abc":
-        (tmp_path / host).mkdir()
-        env = {**os.environ, "PYTHONPATH": os.getcwd(), "TMPDIR": str(tmp_path / host)}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", opener, str(start), server.storage_url],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
-    results = [(p.wait(timeout=180), p.stdout.read(), p.stderr.read()[-1500:]) for p in procs]
+    hosts = [tmp_path / host for host in "abc"]
+    for host in hosts:
+        host.mkdir()
+    envs = [{"TMPDIR": str(host)} for host in hosts]
+    # started after every interpreter has imported mlflow
+    results = _at_the_same_moment(opener, server.storage_url, envs, lead_s=4, timeout=180)
     assert [code for code, _, _ in results] == [0, 0, 0], results
     assert [out.strip() for _, out, _ in results] == ["1", "1", "1"]  # the Default experiment
 
