@@ -57,6 +57,54 @@ class DatasetInput:
     source: str  # the folder the raw files came from
 
 
+_DATASETS: dict[tuple, tuple[DatasetInput, Any]] = {}  # see _dataset
+_DATASETS_KEPT = 6
+
+
+def _dataset(split: DatasetInput) -> Any:
+    """`split` as an MLflow dataset. Its digest hashes the arrays (~10 ms a split), so a study
+    worker, whose trials share the same arrays in memory, makes each dataset once: the cache
+    holds the arrays it was made from, so their memory (the key) cannot be reused meanwhile."""
+    import mlflow.data
+
+    key = (split.name, split.source, *(_where(a) for a in (split.features, split.targets)))
+    if key in _DATASETS:
+        return _DATASETS[key][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow muses over how to read a local source path
+        made = mlflow.data.from_numpy(
+            split.features, targets=split.targets, source=split.source, name=split.name
+        )
+    if len(_DATASETS) >= _DATASETS_KEPT:
+        _DATASETS.pop(next(iter(_DATASETS)))
+    _DATASETS[key] = (split, made)
+    return made
+
+
+@contextmanager
+def _pins_from_this_environment() -> Iterator[None]:
+    """Skip MLflow's check of a model's pip requirements against the installed packages while
+    saving ours: it maps every installed distribution's files to its modules first (~0.6 s of
+    CPU a process), and our pins are read from those same installed versions, so they match by
+    construction. Private to MLflow: where it moves, the check simply runs."""
+    from mlflow.utils import environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
+
+
+def _where(array: np.ndarray) -> tuple:
+    """What makes two arrays the same data without reading it: memory, shape, strides, dtype."""
+    return (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+
+
 def quiet_mlflow_logs() -> None:
     """Keep the terminal for training progress and real problems.
 
@@ -91,13 +139,18 @@ def check_tracking_server(uri: str) -> None:
 
 
 def save_npz(file: Any, **arrays: np.ndarray) -> None:
-    """`arrays` as an .npz (read back with `np.load`) deflated at level 1: about four times
-    faster to write than `np.savez_compressed`'s level 6 and nearly as small for these arrays
-    (4% larger on a real `dynamics/train.npz`); a short run pays it after every epoch."""
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+    """`arrays` as an .npz (read back with `np.load`): whole numbers and flags deflated at level
+    1, probabilities stored as they are. Deflate takes a tenth of the size of those flags and
+    digits, but only a quarter off probabilities, at four times the cost of all the rest of
+    writing (measured on a seed-MLP run's records); a short run pays it after every epoch."""
+    deflate = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(file, "w", compression=deflate, compresslevel=1) as archive:
         for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            array = np.asanyarray(array)
+            # the member's method, read by `open` (as `compresslevel`, which stays 1)
+            archive.compression = zipfile.ZIP_STORED if array.dtype.kind == "f" else deflate
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, array, allow_pickle=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -260,7 +313,6 @@ class RunLog:
     ) -> None:
         """Parameters, the model summary, the resolved config and experiment file, the datasets."""
         import mlflow
-        import mlflow.data
         import yaml
 
         mlflow.log_params(params)
@@ -274,14 +326,7 @@ class RunLog:
             if experiment_file is not None:
                 (folder / "config" / experiment_file.path.name).write_text(experiment_file.text)
             self.client.log_artifacts(self.run_id, tmp)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MLflow muses over how to read a local source path
-            made = [
-                mlflow.data.from_numpy(
-                    split.features, targets=split.targets, source=split.source, name=split.name
-                )
-                for split in datasets
-            ]
+        made = [_dataset(split) for split in datasets]
         contexts = [split.context for split in datasets]
         if made:
             tags: list[dict[str, str] | None] = [None] * len(made)
@@ -341,10 +386,31 @@ class RunLog:
             raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
         path.unlink()
 
-    def log_final(self, metrics: dict[str, float], step: int) -> None:
-        import mlflow
+    def log_final(self, metrics: Sequence[Row], model_id: str, scores: Sequence[Row]) -> None:
+        """The run's end-of-run `metrics` and, linked to the logged model `model_id` and to the
+        datasets they were measured on, its `scores` (the model of record's epoch's points as
+        logged, timestamps included, so MLflow's Models page lists its accuracy and loss): one
+        batch."""
+        from mlflow.entities import Metric
 
-        mlflow.log_metrics(metrics, step=step)
+        points = [Metric(key, value, timestamp, step) for key, value, timestamp, step in metrics]
+        for key, value, timestamp, step in scores:
+            dataset_name, digest = self.datasets.get(contract.METRIC[key].split, (None, None))
+            points.append(
+                Metric(
+                    key,
+                    value,
+                    timestamp,
+                    step,
+                    model_id=model_id,
+                    dataset_name=dataset_name,
+                    dataset_digest=digest,
+                    run_id=self.run_id,
+                )
+            )
+        # a score is the same point as the run's own (same key, time, step, value): the store
+        # keeps one copy in the run's history and links it to the model
+        retry_conflicts(lambda: self.client.log_batch(self.run_id, metrics=points))
 
     def log_predictions(self, labels: np.ndarray, probs: np.ndarray, index: np.ndarray) -> None:
         """The contract's `predictions/test.npz`: labels int64 (N,), probs float32 (N, 10),
@@ -463,12 +529,10 @@ class RunLog:
         name: str,
         epoch: int,
         params: dict[str, str],
-        scores: Sequence[Row],
     ) -> str:
         """The deployable model of record, with a signature from `example` -> `outputs`, as a
-        logged model named `name` (see `model_name`) made at step `epoch`; its `scores` (the
-        epoch's metric points as logged, timestamps included) are linked to it and to the
-        datasets they were measured on, so MLflow's Models page lists its accuracy and loss.
+        logged model named `name` (see `model_name`) made at step `epoch`; `log_final` links its
+        scores.
 
         Built from the client's public calls rather than `mlflow.pytorch.log_model`: with a run
         active, `Model.log` links every metric the run logged at the model's step to the model
@@ -478,7 +542,7 @@ class RunLog:
 
         import mlflow.pytorch
         import torch
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model, infer_signature
 
         def pin(version: str) -> str:
@@ -491,7 +555,7 @@ class RunLog:
             params=params,
             model_type="pytorch",
         )
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _pins_from_this_environment():
             path = Path(tmp) / "model"
             mlflow.pytorch.save_model(
                 model,
@@ -516,24 +580,6 @@ class RunLog:
             self.client.log_model_artifacts(logged.model_id, str(path))
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=epoch)])
-        linked = []
-        for key, value, timestamp, step in scores:
-            dataset_name, digest = self.datasets.get(contract.METRIC[key].split, (None, None))
-            linked.append(
-                Metric(
-                    key,
-                    value,
-                    timestamp,
-                    step,
-                    model_id=logged.model_id,
-                    dataset_name=dataset_name,
-                    dataset_digest=digest,
-                    run_id=self.run_id,
-                )
-            )
-        # the same points as the run's own (same key, time, step, value): the store keeps one
-        # copy in the run's history and links it to the model
-        retry_conflicts(lambda: self.client.log_batch(self.run_id, metrics=linked))
         return logged.model_id
 
     def end_quietly(self, status: str) -> None:
