@@ -238,6 +238,7 @@ def run_training(
     )
     reporter = reporter or Reporter(enabled=False)
     unwritten: list[Row] = []  # the finished epoch's metric points not yet in the store
+    finish_writes: Callable[[], None] = lambda: None  # noqa: E731 - until training starts
     try:
         if resume_run_id:
             log.beat()  # this process owns the run now
@@ -258,7 +259,7 @@ def run_training(
         if resume_run_id and _nothing_to_train(progress, config):
             last, kept = _last_recorded(log, progress), None  # a run left unended: end it
         else:
-            last, kept = _train_and_log(
+            last, kept, finish_writes = _train_and_log(
                 log, parts, prepared, progress, reporter, should_stop, on_epoch, unwritten
             )
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
@@ -273,7 +274,7 @@ def run_training(
         if last is None:  # resumed with every epoch already trained: nothing new to record
             raise ConfigError(f"run {log.run_id} has no epoch left to train")
         result = _log_results(
-            log, model, prepared, progress, last, kept, model_name(config.name, tags)
+            log, model, prepared, progress, last, kept, model_name(config.name, tags), finish_writes
         )
         log.end("FINISHED")
         shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
@@ -282,8 +283,10 @@ def run_training(
     except TrainingStopped:
         raise
     except (NonFiniteLoss, EndRun, KeyboardInterrupt, CacheUnwritable) as err:
+        _quietly(finish_writes)
         raise _ended(log, err) from None
     except BaseException as err:
+        _quietly(finish_writes)
         if isinstance(err, Exception) and store_is_gone():
             kept = _keep_locally(err, parts, progress, config, log.run_id, unwritten)
             log.end_quietly("KILLED")
@@ -298,6 +301,15 @@ def run_training(
         raise
     finally:
         reporter.close()
+
+
+def _quietly(finish_writes: Callable[[], None]) -> None:
+    """Let the metric writer finish before the run is marked, when the run failed after
+    training (before that, `_train_and_log` waited for it): its own failure is then no news."""
+    try:
+        finish_writes()
+    except Exception:
+        pass
 
 
 def _ended(log: RunLog, err: BaseException) -> TrainingStopped:
@@ -467,10 +479,11 @@ def _train_and_log(
     should_stop: Callable[[], bool],
     on_epoch: Callable[[EpochRecord], None] | None = None,
     unwritten: list[Row] | None = None,
-) -> tuple[EpochRecord | None, _Kept | None]:
+) -> tuple[EpochRecord | None, _Kept | None, Callable[[], None]]:
     """Drive the training loop; log each epoch's metrics, batch losses and checkpoint. Returns
-    the last epoch's record and the model of record as it stands (kept in memory, so the end
-    of the run needs no checkpoint read back)."""
+    the last epoch's record, the model of record as it stands (kept in memory, so the end of the
+    run needs no checkpoint read back) and what waits for the metric writer: a run that trained
+    to its end calls it after storing its arrays, so the writer's last epoch overlaps them."""
     config = prepared.config
     per_epoch = data.num_batches(
         len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
@@ -479,6 +492,19 @@ def _train_and_log(
     pending: list[Row] = []  # batch losses not yet handed to the writer
     last = kept = None
     early_stopping = config.early_stopping_patience is not None
+    closed: list[bool] = []
+
+    def finish_writes() -> None:
+        """Wait until the writer has every point; raises if a write failed (`unwritten` then
+        still holds the points). Once."""
+        if closed:
+            return
+        closed.append(True)
+        writer.close()
+        if unwritten is not None:
+            unwritten[:] = writer.pending()
+
+    completed = False
     try:
         steps = train(
             parts.model,
@@ -527,13 +553,13 @@ def _train_and_log(
                 kept = _Kept(record, epoch_rows, copy.deepcopy(parts.model.state_dict()))
             if on_epoch is not None:
                 on_epoch(record)
+        completed = not pending and (progress.epoch > config.epochs or progress.stopped_early)
     finally:
-        writer.close()  # raises if a write failed: `unwritten` then still holds the points
-        if unwritten is not None:
-            unwritten[:] = writer.pending()
-        if pending:  # an interrupted epoch resumes after these steps, so keep them
-            log.write_rows(pending)
-    return last, kept
+        if not completed:  # stopped: the writes end here
+            finish_writes()
+            if pending:  # an interrupted epoch resumes after these steps, so keep them
+                log.write_rows(pending)
+    return last, kept, finish_writes
 
 
 def _last_recorded(log: RunLog, progress: Progress) -> EpochRecord:
@@ -608,9 +634,12 @@ def _log_results(
     last: EpochRecord,
     kept: _Kept | None,
     name: str,
+    finish_writes: Callable[[], None],
 ) -> RunResult:
     """Final metrics, the model of record's scores, its stored test predictions and the logged
-    model. The model of record is the best epoch's under early stopping, else the last's."""
+    model. The model of record is the best epoch's under early stopping, else the last's.
+    `finish_writes` is called once the arrays and the model are stored, before any metric is
+    logged here: the model's scores are linked to the points the writer logged."""
     config, tensors = prepared.config, prepared.tensors
     record_epoch = progress.best_epoch if config.early_stopping_patience is not None else last.epoch
     if kept is not None and kept.record.epoch == record_epoch:
@@ -638,8 +667,6 @@ def _log_results(
         raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float()
         logits = infer(model, raw.to(prepared.device), config.test_batch_size)
         _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
-    log.log_final(final, step=last.epoch)
-    log.log_final({contract.record_key(k): v for k, v in record.scores.items()}, step=record_epoch)
     labels = prepared.test_split.labels.numpy().astype(np.int64)
     log.log_predictions(labels, probs, prepared.test_index)
     if config.cv_folds and prepared.val_split is not None:
@@ -654,19 +681,24 @@ def _log_results(
         )
     if config.per_example_record:
         log.log_per_example_records(last.epoch, prepared.train_index, prepared.test_index)
-
     deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
     deployable.eval()
     example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
     with torch.no_grad():
         outputs = deployable(torch.from_numpy(example)).numpy()
-    log.log_model(
+    model_id = log.log_model(
         deployable,
         example,
         outputs,
         name=name,
         epoch=record_epoch,
         params=config.applied_params(),
-        scores=record.rows,
     )
+    finish_writes()  # the scores linked below are points the writer logged
+    now = int(time.time() * 1000)
+    points = [(key, float(value), now, last.epoch) for key, value in final.items()]
+    points += [
+        (contract.record_key(k), float(v), now, record_epoch) for k, v in record.scores.items()
+    ]
+    log.log_final(points, model_id, record.rows)
     return RunResult(log.run_id, record, final, last.epoch)
