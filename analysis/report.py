@@ -56,12 +56,19 @@ class _Page:
         self.out = out
         self.files: list[Path] = []
         self.figures: list[_Figure] = []
+        self._undrawn: list[tuple[object, Path]] = []
 
     def add(self, display, name: str, heading: str, caption: str) -> None:
-        from analysis.figures.common import save_figure
-
-        self.files.append(save_figure(display.figure_, self.out / name))
+        """A figure of the page, drawn into its file by `draw` (all at once: in parallel)."""
+        self._undrawn.append((display.figure_, self.out / name))
+        self.files.append(self.out / name)
         self.figures.append(_Figure(name, heading, caption))
+
+    def draw(self, *, parallel: bool = True) -> None:
+        from analysis.figures.common import save_figures
+
+        save_figures(self._undrawn, parallel=parallel)
+        self._undrawn = []
 
     def csv(self, frame: pd.DataFrame, name: str, *, index: bool = True) -> None:
         self.files.append(_write_csv(frame, self.out / name, index=index))
@@ -90,6 +97,11 @@ def build_run_report(
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(out, summary={}, notices=[*run.notices, *(notices or [])])
     page = _Page(out)
+    dynamics = None
+    if any(record is not None for record in records):
+        # the dynamics sections are built and drawn by a helper on the other core meanwhile
+        labels = run.predictions.labels if run.predictions is not None else None
+        dynamics = _dynamics_alongside(out, records, labels, images, train_images, train_labels)
     summary = _run_header(run)
     summary["overfit"], summary["marked_epoch"] = _curve_sections(page, run)
     # the contract's end-of-run metric (last train minus last test accuracy)
@@ -104,13 +116,11 @@ def build_run_report(
     elif not len(run.epochs) and not len(run.batch_loss):
         raise AnalysisError(f"run {run.run_id} has nothing to report on")
 
-    if any(record is not None for record in records):
-        from analysis.dynamics_report import add_dynamics_sections
-
-        labels = run.predictions.labels if run.predictions is not None else None
-        summary["dynamics"] = add_dynamics_sections(
-            page.add, *records, labels, images, train_images, train_labels
-        )
+    page.draw(parallel=dynamics is None)
+    if dynamics is not None:
+        summary["dynamics"], files, figures = dynamics()
+        page.files += files
+        page.figures += figures
     summary["notices"] = list(report.notices)
     report.summary = _clean(summary)
     summary_path = out / "summary.json"
@@ -120,6 +130,23 @@ def build_run_report(
     report.html.write_text(html, encoding="utf-8")
     report.files.append(report.html)
     return report
+
+
+def _dynamics_alongside(out: Path, records, labels, images, train_images, train_labels):
+    """Start building and drawing the dynamics sections in a helper process; returns what waits
+    for (their summary, their files, their figures)."""
+    from analysis.dynamics_report import add_dynamics_sections
+    from analysis.figures.common import alongside
+
+    def sections() -> tuple[dict, list[Path], list[_Figure]]:
+        page = _Page(out)
+        summary = add_dynamics_sections(
+            page.add, *records, labels, images, train_images, train_labels
+        )
+        page.draw(parallel=False)
+        return summary, page.files, page.figures
+
+    return alongside(sections)
 
 
 def _curve_sections(page: _Page, run: RunData) -> tuple[dict | None, int | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -195,6 +197,65 @@ def test_figures_save_as_png(tmp_path, case):
         tmp_path / "sub" / "cm.png",
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _figures(case, count: int) -> list:
+    labels, _, y_pred, _ = case
+    return [
+        plots.ConfusionHeatmapDisplay.from_predictions(labels, np.roll(y_pred, shift)).figure_
+        for shift in range(count)
+    ]
+
+
+def test_figures_drawn_alongside_a_helper_equal_those_drawn_one_by_one(tmp_path, case):
+    figures = _figures(case, common.PARALLEL_FROM + 2)
+    alone = [common.save_figure(f, tmp_path / "alone" / f"{i}.png") for i, f in enumerate(figures)]
+    jobs = [(f, tmp_path / "shared" / f"{i}.png") for i, f in enumerate(figures)]
+    assert common.save_figures(jobs) == [path for _, path in jobs]
+    for one, other in zip(alone, (path for _, path in jobs), strict=True):
+        assert one.read_bytes() == other.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == sorted(
+        p.name for p in (tmp_path / "alone").iterdir()
+    )  # no part files left
+
+
+def test_what_a_helper_that_dies_took_is_drawn_here(tmp_path, case, monkeypatch):
+    figures = _figures(case, common.PARALLEL_FROM + 1)
+    parent, draw_from = os.getpid(), common._draw_from
+
+    def dies_in_the_helper(jobs, paths, next_job):
+        if os.getpid() != parent:
+            with next_job.get_lock():
+                next_job.value += 1  # takes a figure, then dies before drawing it
+            os._exit(3)
+        return draw_from(jobs, paths, next_job)
+
+    monkeypatch.setattr(common, "_draw_from", dies_in_the_helper)
+    jobs = [(f, tmp_path / f"{i}.png") for i, f in enumerate(figures)]
+    common.save_figures(jobs)
+    for figure, path in jobs:
+        assert path.read_bytes() == common.save_figure(figure, tmp_path / "x.png").read_bytes()
+
+
+def test_work_alongside_returns_what_the_helper_did_and_falls_back_here():
+    parent = os.getpid()
+    assert common.alongside(lambda: (os.getpid() != parent, list(range(5))))() == (
+        True,
+        [0, 1, 2, 3, 4],
+    )
+
+    def fails_in_the_helper():
+        if os.getpid() != parent:
+            raise RuntimeError("helper only")
+        return "done here"
+
+    assert common.alongside(fails_in_the_helper)() == "done here"
+
+    def always_fails():
+        raise ValueError("bad run")
+
+    with pytest.raises(ValueError, match="bad run"):  # raised here, by the second try
+        common.alongside(always_fails)()
 
 
 def test_dataset_view_compares_train_and_test_shares(case):

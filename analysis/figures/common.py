@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+import os
+import pickle
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -67,6 +73,123 @@ def save_figure(figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=DPI)
     return path
+
+
+T = TypeVar("T")
+PARALLEL_FROM = 4  # figures: fewer are not worth a second process
+HELPER_TIMEOUT_S = 300.0  # a helper silent this long is killed and its figures drawn here
+
+
+def alongside(work: Callable[[], T]) -> Callable[[], T]:
+    """Start `work` (which returns something picklable) in a helper process, a forked copy of
+    this one, so that it runs on the other core while this process goes on; returns what waits
+    for its result. Where the OS cannot fork, or the helper fails or falls silent for
+    `HELPER_TIMEOUT_S`, the waiting runs `work` here instead (so its errors are raised here)."""
+    if not hasattr(os, "fork"):
+        return work
+    readable, writable = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        os.close(readable)
+        code = 1
+        try:
+            payload = pickle.dumps(work())
+            with os.fdopen(writable, "wb") as pipe:
+                pipe.write(payload)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writable)
+
+    def result() -> T:
+        payload = _read_all(readable, time.monotonic() + HELPER_TIMEOUT_S)
+        if payload is not None and _helper_finished(helper) and payload:
+            return pickle.loads(payload)
+        return work()
+
+    return result
+
+
+def _read_all(fd: int, deadline: float) -> bytes | None:
+    """Everything written to pipe `fd` until its writer closes it, or None past `deadline`."""
+    chunks = []
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                return None
+            chunk = pipe.read(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def save_figures(jobs: Sequence[tuple[object, Path]], *, parallel: bool = True) -> list[Path]:
+    """Write each `(figure, path)` of `jobs` as `save_figure` does; their paths, in order.
+
+    Drawing and PNG encoding are most of a report's time, and one figure is drawn on one core:
+    where the OS can fork, a helper process (a copy of this one, figures included) draws
+    alongside this one, each taking the next undrawn figure. Each file is written whole
+    (renamed into place) so a helper that dies leaves none half-written, and whatever it did
+    not finish is drawn here. `parallel=False` draws them all here (another helper is busy).
+    """
+    paths = [Path(path) for _, path in jobs]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not parallel or len(jobs) < PARALLEL_FROM or not hasattr(os, "fork"):
+        for figure, path in zip((figure for figure, _ in jobs), paths, strict=True):
+            _draw(figure, path)
+        return paths
+    import multiprocessing
+
+    _draw(jobs[0][0], paths[0])  # here first: the first PNG imports what encoding needs
+    next_job = multiprocessing.get_context("fork").Value("i", 1)
+    helper = os.fork()
+    if helper == 0:  # the helper: draw, then leave without the parent's exit handlers
+        code = 1
+        try:
+            _draw_from(jobs, paths, next_job)
+            code = 0
+        finally:
+            os._exit(code)
+    drawn = _draw_from(jobs, paths, next_job)
+    if not _helper_finished(helper):
+        for index in range(1, len(jobs)):
+            if index not in drawn:
+                _draw(jobs[index][0], paths[index])
+    return paths
+
+
+def _draw(figure, path: Path) -> None:
+    part = path.with_name(f".{path.name}.part")
+    figure.savefig(part, format="png", dpi=DPI)
+    os.replace(part, path)
+
+
+def _draw_from(jobs, paths: list[Path], next_job) -> set[int]:
+    """Draw the next undrawn figure until none is left; the indexes drawn."""
+    drawn = set()
+    while True:
+        with next_job.get_lock():
+            index = next_job.value
+            next_job.value += 1
+        if index >= len(jobs):
+            return drawn
+        _draw(jobs[index][0], paths[index])
+        drawn.add(index)
+
+
+def _helper_finished(pid: int) -> bool:
+    """Wait for the helper; True if it did all it took on (else it is gone now)."""
+    deadline = time.monotonic() + HELPER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
 
 
 def axes_or_new(ax, width: float, height: float, **margins):
