@@ -161,8 +161,10 @@ def save_figures(jobs: Sequence[tuple[object, Path]], *, parallel: bool = True) 
 
 
 def _draw(figure, path: Path) -> None:
+    """`figure` as PNG at `path`, written whole. Deflated at level 1, not PIL's 6: a seed-MLP
+    report's 17 PNGs were 14% larger (921 against 809 kB) and 0.1 s quicker to write."""
     part = path.with_name(f".{path.name}.part")
-    figure.savefig(part, format="png", dpi=DPI)
+    figure.savefig(part, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
     os.replace(part, path)
 
 
