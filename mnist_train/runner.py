@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -622,6 +623,39 @@ def _save_checkpoint(
     log.log_checkpoint(state, name)
 
 
+def _store_arrays(
+    log: RunLog, prepared: Prepared, model: torch.nn.Module, probs: np.ndarray, last: EpochRecord
+) -> futures.Future:
+    """Start storing the run's arrays (test predictions, the held-out fold's, the per-example
+    records) on a thread: their uploads wait on the disk or the network while this thread logs
+    the model. The future raises what storing them raised."""
+    config = prepared.config
+    heldout = None
+    if config.cv_folds and prepared.val_split is not None:
+        # the fold this run never trained on, scored by the model of record: out-of-sample
+        # probabilities for the label-quality ranking of the training set
+        logits = infer(model, prepared.tensors.val_x, config.test_batch_size)
+        heldout = {
+            "labels": prepared.val_split.labels.numpy().astype(np.int64),
+            "probs": torch.softmax(logits, 1).cpu().numpy().astype(np.float32),
+            "index": prepared.val_index,
+        }
+    labels = prepared.test_split.labels.numpy().astype(np.int64)
+
+    def store() -> None:
+        log.log_predictions(labels, probs, prepared.test_index)
+        if heldout is not None:
+            log.log_arrays(contract.HELDOUT_PREDICTIONS_PATH, **heldout)
+        if config.per_example_record:
+            log.log_per_example_records(last.epoch, prepared.train_index, prepared.test_index)
+
+    pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="arrays")
+    try:
+        return pool.submit(store)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
@@ -667,33 +701,26 @@ def _log_results(
         raw = prepared.test_split.images.reshape(len(prepared.test_split), -1).float()
         logits = infer(model, raw.to(prepared.device), config.test_batch_size)
         _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
-    labels = prepared.test_split.labels.numpy().astype(np.int64)
-    log.log_predictions(labels, probs, prepared.test_index)
-    if config.cv_folds and prepared.val_split is not None:
-        # the fold this run never trained on, scored by the model of record: out-of-sample
-        # probabilities for the label-quality ranking of the training set
-        logits = infer(model, tensors.val_x, config.test_batch_size)
-        log.log_arrays(
-            contract.HELDOUT_PREDICTIONS_PATH,
-            labels=prepared.val_split.labels.numpy().astype(np.int64),
-            probs=torch.softmax(logits, 1).cpu().numpy().astype(np.float32),
-            index=prepared.val_index,
+    arrays = _store_arrays(log, prepared, model, probs, last)
+    try:
+        deployable = models.with_preprocessing(
+            copy.deepcopy(model).cpu(), tensors.mean, tensors.std
         )
-    if config.per_example_record:
-        log.log_per_example_records(last.epoch, prepared.train_index, prepared.test_index)
-    deployable = models.with_preprocessing(copy.deepcopy(model).cpu(), tensors.mean, tensors.std)
-    deployable.eval()
-    example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
-    with torch.no_grad():
-        outputs = deployable(torch.from_numpy(example)).numpy()
-    model_id = log.log_model(
-        deployable,
-        example,
-        outputs,
-        name=name,
-        epoch=record_epoch,
-        params=config.applied_params(),
-    )
+        deployable.eval()
+        example = prepared.test_split.images[:5].reshape(5, -1).float().div(255).numpy()
+        with torch.no_grad():
+            outputs = deployable(torch.from_numpy(example)).numpy()
+        model_id = log.log_model(
+            deployable,
+            example,
+            outputs,
+            name=name,
+            epoch=record_epoch,
+            params=config.applied_params(),
+        )
+    finally:
+        futures.wait([arrays])  # the run is not marked while they are being stored
+    arrays.result()
     finish_writes()  # the scores linked below are points the writer logged
     now = int(time.time() * 1000)
     points = [(key, float(value), now, last.epoch) for key, value in final.items()]

@@ -81,6 +81,44 @@ def _dataset(split: DatasetInput) -> Any:
     return made
 
 
+UPLOADS_AT_ONCE = 8
+
+
+def upload_tree(repository: Any, folder: Path) -> None:
+    """Every file under `folder` into the artifact `repository` at the same relative path,
+    several at once: through a tracking server each file is a request of its own (a logged
+    model is ~32 files, its code included), and requests wait on the network, not the CPU.
+    Raises the first upload's error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [file for file in sorted(folder.rglob("*")) if file.is_file()]
+
+    def upload(file: Path) -> None:
+        where = file.parent.relative_to(folder).as_posix()
+        repository.log_artifact(str(file), None if where == "." else where)
+
+    with ThreadPoolExecutor(max_workers=max(min(UPLOADS_AT_ONCE, len(files)), 1)) as pool:
+        for done in [pool.submit(upload, file) for file in files]:
+            done.result()
+
+
+@contextmanager
+def _our_classes_by_value() -> Iterator[None]:
+    """Pickle the classes of `models.py` (`Standardize`; the rest of a logged model is torch's
+    own layers) by value while a model is saved: the model then loads where this package is
+    not installed, without a copy of its code beside it (~26 files, a request each through a
+    tracking server, and a copy that would shadow the installed package once loaded)."""
+    import cloudpickle
+
+    from . import models
+
+    cloudpickle.register_pickle_by_value(models)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(models)
+
+
 @contextmanager
 def _pins_from_this_environment() -> Iterator[None]:
     """Skip MLflow's check of a model's pip requirements against the installed packages while
@@ -555,7 +593,11 @@ class RunLog:
             params=params,
             model_type="pytorch",
         )
-        with tempfile.TemporaryDirectory() as tmp, _pins_from_this_environment():
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            _pins_from_this_environment(),
+            _our_classes_by_value(),
+        ):
             path = Path(tmp) / "model"
             mlflow.pytorch.save_model(
                 model,
@@ -574,10 +616,18 @@ class RunLog:
                     f"torchvision=={pin(version('torchvision'))}",
                     f"numpy=={np.__version__}",
                 ],
-                code_paths=[str(Path(__file__).resolve().parent)],
                 serialization_format="pickle",
             )
-            self.client.log_model_artifacts(logged.model_id, str(path))
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            upload_tree(
+                get_artifact_repository(
+                    logged.artifact_location, tracking_uri=self.client.tracking_uri
+                ),
+                path,
+            )
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=epoch)])
         return logged.model_id

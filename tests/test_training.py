@@ -95,6 +95,53 @@ def test_logged_model_loads_and_reproduces_the_stored_predictions(trained_runs, 
     assert tuple(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 784)
 
 
+LOAD_WITHOUT_THE_PACKAGE = """
+import sys, numpy as np, torch, mlflow.pytorch
+
+class NoWorkbench:  # this process cannot import mnist_train, as on a machine without it
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "mnist_train":
+            raise ImportError("mnist_train is not installed here")
+
+sys.meta_path.insert(0, NoWorkbench())
+model = mlflow.pytorch.load_model(sys.argv[1])
+pixels = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    np.save(sys.argv[3], torch.softmax(model(pixels), 1).numpy())
+print(sorted(name for name in sys.modules if name.startswith("mnist_train")))
+"""
+
+
+def test_logged_model_loads_where_the_workbench_is_not_installed(trained_runs, data_dir, tmp_path):
+    """The model's own class (`Standardize`) is pickled by value: no copy of the package's code
+    travels with it, and none is needed."""
+    import os
+    import subprocess
+    import sys
+
+    from mnist_train.data import load_split
+    from mnist_train.tracking import logged_model_id
+
+    run_id = trained_runs["mlp"]
+    model_id = logged_model_id(MlflowClient(), run_id)
+    files = {f.path for f in MlflowClient().list_logged_model_artifacts(model_id)}
+    assert "code" not in files and "MLmodel" in files
+    pixels = load_split(data_dir, train=False, download=False).images[:200]
+    np.save(tmp_path / "pixels.npy", pixels.reshape(200, -1).float().numpy() / 255)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_THE_PACKAGE, f"models:/{model_id}"]
+        + [str(tmp_path / "pixels.npy"), str(tmp_path / "probs.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    stored = np.load(download(run_id, "predictions/test.npz", tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), stored["probs"], atol=1e-6)
+
+
 def test_logged_model_carries_the_model_of_record_scores_with_their_datasets(trained_runs):
     """What MLflow's Models page lists: the model under the run's name, its accuracy and loss
     on each dataset (the model of record's epoch), and nothing else (no system samples)."""
