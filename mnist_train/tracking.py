@@ -291,7 +291,11 @@ class RunLog:
     inputs, which the model's scores are linked to."""
 
     def __init__(
-        self, run_id: str, experiment_id: str, datasets: dict[str, tuple[str, str]] | None = None
+        self,
+        run_id: str,
+        experiment_id: str,
+        datasets: dict[str, tuple[str, str]] | None = None,
+        artifact_uri: str | None = None,
     ):
         from mlflow.tracking import MlflowClient
 
@@ -300,6 +304,25 @@ class RunLog:
         self.datasets = dict(datasets or {})
         self.client = MlflowClient()
         self._records: dict[int, dict[str, np.ndarray]] = {}  # per-epoch records written here
+        self._artifact_uri = artifact_uri
+        self._repository: Any = None
+
+    def upload(self, local: str | Path, artifact_path: str | None = None) -> None:
+        """A file (or, with `upload_tree`, a folder's files) into the run's artifacts, through
+        the run's artifact repository, made once from its artifact URI (known from opening the
+        run; MLflow's own `log_artifact` reads the run back for it, a request per run)."""
+        if self._repository is None:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            uri = self._artifact_uri or self.client.get_run(self.run_id).info.artifact_uri
+            self._repository = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
+        local = Path(local)
+        if local.is_dir():
+            upload_tree(self._repository, local)
+        else:
+            self._repository.log_artifact(str(local), artifact_path)
 
     @classmethod
     def open(
@@ -324,7 +347,7 @@ class RunLog:
             tags=tags,
             log_system_metrics=system_metrics,
         )
-        return cls(active.info.run_id, experiment_id)
+        return cls(active.info.run_id, experiment_id, artifact_uri=active.info.artifact_uri)
 
     @classmethod
     def reopen(cls, run_id: str, *, system_metrics: bool = False) -> RunLog:
@@ -339,7 +362,7 @@ class RunLog:
             for i in inputs
             if i.dataset.name in split_of
         }
-        return cls(run_id, run.info.experiment_id, datasets)
+        return cls(run_id, run.info.experiment_id, datasets, run.info.artifact_uri)
 
     def log_setup(
         self,
@@ -363,7 +386,7 @@ class RunLog:
             )
             if experiment_file is not None:
                 (folder / "config" / experiment_file.path.name).write_text(experiment_file.text)
-            self.client.log_artifacts(self.run_id, tmp)
+            self.upload(tmp)
         made = [_dataset(split) for split in datasets]
         contexts = [split.context for split in datasets]
         if made:
@@ -419,7 +442,7 @@ class RunLog:
         with open_pending(path) as f:
             torch.save(state, f)
         try:
-            self.client.log_artifact(self.run_id, str(path), contract.CHECKPOINT_DIR)
+            self.upload(str(path), contract.CHECKPOINT_DIR)
         except Exception as err:
             raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
         path.unlink()
@@ -458,7 +481,7 @@ class RunLog:
         path = Path(contract.PREDICTIONS_PATH)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / path.name).write_bytes(buffer.getvalue())
-            self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
+            self.upload(str(Path(tmp) / path.name), str(path.parent))
 
     def log_arrays(self, artifact_path: str, **arrays: np.ndarray) -> None:
         """Arrays as one compressed .npz artifact at `artifact_path`."""
@@ -467,7 +490,7 @@ class RunLog:
         path = Path(artifact_path)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / path.name).write_bytes(buffer.getvalue())
-            self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), str(path.parent))
+            self.upload(str(Path(tmp) / path.name), str(path.parent))
 
     def upload_pending(self) -> list[str]:
         """Upload what an earlier session kept on this machine while the tracking server was
@@ -480,7 +503,7 @@ class RunLog:
         ]:
             if path.is_symlink():  # planted, not written by a run: never read through it
                 continue
-            self.client.log_artifact(self.run_id, str(path), destination)
+            self.upload(str(path), destination)
             path.unlink()
             uploaded.append(path.name)
         return uploaded
@@ -493,7 +516,7 @@ class RunLog:
         with open_pending(path) as f:
             save_npz(f, **arrays)
         try:
-            self.client.log_artifact(self.run_id, str(path), contract.EPOCH_RECORD_DIR)
+            self.upload(str(path), contract.EPOCH_RECORD_DIR)
         except Exception as err:
             raise StoreUnavailable(str(err).splitlines()[0][:300]) from None
         path.unlink()
@@ -521,7 +544,7 @@ class RunLog:
                     dst_path=tmp,
                 )
             elif local.is_file():
-                self.client.log_artifact(self.run_id, str(local), contract.EPOCH_RECORD_DIR)
+                self.upload(str(local), contract.EPOCH_RECORD_DIR)
                 path = local
             else:
                 return None
