@@ -315,6 +315,7 @@ def _report_one(
                 f"reaches position {int(train_record.index.max())}: no training-image galleries"
             )
             train_images = None
+    process.settled()  # imports, store and run in place: the collector resumes for the work
     written = report.build_run_report(
         run,
         out,
@@ -386,6 +387,7 @@ def compare_command(
     from analysis.compare_report import compare_runs
 
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    process.settled()  # the collector is back before the work (paused by `main`)
     comparison, path, logged = compare_runs(
         out_dir=out_dir,
         experiments=experiments,
@@ -433,6 +435,7 @@ def labels_command(
     if not (experiments or run_ids or parent_run_id or filter_string):
         raise click.UsageError("choose runs with --experiment, --runs, --parent or --filter")
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    process.settled()  # the collector is back before the work (paused by `main`)
     result = run_labels(
         tracking_uri,
         out_dir,
@@ -489,6 +492,7 @@ def explore_command(
     from analysis.explore import explore_runs
 
     ids = [part.strip() for value in run_ids for part in value.split(",") if part.strip()]
+    process.settled()  # the collector is back before the work (paused by `main`)
     result = explore_runs(
         out_dir=out_dir,
         experiments=experiments,
@@ -512,6 +516,7 @@ def explore_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`mnist-analysis`)."""
+    process.pause_collection()
     process.configure()
     process.finish_process(lambda: cli.main(args=argv, prog_name="mnist-analysis"))
 

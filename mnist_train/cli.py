@@ -471,6 +471,7 @@ def _dry_run(config: RunConfig, data_dir: Path) -> None:
 
 
 def main() -> None:
+    process.pause_collection()
     process.configure()
     process.finish_process(lambda: cli(prog_name="mnist-train"))
 

@@ -7,6 +7,7 @@ Standard library only: both CLIs import it before torch or MLflow.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,30 @@ def configure(tracking_uri: str | None = None) -> str:
         # a file store, named on purpose: MLflow 3 refuses one unless told it is wanted
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return uri
+
+
+_COLLECTION_PAUSED: list[bool] = []
+
+
+def pause_collection() -> None:
+    """Pause Python's cyclic garbage collector while a command starts: importing torch, MLflow,
+    pandas and matplotlib and loading a run make millions of objects that live as long as the
+    process, and the collector scanned them again and again as they came (measured here: 1.2 s
+    of a 7 s `mnist-train run` of seed 000, 0.6 s of a 3.4 s `mnist-analysis run`). `settled`
+    resumes it. For a command's `main` only: library code and tests keep Python's defaults."""
+    if not _COLLECTION_PAUSED:
+        gc.disable()
+        _COLLECTION_PAUSED.append(True)
+
+
+def settled() -> None:
+    """The command's long-lived objects are in place (imports, data, store): freeze them (the
+    collector never scans them again) and resume collecting what the work makes. Called where
+    the work begins (training, a report); a no-op unless `pause_collection` paused it."""
+    if _COLLECTION_PAUSED:
+        _COLLECTION_PAUSED.clear()
+        gc.freeze()
+        gc.enable()
 
 
 @contextmanager

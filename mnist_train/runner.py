@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import contract, data, models
+from . import contract, data, models, process
 from .config import ConfigError, ExperimentFile, RunConfig
 from .ownership import abandoned, owner_tags
 from .progress import Reporter
@@ -486,6 +486,7 @@ def _train_and_log(
     run needs no checkpoint read back) and what waits for the metric writer: a run that trained
     to its end calls it after storing its arrays, so the writer's last epoch overlaps them."""
     config = prepared.config
+    process.settled()  # the command's imports, data and store are in place
     per_epoch = data.num_batches(
         len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import contract
+from . import contract, process
 from .config import ConfigError
 from .study import StudyPlan, open_storage, requeue
 from .study_grid import format_value
@@ -373,6 +373,7 @@ def _say(job: Job, text: str) -> None:
 
 def worker_main(job: Job, stop_event: Any, parent_pid: int, threads: int) -> None:
     """Entry point of a spawned worker: Ctrl-C reaches the command, which sets `stop_event`."""
+    process.pause_collection()  # until its first trial trains
     import torch
 
     from .tracking import quiet_mlflow_logs
@@ -424,13 +425,13 @@ def run_workers(job: Job, workers: int, should_stop: Callable[[], bool]) -> bool
         )
         for i in range(workers)
     ]
-    for process in processes:
-        process.start()
+    for worker in processes:
+        worker.start()
     stopped = False
     while any(p.is_alive() for p in processes):
         if should_stop() and not stopped:
             stopped = True
             stop_event.set()
-        for process in processes:
-            process.join(timeout=0.25)
+        for worker in processes:
+            worker.join(timeout=0.25)
     return not stopped

@@ -178,9 +178,9 @@ def check_tracking_server(uri: str) -> None:
 
 def save_npz(file: Any, **arrays: np.ndarray) -> None:
     """`arrays` as an .npz (read back with `np.load`): whole numbers and flags deflated at level
-    1, probabilities stored as they are. Deflate takes a tenth of the size of those flags and
-    digits, but only a quarter off probabilities, at four times the cost of all the rest of
-    writing (measured on a seed-MLP run's records); a short run pays it after every epoch."""
+    1, probabilities stored as they are, which deflate barely shrinks. On seed 000's three end
+    files (`train.npz`, `test_by_epoch.npz`, `test.npz`) that is 18% more bytes (1.60 against
+    1.36 MB) written five times faster (7 against 37 ms); a run pays it after every epoch too."""
     deflate = zipfile.ZIP_DEFLATED
     with zipfile.ZipFile(file, "w", compression=deflate, compresslevel=1) as archive:
         for name, array in arrays.items():

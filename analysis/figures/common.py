@@ -71,7 +71,7 @@ def save_figure(figure, path: str | Path) -> Path:
     """Write `figure` as PNG to `path` (parent folders created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)
+    _draw(figure, path)
     return path
 
 
