@@ -81,25 +81,12 @@ def _dataset(split: DatasetInput) -> Any:
     return made
 
 
-UPLOADS_AT_ONCE = 8
+def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:
+    """MLflow's artifact repository for `artifact_uri` (a run's or a logged model's), made from
+    the URI already at hand: MLflow's client reads the run or model back for it first."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-
-def upload_tree(repository: Any, folder: Path) -> None:
-    """Every file under `folder` into the artifact `repository` at the same relative path,
-    several at once: through a tracking server each file is a request of its own (a logged
-    model is ~32 files, its code included), and requests wait on the network, not the CPU.
-    Raises the first upload's error."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    files = [file for file in sorted(folder.rglob("*")) if file.is_file()]
-
-    def upload(file: Path) -> None:
-        where = file.parent.relative_to(folder).as_posix()
-        repository.log_artifact(str(file), None if where == "." else where)
-
-    with ThreadPoolExecutor(max_workers=max(min(UPLOADS_AT_ONCE, len(files)), 1)) as pool:
-        for done in [pool.submit(upload, file) for file in files]:
-            done.result()
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
 
 
 @contextmanager
@@ -308,19 +295,14 @@ class RunLog:
         self._repository: Any = None
 
     def upload(self, local: str | Path, artifact_path: str | None = None) -> None:
-        """A file (or, with `upload_tree`, a folder's files) into the run's artifacts, through
-        the run's artifact repository, made once from its artifact URI (known from opening the
-        run; MLflow's own `log_artifact` reads the run back for it, a request per run)."""
+        """A file, or a folder's files, into the run's artifacts, through the run's artifact
+        repository, made once from its artifact URI (known from opening the run; MLflow's own
+        `log_artifact` reads the run back for it, a request per run)."""
         if self._repository is None:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
             uri = self._artifact_uri or self.client.get_run(self.run_id).info.artifact_uri
-            self._repository = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
-        local = Path(local)
-        if local.is_dir():
-            upload_tree(self._repository, local)
+            self._repository = artifact_repository(uri, self.client.tracking_uri)
+        if Path(local).is_dir():
+            self._repository.log_artifacts(str(local), artifact_path)
         else:
             self._repository.log_artifact(str(local), artifact_path)
 
@@ -377,7 +359,7 @@ class RunLog:
         import yaml
 
         mlflow.log_params(params)
-        with tempfile.TemporaryDirectory() as tmp:  # the three files in one upload
+        with tempfile.TemporaryDirectory() as tmp:  # the three files in one call
             folder = Path(tmp)
             (folder / "config").mkdir()
             (folder / "model_summary.txt").write_text(model_summary)
@@ -641,16 +623,8 @@ class RunLog:
                 ],
                 serialization_format="pickle",
             )
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
-            upload_tree(
-                get_artifact_repository(
-                    logged.artifact_location, tracking_uri=self.client.tracking_uri
-                ),
-                path,
-            )
+            repository = artifact_repository(logged.artifact_location, self.client.tracking_uri)
+            repository.log_artifacts(str(path))
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=epoch)])
         return logged.model_id

@@ -88,26 +88,39 @@ def alongside(work: Callable[[], T]) -> Callable[[], T]:
     if not hasattr(os, "fork"):
         return work
     readable, writable = os.pipe()
-    helper = os.fork()
-    if helper == 0:
+
+    def send() -> None:
         os.close(readable)
-        code = 1
-        try:
-            payload = pickle.dumps(work())
-            with os.fdopen(writable, "wb") as pipe:
-                pipe.write(payload)
-            code = 0
-        finally:
-            os._exit(code)
+        payload = pickle.dumps(work())
+        with os.fdopen(writable, "wb") as pipe:
+            pipe.write(payload)
+
+    helper = _fork(send)
     os.close(writable)
 
     def result() -> T:
         payload = _read_all(readable, time.monotonic() + HELPER_TIMEOUT_S)
-        if payload is not None and _helper_finished(helper) and payload:
+        if payload is None:  # silent past the deadline
+            _helper_finished(helper, timeout=0)
+        elif _helper_finished(helper) and payload:
             return pickle.loads(payload)
         return work()
 
     return result
+
+
+def _fork(child: Callable[[], None]) -> int:
+    """A forked helper that runs `child` and leaves (status 0, else 1) without this process's
+    exit handlers; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
 
 
 def _read_all(fd: int, deadline: float) -> bytes | None:
@@ -144,14 +157,7 @@ def save_figures(jobs: Sequence[tuple[object, Path]], *, parallel: bool = True) 
 
     _draw(jobs[0][0], paths[0])  # here first: the first PNG imports what encoding needs
     next_job = multiprocessing.get_context("fork").Value("i", 1)
-    helper = os.fork()
-    if helper == 0:  # the helper: draw, then leave without the parent's exit handlers
-        code = 1
-        try:
-            _draw_from(jobs, paths, next_job)
-            code = 0
-        finally:
-            os._exit(code)
+    helper = _fork(lambda: _draw_from(jobs, paths, next_job))
     drawn = _draw_from(jobs, paths, next_job)
     if not _helper_finished(helper):
         for index in range(1, len(jobs)):
@@ -181,9 +187,9 @@ def _draw_from(jobs, paths: list[Path], next_job) -> set[int]:
         drawn.add(index)
 
 
-def _helper_finished(pid: int) -> bool:
+def _helper_finished(pid: int, timeout: float = HELPER_TIMEOUT_S) -> bool:
     """Wait for the helper; True if it did all it took on (else it is gone now)."""
-    deadline = time.monotonic() + HELPER_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
