@@ -30,6 +30,10 @@ QUIET_MLFLOW = {
     # with none; every 2 s fills the System metrics tab of a 5 s run at a negligible cost
     "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2",
     "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1",
+    # MLflow 3 sends usage telemetry to its maintainers' servers from every process that imports
+    # it (outside CI); a command of the workbench talks to no host but the tracking store the user
+    # named and torchvision's MNIST mirrors. MLflow reads this once, when it is first imported.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
 

@@ -406,7 +406,7 @@ def start_mlflow(root: Path, exe: str, backend_uri: str, passfile: Path) -> tupl
         cmd += ["--port", str(port), "--workers", "1"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=out, env=libpq_env(passfile), start_new_session=True
+                cmd, stdout=out, stderr=out, env=server_env(passfile), start_new_session=True
             )
         server = started_identity(proc.pid, cmd)
         if server and wait_http(f"http://127.0.0.1:{port}", server, log, since):
@@ -418,6 +418,22 @@ def start_mlflow(root: Path, exe: str, backend_uri: str, passfile: Path) -> tupl
         reason = f"port {port} on 127.0.0.1 is in use" if taken else last_line(log, since)
         raise ServerError(f"mlflow server exited at start: {reason} (see {log})")
     raise AssertionError("unreachable")
+
+
+# MLflow 3's server also starts a job runner with seven Huey consumers (GenAI evaluation, prompt
+# optimisation, trace roll-ups: nothing the workbench uses): 8 more processes, ~1.9 GB of memory,
+# and ~20 s of CPU at start, which competed with the first minute of training on two cores.
+# Telemetry (usage records posted to MLflow's maintainers) is off, as in the workbench's commands.
+SERVER_SETTINGS = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def server_env(passfile: Path) -> dict:
+    """The tracking server's environment: the password file, and `SERVER_SETTINGS` unless the
+    caller's environment says otherwise."""
+    return {**SERVER_SETTINGS, **libpq_env(passfile)}
 
 
 def wait_http(url: str, server: dict, log: Path, since: int) -> bool:

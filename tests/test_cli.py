@@ -249,3 +249,31 @@ def test_a_truncated_checkpoint_on_resume_is_one_line(experiment, data_dir, tmp_
     )
     assert_one_line_error(result, "epoch_001.pt of run")
     assert "is torn" in result.output
+
+
+TELEMETRY_PROBE = """
+import sys
+import analysis.cli, mnist_train.cli
+from mnist_train import process
+assert "mlflow" not in sys.modules, "a command imports MLflow before its settings are made"
+if sys.argv[1] == "configured":
+    process.configure()
+import mlflow.telemetry
+print(mlflow.telemetry.get_telemetry_client() is None)
+"""
+
+
+@pytest.mark.parametrize(("how", "silent"), [("configured", True), ("as MLflow leaves it", False)])
+def test_the_commands_send_mlflow_no_telemetry(how, silent, tmp_path):
+    """MLflow 3 posts usage records to its maintainers' servers from every process that imports
+    it (it stays quiet only in CI, as here): both commands settle their MLflow settings before
+    anything imports it, and those turn telemetry off. The second case shows the probe sees it."""
+    ci_markers = {"CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ci_markers}
+    env.pop("MLFLOW_DISABLE_TELEMETRY", None)
+    env["HOME"] = str(tmp_path)  # MLflow keeps an installation id under the home folder
+    done = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE, how], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == str(silent)

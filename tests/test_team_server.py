@@ -46,6 +46,23 @@ def test_no_password_on_any_command_line_environment_or_log(server):
         assert not [log for log in logs if password in log]
 
 
+def test_the_tracking_server_is_two_processes_without_job_consumers(server):
+    """MLflow's job runner and its Huey consumers (eight processes, ~1.9 GB, ~20 s of CPU at
+    start on this machine) serve features the workbench never uses: the team server runs the
+    mlflow command and its one uvicorn worker only, and sends no telemetry."""
+    import json
+
+    import psutil
+
+    state = json.loads((server.root / "state.json").read_text())
+    root = psutil.Process(state["mlflow"][0]["pid"])
+    family = [root, *root.children(recursive=True)]
+    commands = [" ".join(p.cmdline()) for p in family]
+    assert len(family) == 2 and "uvicorn" in commands[1], commands
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c]
+    assert all(p.environ().get("MLFLOW_DISABLE_TELEMETRY") == "true" for p in family)
+
+
 def test_mlflow_run_round_trip_with_proxied_artifact(server, tmp_path):
     from mlflow import MlflowClient
 
