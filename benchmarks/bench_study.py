@@ -58,7 +58,7 @@ def run_study(trials: int, workers: int, env: dict, cwd: Path, data_dir: str, st
     return seconds, parent
 
 
-# issue 19: a warm trial's MLflow start-to-end over its train_time_s, per setup
+# issue 19: a warm trial's MLflow start-to-end over its train_time_s, per setup, with one worker
 TAX_TARGETS = {"local": 1.10, "server": 1.20}
 summary: dict[str, dict] = {}  # setup -> figures of its one-worker row, for --json
 
@@ -110,7 +110,10 @@ def measure(label: str, args, env: dict, tracking_uri: str, storage: str, worker
         ratio = statistics.median(i / t for i, t in zip(times["inside"], times["trains"]))
         target = TAX_TARGETS[label.split()[0]]
         verdict = "met" if ratio <= target else "MISSED"
-        line += f" {ratio:.2f}x (<= {target:.2f}x {verdict}) | {load()} |"
+        if workers == 1:
+            line += f" {ratio:.2f}x (<= {target:.2f}x {verdict}) | {load()} |"
+        else:  # the target is one warm worker's; here trials share the two cores
+            line += f" {ratio:.2f}x (target is for 1 worker) | {load()} |"
         summary[f"{label.split()[0]}, {workers} worker(s)"] = {
             "workers": workers,
             "trials_per_min": steady,
