@@ -265,7 +265,6 @@ def run_training(
             )
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
             _save_checkpoint(log, parts, progress, config)
-            log.settle_uploads()  # the message below promises it is in the store
             log.end("KILLED")
             raise TrainingStopped(
                 f"interrupted in epoch {progress.epoch} after step {progress.step}; checkpoint "
@@ -723,7 +722,6 @@ def _log_results(
     finally:
         futures.wait([arrays])  # the run is not marked while they are being stored
     arrays.result()
-    log.settle_uploads()  # every epoch's checkpoint and record, before the run is marked
     finish_writes()  # the scores linked below are points the writer logged
     now = int(time.time() * 1000)
     points = [(key, float(value), now, last.epoch) for key, value in final.items()]

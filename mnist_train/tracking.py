@@ -39,7 +39,6 @@ from .tracking_writer import (
     shared_writer,
     write_rows,
 )
-from .uploads import Uploads
 
 # Per-step points from which a helper process writes metrics: below it, starting the process
 # (~1.5 s of imports) costs more than the inline writes it saves (~0.2 ms a point).
@@ -294,8 +293,6 @@ class RunLog:
         self._records: dict[int, dict[str, np.ndarray]] = {}  # per-epoch records written here
         self._artifact_uri = artifact_uri
         self._repository: Any = None
-        self._uploads = Uploads(self.upload)  # checkpoints and epoch records, off the epoch's path
-        self._last_checkpoint: tuple[Path, int] | None = None  # the newest handed over, its place
 
     def upload(self, local: str | Path, artifact_path: str | None = None) -> None:
         """A file, or a folder's files, into the run's artifacts, through the run's artifact
@@ -420,27 +417,17 @@ class RunLog:
 
         It is written to a local folder first and removed from there once uploaded, so a
         tracking server that goes away loses no checkpoint: StoreUnavailable says where it is.
-        The upload runs on a thread while the next epoch trains; this waits for the previous
-        checkpoint's (and what came before it), so the store is never more than an epoch behind
-        and a failed upload stops the run at the next epoch's end.
         """
         import torch
 
         path = pending_checkpoints(self.run_id) / name
         with open_pending(path) as f:
             torch.save(state, f)
-        previous = self._last_checkpoint[1] if self._last_checkpoint else 0
-        failure = self._uploads.wait(previous)
-        if failure is not None:
-            raise StoreUnavailable(failure, path)  # the newest, on disk with every one after
-        self._last_checkpoint = (path, self._uploads.put(path, contract.CHECKPOINT_DIR))
-
-    def settle_uploads(self) -> None:
-        """Wait until every checkpoint and epoch record handed over is in the store;
-        StoreUnavailable (naming the newest checkpoint, kept on disk) if one could not be."""
-        failure = self._uploads.wait()
-        if failure is not None:
-            raise StoreUnavailable(failure, self._last_checkpoint and self._last_checkpoint[0])
+        try:
+            self.upload(str(path), contract.CHECKPOINT_DIR)
+        except Exception as err:
+            raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
+        path.unlink()
 
     def log_final(self, metrics: Sequence[Row], model_id: str, scores: Sequence[Row]) -> None:
         """The run's end-of-run `metrics` and, linked to the logged model `model_id` and to the
@@ -510,7 +497,11 @@ class RunLog:
         path = pending_checkpoints(self.run_id) / "records" / name
         with open_pending(path) as f:
             save_npz(f, **arrays)
-        self._uploads.put(path, contract.EPOCH_RECORD_DIR)  # before the epoch's checkpoint
+        try:
+            self.upload(str(path), contract.EPOCH_RECORD_DIR)
+        except Exception as err:
+            raise StoreUnavailable(str(err).splitlines()[0][:300]) from None
+        path.unlink()
         self._records[epoch] = {k: np.asarray(v) for k, v in arrays.items()}  # read back at the end
 
     def load_epoch_record(self, epoch: int) -> dict[str, np.ndarray] | None:
@@ -643,19 +634,14 @@ class RunLog:
         this call's only: a worker's next trial gets the usual retries again."""
         with scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3"):
             try:
-                self.end(status, wait_for_uploads=False)
+                self.end(status)
             except Exception:
                 pass  # the run stays RUNNING; its owner tags let --resume take it over
 
-    def end(self, status: str, reason: str | None = None, *, wait_for_uploads: bool = True) -> None:
-        """End the run as FINISHED, KILLED or FAILED; a reason goes to the `failure_reason` tag.
-        Uploads still under way finish first (a failed one stays on disk for a resume: a run
-        that must have them all calls `settle_uploads` before)."""
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End the run as FINISHED, KILLED or FAILED; a reason goes to the `failure_reason` tag."""
         import mlflow
 
-        if wait_for_uploads:
-            self._uploads.wait()
-        self._uploads.close()
         if reason is not None:
             reason = contract.fit_tag(reason)
             self.client.set_tag(self.run_id, contract.TAG_FAILURE_REASON, reason)
