@@ -109,11 +109,10 @@ def measure(label: str, args, env: dict, tracking_uri: str, storage: str, worker
         line += f" {engine:.2f} ({100 * engine / train:.0f}%) |"
         ratio = statistics.median(i / t for i, t in zip(times["inside"], times["trains"]))
         target = TAX_TARGETS[label.split()[0]]
-        verdict = "met" if ratio <= target else "MISSED"
-        if workers == 1:
-            line += f" {ratio:.2f}x (<= {target:.2f}x {verdict}) | {load()} |"
-        else:  # the target is one warm worker's; here trials share the two cores
-            line += f" {ratio:.2f}x (target is for 1 worker) | {load()} |"
+        verdict = f"<= {target:.2f}x {'met' if ratio <= target else 'MISSED'}"
+        if workers > 1:  # the target is one warm worker's; here trials share the two cores
+            verdict = "target is for 1 worker"
+        line += f" {ratio:.2f}x ({verdict}) | {load()} |"
         summary[f"{label.split()[0]}, {workers} worker(s)"] = {
             "workers": workers,
             "trials_per_min": steady,
