@@ -351,7 +351,7 @@ def _run_sweep(
     quiet_mlflow_logs()
     storage = storage or default_storage(default_tracking_uri())
     try:
-        # stdout carries run ids only; MLflow prints "View run ... at <url>" for http stores
+        # stdout carries run ids only: whatever MLflow prints goes to stderr
         with stop_on_signals() as stop, contextlib.redirect_stdout(sys.stderr):
             result = run_study(
                 plan,
@@ -404,7 +404,7 @@ def _run_one(
 
     from .progress import Reporter
     from .runner import EXIT_INTERRUPTED, TrainingStopped, prepare_run, run_training
-    from .tracking import quiet_mlflow_logs
+    from .tracking import current_tracking_uri, quiet_mlflow_logs, run_url
 
     quiet_mlflow_logs()
     prepared = prepare_run(config, data_dir)
@@ -418,6 +418,9 @@ def _run_one(
                 reporter=Reporter(enabled=not quiet, label=config.name),
                 should_stop=stop,
             )
+        link = run_url(current_tracking_uri(), result.experiment_id, result.run_id)
+        if link and not quiet:
+            _echo_safely(f"view it at {link}", err=True)
         return result.run_id
     except TrainingStopped as err:
         _echo_safely(err.run_id)  # stdout carries the run id, interrupted or not

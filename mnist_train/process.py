@@ -34,6 +34,10 @@ QUIET_MLFLOW = {
     # it (outside CI); a command of the workbench talks to no host but the tracking store the user
     # named and torchvision's MNIST mirrors. MLflow reads this once, when it is first imported.
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # through an http store MLflow reads every run back as it ends, to print two links to it
+    # ("View run ... at"): a request and two lines per trial of a study. `mnist-train run` prints
+    # a single run's link itself (`tracking.run_url`).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 

@@ -99,6 +99,7 @@ class RunResult:
     record: ModelOfRecord
     final: dict[str, float]  # the run's final metrics (train_time_s, predictions_epoch, ...)
     last_epoch: int  # the last epoch trained (later than the record's when it stopped early)
+    experiment_id: str = ""
 
     def value(self, key: str) -> float | None:
         """`key` for the model of record: a score at its epoch, else a final metric."""
@@ -729,4 +730,4 @@ def _log_results(
         (contract.record_key(k), float(v), now, record_epoch) for k, v in record.scores.items()
     ]
     log.log_final(points, model_id, record.rows)
-    return RunResult(log.run_id, record, final, last.epoch)
+    return RunResult(log.run_id, record, final, last.epoch, log.experiment_id)

@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import uuid
 import warnings
 import zipfile
@@ -646,6 +647,20 @@ class RunLog:
             reason = contract.fit_tag(reason)
             self.client.set_tag(self.run_id, contract.TAG_FAILURE_REASON, reason)
         mlflow.end_run(status=status)
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI of an http(s) tracking server, without any credentials
+    the URI carries; None for a local store (whose UI is wherever `mlflow ui` serves it)."""
+    if not is_http(tracking_uri) or not experiment_id:
+        return None
+    parts = urllib.parse.urlsplit(tracking_uri)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def logged_model_id(client: Any, run_id: str) -> str:

@@ -277,3 +277,22 @@ def test_the_commands_send_mlflow_no_telemetry(how, silent, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == str(silent)
+
+
+@pytest.mark.parametrize(
+    "uri, link",
+    [
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000/#/experiments/4/runs/abc"),
+        (
+            "https://me:s3cret@mlflow.example.org/",
+            "https://mlflow.example.org/#/experiments/4/runs/abc",
+        ),
+        ("http://[::1]:8080/mlflow/", "http://[::1]:8080/mlflow/#/experiments/4/runs/abc"),
+        ("sqlite:///mlflow.db", None),
+        ("postgresql://me:s3cret@db/mlflow", None),
+    ],
+)
+def test_a_run_link_names_the_server_and_never_its_credentials(uri, link):
+    from mnist_train.tracking import run_url
+
+    assert run_url(uri, "4", "abc") == link

@@ -243,6 +243,10 @@ def test_a_server_that_stops_mid_run_costs_a_minute_and_no_checkpoint(data_dir, 
         assert resumed.returncode == 0, err
         assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
         assert not kept.exists()  # uploaded, so no longer kept aside
+        # one link of ours to the run's page; none of MLflow's (a request per run to make them)
+        experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+        assert f"view it at {uri}/#/experiments/{experiment_id}/runs/{run_id}" in err
+        assert "View run" not in err + out and "View experiment" not in err + out
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -293,6 +297,7 @@ def test_a_server_lost_mid_study_ends_in_75_and_the_next_command_resumes(data_di
         again = mnist_train(path, "--data-dir", data_dir, "--storage", storage, env=env)
         out, err = again.communicate(timeout=600)
         assert again.returncode == 0, err
+        assert "View run" not in err + out and "view it at" not in err  # no link per trial
         assert "uploaded what run" in err and not kept.exists()
         client = MlflowClient(uri)
         parent_id, *child_ids = out.split()
