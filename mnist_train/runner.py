@@ -9,6 +9,7 @@ KILLED (after writing a checkpoint to resume from).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
@@ -27,6 +28,7 @@ from . import contract, data, models, process
 from .config import ConfigError, ExperimentFile, RunConfig
 from .ownership import abandoned, owner_tags
 from .progress import Reporter
+from .recording import EpochRecorder
 from .run_record import Prepared, datasets, run_params, run_tags
 from .store import open_store
 from .tracking import (
@@ -227,8 +229,9 @@ def run_training(
     record.
 
     `tags` are added to the run's; `on_start(run_id)` is called once the run exists, before
-    training; `on_epoch(record)` after each epoch's metrics and checkpoint are recorded, and may
-    raise `EndRun`. `take_over` resumes a run left RUNNING whose owner is known to be gone.
+    training; `on_epoch(record)` after each epoch's checkpoint is written (it and the epoch's
+    metrics reach the store while the next epoch trains), and may raise `EndRun`. `take_over`
+    resumes a run left RUNNING whose owner is known to be gone.
     """
     config = prepared.config
     open_store()
@@ -240,7 +243,7 @@ def run_training(
     )
     reporter = reporter or Reporter(enabled=False)
     unwritten: list[Row] = []  # the finished epoch's metric points not yet in the store
-    finish_writes: Callable[[], None] = lambda: None  # noqa: E731 - until training starts
+    recorder: EpochRecorder | None = None  # once training starts
     try:
         if resume_run_id:
             log.beat()  # this process owns the run now
@@ -261,7 +264,7 @@ def run_training(
         if resume_run_id and _nothing_to_train(progress, config):
             last, kept = _last_recorded(log, progress), None  # a run left unended: end it
         else:
-            last, kept, finish_writes = _train_and_log(
+            last, kept, recorder = _train_and_log(
                 log, parts, prepared, progress, reporter, should_stop, on_epoch, unwritten
             )
         if progress.epoch <= config.epochs and not progress.stopped_early:  # interrupted
@@ -276,7 +279,7 @@ def run_training(
         if last is None:  # resumed with every epoch already trained: nothing new to record
             raise ConfigError(f"run {log.run_id} has no epoch left to train")
         result = _log_results(
-            log, model, prepared, progress, last, kept, model_name(config.name, tags), finish_writes
+            log, model, prepared, progress, last, kept, model_name(config.name, tags), recorder
         )
         log.end("FINISHED")
         shutil.rmtree(pending_checkpoints(log.run_id), ignore_errors=True)  # all uploaded now
@@ -285,10 +288,11 @@ def run_training(
     except TrainingStopped:
         raise
     except (NonFiniteLoss, EndRun, KeyboardInterrupt, CacheUnwritable) as err:
-        _quietly(finish_writes)
+        # a second Ctrl-C waits for no upload: what is not yet stored stays on local disk
+        _quietly(recorder, wait_for_upload=not isinstance(err, KeyboardInterrupt))
         raise _ended(log, err) from None
     except BaseException as err:
-        _quietly(finish_writes)
+        _quietly(recorder)
         if isinstance(err, Exception) and store_is_gone():
             kept = _keep_locally(err, parts, progress, config, log.run_id, unwritten)
             log.end_quietly("KILLED")
@@ -305,11 +309,14 @@ def run_training(
         reporter.close()
 
 
-def _quietly(finish_writes: Callable[[], None]) -> None:
-    """Let the metric writer finish before the run is marked, when the run failed after
-    training (before that, `_train_and_log` waited for it): its own failure is then no news."""
+def _quietly(recorder: EpochRecorder | None, **how: bool) -> None:
+    """Let the last upload and the metric writer finish before the run is marked, when the run
+    failed after training (before that, `_train_and_log` waited for them): their own failure is
+    then no news."""
+    if recorder is None:
+        return
     try:
-        finish_writes()
+        recorder.finish(**how)
     except Exception:
         pass
 
@@ -481,33 +488,22 @@ def _train_and_log(
     should_stop: Callable[[], bool],
     on_epoch: Callable[[EpochRecord], None] | None = None,
     unwritten: list[Row] | None = None,
-) -> tuple[EpochRecord | None, _Kept | None, Callable[[], None]]:
-    """Drive the training loop; log each epoch's metrics, batch losses and checkpoint. Returns
-    the last epoch's record, the model of record as it stands (kept in memory, so the end of the
-    run needs no checkpoint read back) and what waits for the metric writer: a run that trained
-    to its end calls it after storing its arrays, so the writer's last epoch overlaps them."""
+) -> tuple[EpochRecord | None, _Kept | None, EpochRecorder]:
+    """Drive the training loop; log each epoch's metrics, batch losses, per-example record and
+    checkpoint (see `recording.py` for their order). Returns the last epoch's record, the model
+    of record as it stands (kept in memory, so the end of the run needs no checkpoint read back)
+    and its `EpochRecorder`: a run that trained to its end finishes it after storing its arrays
+    and model, which overlap the last upload and the writer's last batch."""
     config = prepared.config
     process.settled()  # the command's imports, data and store are in place
     per_epoch = data.num_batches(
         len(prepared.tensors.train_y), config.batch_size, drop_last=config.drop_last
     )
     writer = log.metric_writer((config.epochs - progress.epoch + 1) * per_epoch)
-    pending: list[Row] = []  # batch losses not yet handed to the writer
+    recorder = EpochRecorder(log, writer, unwritten if unwritten is not None else [])
     last = kept = None
     early_stopping = config.early_stopping_patience is not None
-    closed: list[bool] = []
-
-    def finish_writes() -> None:
-        """Wait until the writer has every point; raises if a write failed (`unwritten` then
-        still holds the points). Once."""
-        if closed:
-            return
-        closed.append(True)
-        writer.close()
-        if unwritten is not None:
-            unwritten[:] = writer.pending()
-
-    completed = False
+    ended = "raised"  # how the loop ended: "raised", "at once" (a second Ctrl-C), "stopped", "done"
     try:
         steps = train(
             parts.model,
@@ -521,33 +517,12 @@ def _train_and_log(
         for record in steps:
             now = int(time.time() * 1000)
             if isinstance(record, StepRecord):
-                pending.append((contract.BATCH_LOSS, record.loss, now, record.step))
+                recorder.step((contract.BATCH_LOSS, record.loss, now, record.step))
                 reporter.step(record)
                 continue
             epoch_rows = [(k, v, now, record.epoch) for k, v in record.metrics().items()]
-            rows, pending = pending + epoch_rows, []
-            # every point the store is not yet known to hold: this epoch's, and those a writer
-            # in another process has not confirmed; the checkpoint carries them
-            unconfirmed = [*writer.pending(), *rows]
-            if unwritten is not None:  # until the store has them: a kept checkpoint holds them
-                unwritten[:] = unconfirmed
-            if record.train_correct is not None:  # before the checkpoint, which vouches for it
-                log.log_epoch_record(
-                    record.epoch,
-                    correct=record.train_correct,
-                    label_prob=record.train_label_prob,
-                    predicted=record.train_predicted,
-                    test_probs=record.test_probs.astype(np.float16),
-                )
-            # The checkpoint first, holding the unconfirmed metrics; then the metrics. A process
-            # killed in between (or before its writer wrote them) leaves them in the checkpoint,
-            # and a resume, here or on another machine, writes the ones the store lacks
-            # (`fill_metrics`); killed before the checkpoint, the epoch is trained again and no
-            # point of it was logged: either way each step is logged once.
-            _save_checkpoint(log, parts, progress, config, unconfirmed)
-            writer.write(rows, owner_tags())  # the heartbeat rides with the points
-            if unwritten is not None:  # a writer in another process confirms them at its close
-                unwritten[:] = writer.pending()
+            state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
+            recorder.epoch(epoch_rows, state, checkpoint_name(state["epoch"]), _arrays(record))
             reporter.epoch(record, config.epochs)
             last = record
             if not early_stopping:
@@ -556,13 +531,31 @@ def _train_and_log(
                 kept = _Kept(record, epoch_rows, copy.deepcopy(parts.model.state_dict()))
             if on_epoch is not None:
                 on_epoch(record)
-        completed = not pending and (progress.epoch > config.epochs or progress.stopped_early)
+        done = not recorder.steps and (progress.epoch > config.epochs or progress.stopped_early)
+        ended = "done" if done else "stopped"
+    except KeyboardInterrupt:
+        ended = "at once"
+        raise
     finally:
-        if not completed:  # stopped: the writes end here
-            finish_writes()
-            if pending:  # an interrupted epoch resumes after these steps, so keep them
-                log.write_rows(pending)
-    return last, kept, finish_writes
+        if ended == "stopped":  # the writes end here; the resume goes on after these steps
+            recorder.finish()
+            recorder.write_steps()
+        elif ended != "done":  # the run fails or stops at once: its epoch is trained again
+            with contextlib.suppress(Exception):  # what went wrong first is what the user reads
+                recorder.finish(wait_for_upload=ended != "at once")
+    return last, kept, recorder
+
+
+def _arrays(record: EpochRecord) -> dict[str, np.ndarray] | None:
+    """The epoch's per-example record as stored, when the run keeps one."""
+    if record.train_correct is None:
+        return None
+    return {
+        "correct": record.train_correct,
+        "label_prob": record.train_label_prob,
+        "predicted": record.train_predicted,
+        "test_probs": record.test_probs.astype(np.float16),
+    }
 
 
 def _last_recorded(log: RunLog, progress: Progress) -> EpochRecord:
@@ -607,17 +600,11 @@ def _keep_locally(
     return path
 
 
-def _save_checkpoint(
-    log: RunLog,
-    parts: Trainable,
-    progress: Progress,
-    config: RunConfig,
-    rows: list[Row] | None = None,
-) -> None:
-    """`checkpoints/epoch_003.pt` after an epoch, `epoch_004_partial.pt` when stopped inside one;
-    `rows`: the epoch's metric points, written again on resume if the store lacks them."""
+def _save_checkpoint(log: RunLog, parts: Trainable, progress: Progress, config: RunConfig) -> None:
+    """The checkpoint of a run stopped cleanly, uploaded now: `epoch_004_partial.pt` inside an
+    epoch, `checkpoints/epoch_003.pt` between two (every point is in the store by then)."""
     state = checkpoint(parts.model, parts.optimizer, progress, config, parts.scheduler)
-    state["rows"] = [list(row) for row in rows or []]
+    state["rows"] = []
     if progress.batch == 0:
         name = checkpoint_name(state["epoch"])
     else:
@@ -670,12 +657,13 @@ def _log_results(
     last: EpochRecord,
     kept: _Kept | None,
     name: str,
-    finish_writes: Callable[[], None],
+    recorder: EpochRecorder | None,
 ) -> RunResult:
     """Final metrics, the model of record's scores, its stored test predictions and the logged
     model. The model of record is the best epoch's under early stopping, else the last's.
-    `finish_writes` is called once the arrays and the model are stored, before any metric is
-    logged here: the model's scores are linked to the points the writer logged."""
+    `recorder` (None when this session trained nothing) hands its last points over as the
+    arrays start uploading, so the writer's last batch overlaps them and the model, and is
+    finished before any metric is logged here: the model's scores are linked to those points."""
     config, tensors = prepared.config, prepared.tensors
     record_epoch = progress.best_epoch if config.early_stopping_patience is not None else last.epoch
     if kept is not None and kept.record.epoch == record_epoch:
@@ -705,6 +693,8 @@ def _log_results(
         _, final[contract.TEST_ACCURACY_UNSCALED] = score(logits, tensors.test_y)
     arrays = _store_arrays(log, prepared, model, probs, last)
     try:
+        if recorder is not None:
+            recorder.settle()
         deployable = models.with_preprocessing(
             copy.deepcopy(model).cpu(), tensors.mean, tensors.std
         )
@@ -723,7 +713,8 @@ def _log_results(
     finally:
         futures.wait([arrays])  # the run is not marked while they are being stored
     arrays.result()
-    finish_writes()  # the scores linked below are points the writer logged
+    if recorder is not None:
+        recorder.finish()  # the scores linked below are points the writer logged
     now = int(time.time() * 1000)
     points = [(key, float(value), now, last.epoch) for key, value in final.items()]
     points += [

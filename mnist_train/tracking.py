@@ -19,6 +19,7 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,18 +295,24 @@ class RunLog:
         self._records: dict[int, dict[str, np.ndarray]] = {}  # per-epoch records written here
         self._artifact_uri = artifact_uri
         self._repository: Any = None
+        # the last epoch's files (on local disk, oldest first) and their upload on a thread
+        self._in_flight: tuple[list[tuple[Path, str]], futures.Future] | None = None
+        self._uploader: futures.ThreadPoolExecutor | None = None
 
-    def upload(self, local: str | Path, artifact_path: str | None = None) -> None:
-        """A file, or a folder's files, into the run's artifacts, through the run's artifact
-        repository, made once from its artifact URI (known from opening the run; MLflow's own
-        `log_artifact` reads the run back for it, a request per run)."""
+    def _artifacts(self) -> Any:
+        """The run's artifact repository, made once from its artifact URI (known from opening
+        the run; MLflow's own `log_artifact` reads the run back for it, a request per run)."""
         if self._repository is None:
             uri = self._artifact_uri or self.client.get_run(self.run_id).info.artifact_uri
             self._repository = artifact_repository(uri, self.client.tracking_uri)
+        return self._repository
+
+    def upload(self, local: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a folder's files, into the run's artifacts."""
         if Path(local).is_dir():
-            self._repository.log_artifacts(str(local), artifact_path)
+            self._artifacts().log_artifacts(str(local), artifact_path)
         else:
-            self._repository.log_artifact(str(local), artifact_path)
+            self._artifacts().log_artifact(str(local), artifact_path)
 
     @classmethod
     def open(
@@ -430,6 +437,68 @@ class RunLog:
             raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
         path.unlink()
 
+    def log_epoch_files(
+        self, state: dict[str, Any], name: str, record: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """An epoch's per-example `record` (when kept) and its checkpoint `state` as
+        `checkpoints/<name>`: both written whole to the pending folder on this machine, then
+        uploaded in that order (the checkpoint vouches for the record) on a thread while the
+        next epoch trains. `epoch_stored` says when the store has them; each stays on local
+        disk until it has, so a tracking server that goes away, or a process killed meanwhile,
+        loses neither (a resume uploads what it finds there). The previous epoch's must be
+        stored already: the store is never more than one epoch behind."""
+        import torch
+
+        if self._in_flight is not None:
+            raise RuntimeError("the previous epoch's files are not known to be stored")
+        folder = pending_checkpoints(self.run_id)
+        files = []
+        if record is not None:
+            epoch = int(state["epoch"])
+            path = folder / "records" / f"epoch_{epoch:03d}.npz"
+            with open_pending(path) as f:
+                save_npz(f, **record)
+            files.append((path, contract.EPOCH_RECORD_DIR))
+            self._records[epoch] = {k: np.asarray(v) for k, v in record.items()}  # for the end
+        path = folder / name
+        with open_pending(path) as f:
+            torch.save(state, f)
+        files.append((path, contract.CHECKPOINT_DIR))
+        self._artifacts()  # made here, not on the thread: this thread uploads too
+        if self._uploader is None:
+            self._uploader = futures.ThreadPoolExecutor(1, thread_name_prefix="epoch-upload")
+        self._in_flight = (files, self._uploader.submit(self._upload_all, files))
+
+    def _upload_all(self, files: list[tuple[Path, str]]) -> None:
+        for path, artifact_path in files:
+            self.upload(str(path), artifact_path)
+
+    def epoch_upload_over(self) -> bool:
+        """Whether the last epoch's upload is over (stored or failed): `epoch_stored` then
+        returns at once."""
+        return self._in_flight is None or self._in_flight[1].done()
+
+    def epoch_stored(self, *, wait: bool) -> bool:
+        """Whether the store has the last epoch's files (`log_epoch_files`); with `wait`, once
+        their upload is over. Stored, they leave local disk (here, on the caller's thread, never
+        on the uploader's: a checkpoint kept under the same name meanwhile stays). An upload
+        that failed is a StoreUnavailable naming the checkpoint, still on disk, at this call
+        and every later one: the epoch's points must not follow it into the store."""
+        if self._in_flight is None:
+            return True
+        files, upload = self._in_flight
+        if not wait and not upload.done():
+            return False
+        try:
+            upload.result()
+        except Exception as err:
+            reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            raise StoreUnavailable(reason, files[-1][0]) from None
+        self._in_flight = None
+        for path, _ in files:
+            path.unlink(missing_ok=True)
+        return True
+
     def log_final(self, metrics: Sequence[Row], model_id: str, scores: Sequence[Row]) -> None:
         """The run's end-of-run `metrics` and, linked to the logged model `model_id` and to the
         datasets they were measured on, its `scores` (the model of record's epoch's points as
@@ -490,20 +559,6 @@ class RunLog:
             path.unlink()
             uploaded.append(path.name)
         return uploaded
-
-    def log_epoch_record(self, epoch: int, **arrays: np.ndarray) -> None:
-        """One epoch's per-example record, kept on local disk until the store has it (as
-        checkpoints are): a server that goes away loses no epoch of it."""
-        name = f"epoch_{epoch:03d}.npz"
-        path = pending_checkpoints(self.run_id) / "records" / name
-        with open_pending(path) as f:
-            save_npz(f, **arrays)
-        try:
-            self.upload(str(path), contract.EPOCH_RECORD_DIR)
-        except Exception as err:
-            raise StoreUnavailable(str(err).splitlines()[0][:300]) from None
-        path.unlink()
-        self._records[epoch] = {k: np.asarray(v) for k, v in arrays.items()}  # read back at the end
 
     def load_epoch_record(self, epoch: int) -> dict[str, np.ndarray] | None:
         """An epoch's record: kept from this session, else from the store, else from local disk
@@ -643,6 +698,9 @@ class RunLog:
         """End the run as FINISHED, KILLED or FAILED; a reason goes to the `failure_reason` tag."""
         import mlflow
 
+        if self._uploader is not None:  # an upload under way ends on its own; nothing waits
+            self._uploader.shutdown(wait=False)
+            self._uploader = None
         if reason is not None:
             reason = contract.fit_tag(reason)
             self.client.set_tag(self.run_id, contract.TAG_FAILURE_REASON, reason)
@@ -693,9 +751,11 @@ def _checkpoint_order(name: str) -> tuple[int, int]:
 
 
 def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
-    """The run's newest readable checkpoint (see `load_checkpoint`): one kept on this machine
-    while the server was away, else the store's. A torn one (its writer killed mid-write or
-    mid-upload) gives way to the one before, said on stderr; one holding code is refused."""
+    """The run's newest readable checkpoint (see `load_checkpoint`): the copy on this machine
+    when there is one (kept while the server was away, or not yet known to be uploaded when its
+    process stopped: whole, where the store's may be torn by an upload cut short), else the
+    store's. A torn one (its writer killed mid-write or mid-upload) gives way to the one before,
+    said on stderr; one holding code is refused."""
     from mlflow.tracking import MlflowClient
 
     listed = MlflowClient().list_artifacts(run_id, contract.CHECKPOINT_DIR)
@@ -707,7 +767,7 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
     candidates = sorted({*names, *local}, key=_checkpoint_order, reverse=True)
     for i, name in enumerate(candidates):
         try:
-            if name in local and name not in names:  # written while the server was away
+            if name in local:  # written whole on this machine, then uploaded
                 return _load_state(local[name], f"{local[name]}")
             return load_checkpoint(run_id, name)
         except TornCheckpoint as err:
