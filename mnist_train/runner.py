@@ -540,9 +540,11 @@ def _train_and_log(
         if ended == "stopped":  # the writes end here; the resume goes on after these steps
             recorder.finish()
             recorder.write_steps()
-        elif ended != "done":  # the run fails or stops at once: its epoch is trained again
+        elif ended != "done":
             with contextlib.suppress(Exception):  # what went wrong first is what the user reads
                 recorder.finish(wait_for_upload=ended != "at once")
+                if ended == "raised":  # a failed run shows its losses up to the failure
+                    recorder.write_steps()
     return last, kept, recorder
 
 

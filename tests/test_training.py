@@ -242,6 +242,8 @@ def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(data_dir, monkeypat
         "checkpoints/epoch_001.pt"
     }
     assert [s for s, _ in history(client, run.info.run_id, "test_accuracy")] == [1]
+    # its losses up to the step that diverged, the last good one included
+    assert [s for s, _ in history(client, run.info.run_id, "batch_loss")] == list(range(1, 15))
 
 
 def test_background_metric_writer_records_the_same_points(trained_runs, data_dir, monkeypatch):
