@@ -8,9 +8,8 @@ store has that checkpoint: at the first step after it does, or at the next epoch
 waits for it, so the store is never more than an epoch behind. A process killed before then
 leaves the checkpoint on disk; a resume on this machine uploads it and writes the points it holds
 that the store lacks, and a resume elsewhere trains the epoch again, none of its points logged.
-An inline writer (a short run on a local store) writes in the training process, so it gets the
-points at the epoch's end, outside the epoch's timing, after waiting for the upload (a local
-copy).
+An inline writer (a run with few points) writes in the training process, so it gets the points
+at the epoch's end, outside the epoch's timing, after waiting for the upload.
 """
 
 from __future__ import annotations
@@ -50,13 +49,15 @@ class EpochRecorder:
         record: dict[str, np.ndarray] | None,
     ) -> None:
         """The epoch's points (its batch losses and `epoch_rows`), its checkpoint `state` (to
-        which the points the store may lack are added as `rows`) and per-example `record`."""
+        which the points the store may lack are added as `rows`) and per-example `record`.
+        Until the checkpoint is written the epoch's points stay in `steps`, so whatever fails
+        first leaves them among the points a kept checkpoint must hold."""
+        self.steps += epoch_rows
         self._hand_over()  # the previous epoch's, which waits for its checkpoint's upload
-        rows, self.steps = self.steps + epoch_rows, []
-        self.unwritten[:] = [*self.writer.pending(), *rows]
+        self.unwritten[:] = [*self.writer.pending(), *self.steps]
         state["rows"] = [list(row) for row in self.unwritten]
         self.log.log_epoch_files(state, name, record)
-        self.awaiting = rows
+        self.awaiting, self.steps = self.steps, []
         if self._in_process:
             self._hand_over()
 
@@ -83,8 +84,9 @@ class EpochRecorder:
         self._hand_over()
 
     def write_steps(self) -> None:
-        """The batch losses of an epoch stopped cleanly part-way, before its partial
-        checkpoint: the resume goes on after them."""
+        """The batch losses of an epoch stopped part-way: cleanly, before its partial checkpoint
+        (the resume goes on after them), or by a diverged loss (its curve up to the last good
+        step)."""
         if self.steps:
             self.log.write_rows(self.steps)
             self.steps = []

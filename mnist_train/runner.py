@@ -503,7 +503,7 @@ def _train_and_log(
     recorder = EpochRecorder(log, writer, unwritten if unwritten is not None else [])
     last = kept = None
     early_stopping = config.early_stopping_patience is not None
-    ended = "raised"  # how the loop ended: "raised", "at once" (a second Ctrl-C), "stopped", "done"
+    ended = "raised"  # "raised", "diverged", "at once" (a second Ctrl-C), "stopped", "done"
     try:
         steps = train(
             parts.model,
@@ -536,14 +536,17 @@ def _train_and_log(
     except KeyboardInterrupt:
         ended = "at once"
         raise
+    except NonFiniteLoss:
+        ended = "diverged"
+        raise
     finally:
         if ended == "stopped":  # the writes end here; the resume goes on after these steps
             recorder.finish()
             recorder.write_steps()
-        elif ended != "done":
+        elif ended != "done":  # any other failure: the interrupted epoch is trained again
             with contextlib.suppress(Exception):  # what went wrong first is what the user reads
                 recorder.finish(wait_for_upload=ended != "at once")
-                if ended == "raised":  # a failed run shows its losses up to the failure
+                if ended == "diverged":  # the run shows its losses up to the last good step
                     recorder.write_steps()
     return last, kept, recorder
 

@@ -761,14 +761,22 @@ def load_latest_checkpoint(run_id: str) -> dict[str, Any]:
     listed = MlflowClient().list_artifacts(run_id, contract.CHECKPOINT_DIR)
     names = [Path(f.path).name for f in listed]
     names = [n for n in names if n.startswith("epoch_") and n.endswith(".pt")]
-    local = {p.name: p for p in pending_checkpoints(run_id).glob("epoch_*.pt")}
+    local = {
+        p.name: p
+        for p in pending_checkpoints(run_id).glob("epoch_*.pt")
+        if not p.is_symlink()  # planted, not written by a run: never read through it
+    }
     if not names and not local:
         raise ConfigError(f"run {run_id} has no checkpoint to resume from")
     candidates = sorted({*names, *local}, key=_checkpoint_order, reverse=True)
     for i, name in enumerate(candidates):
         try:
             if name in local:  # written whole on this machine, then uploaded
-                return _load_state(local[name], f"{local[name]}")
+                try:
+                    return _load_state(local[name], f"{local[name]}")
+                except TornCheckpoint:
+                    if name not in names:
+                        raise
             return load_checkpoint(run_id, name)
         except TornCheckpoint as err:
             if i + 1 == len(candidates) or not _never_recorded(run_id, name):

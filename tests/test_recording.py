@@ -4,6 +4,7 @@ checkpoint that holds them, nothing lost when an upload fails or the run is stop
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,12 +29,19 @@ def checkpoint_epoch(artifact_path, local):
     return int(str(local).rsplit("epoch_", 1)[1][:3])
 
 
+def epoch_of(row):
+    """The epoch a metric point belongs to: a batch loss's by its step, an epoch metric's own."""
+    key, _, _, step = row
+    return (step - 1) // STEPS + 1 if key == contract.BATCH_LOSS else step
+
+
 def test_uploads_leave_the_epoch_and_its_points_wait_for_its_checkpoint(data_dir, monkeypatch):
-    """Each checkpoint upload takes 0.4 s here: the next epoch trains meanwhile, and the
-    epoch's points reach the metric writer (a helper process, as in a study) only after it is
-    stored. The run records exactly what an uninterrupted run without the delay records."""
-    events = []  # (what, which, when)
+    """Each checkpoint upload takes 0.4 s here: the next epoch trains meanwhile, and every
+    point reaches the metric writer (a helper process, as in a study) once, after the store has
+    its epoch's checkpoint. The run records what a run without the delay records."""
+    stored, steps, written = {}, {}, []  # epoch -> time; step -> time; (row, time)
     real_upload, real_step = RunLog.upload, recording.EpochRecorder.step
+    real_write = recording.SharedHandle.write
 
     def slow_upload(self, local, artifact_path=None):
         epoch = checkpoint_epoch(artifact_path, local)
@@ -41,18 +49,16 @@ def test_uploads_leave_the_epoch_and_its_points_wait_for_its_checkpoint(data_dir
             time.sleep(0.4)
         real_upload(self, local, artifact_path)
         if epoch is not None:
-            events.append(("stored", epoch, time.perf_counter()))
+            stored[epoch] = time.perf_counter()
 
     def step(self, row):
-        events.append(("step", row[3], time.perf_counter()))
+        steps[row[3]] = time.perf_counter()
         real_step(self, row)
 
     def write(self, rows, tags=None):
-        epochs = {r[3] for r in rows if r[0] == contract.TEST_ACCURACY}
-        events.append(("written", max(epochs, default=0), time.perf_counter()))
+        written.extend((tuple(row), time.perf_counter()) for row in rows)
         real_write(self, rows, tags)
 
-    real_write = recording.SharedHandle.write
     monkeypatch.setattr(tracking, "BACKGROUND_WRITES_FROM", 0)  # a helper process writes
     reference = train_run(tiny_config(name="uploads_plain", epochs=3), data_dir)
     monkeypatch.setattr(RunLog, "upload", slow_upload)
@@ -60,15 +66,12 @@ def test_uploads_leave_the_epoch_and_its_points_wait_for_its_checkpoint(data_dir
     monkeypatch.setattr(recording.SharedHandle, "write", write)
     run_id = train_run(tiny_config(name="uploads_slow", epochs=3), data_dir)
 
-    when = {(what, which): t for what, which, t in events if what != "step"}
-    first_step = {
-        epoch: min(t for w, s, t in events if w == "step" and s == (epoch - 1) * STEPS + 1)
-        for epoch in (2, 3)
-    }
     for epoch in (1, 2):  # the next epoch began while this one's checkpoint was uploading
-        assert first_step[epoch + 1] < when[("stored", epoch)]
-    for epoch in (1, 2, 3):  # and its points were written only once it was stored
-        assert when[("stored", epoch)] < when[("written", epoch)]
+        assert steps[epoch * STEPS + 1] < stored[epoch]
+    for row, at in written:  # each point written only once its epoch's checkpoint was stored
+        assert stored[epoch_of(row)] < at, row
+    handed = [row[3] for row, _ in written if row[0] == contract.BATCH_LOSS]
+    assert sorted(handed) == list(range(1, 3 * STEPS + 1))  # every step, each once
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     for key in ("batch_loss", "test_accuracy", "train_loss"):
         assert history(run_id, key) == history(reference, key)
@@ -97,7 +100,7 @@ def test_a_failed_upload_keeps_the_checkpoint_and_its_points_for_the_resume(data
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED"
     assert [s for s, _ in history(run_id, "test_accuracy")] == [1]
-    assert {s for s, _ in history(run_id, "batch_loss")} <= set(range(1, 2 * STEPS + 1))
+    assert [s for s, _ in history(run_id, "batch_loss")] == list(range(1, STEPS + 1))
     state = torch.load(kept, weights_only=True)
     assert {row[3] for row in state["rows"] if row[0] == "test_accuracy"} == {2}
 
@@ -144,3 +147,73 @@ def test_stopping_at_once_waits_for_no_upload_and_loses_nothing(data_dir, monkey
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     for key in ("batch_loss", "test_accuracy", "train_loss"):
         assert history(run_id, key) == history(reference, key)  # each step once, same values
+
+
+def test_a_resume_reads_the_whole_copy_on_this_machine_before_a_torn_one_in_the_store(
+    data_dir, tmp_path
+):
+    """An upload cut short by the process's death can leave a torn checkpoint in the store; the
+    copy still in the cache folder is whole (written beside, then renamed) and is the one read.
+    A symbolic link planted there is never read through."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from mnist_train.tracking import load_latest_checkpoint
+
+    run_id = train_run(tiny_config(name="torn_in_store", epochs=2), data_dir)
+    stored = Path(urlparse(MlflowClient().get_run(run_id).info.artifact_uri).path)
+    whole = stored / "checkpoints" / "epoch_002.pt"
+    local = pending_checkpoints(run_id)
+    local.mkdir(parents=True)
+    shutil.copy(whole, local / "epoch_002.pt")
+    shutil.copy(whole, tmp_path / "elsewhere.pt")  # whole: read through a link, it would load
+    whole.write_bytes(whole.read_bytes()[:1000])  # torn, as an upload cut short leaves it
+    state = load_latest_checkpoint(run_id)
+    assert state["epoch"] == 2 and state["progress"]["step"] == 2 * STEPS
+
+    (local / "epoch_002.pt").unlink()
+    (local / "epoch_002.pt").symlink_to(tmp_path / "elsewhere.pt")
+    with pytest.raises(Exception, match="torn"):  # the store's torn copy, never the link
+        load_latest_checkpoint(run_id)
+
+
+def test_an_epoch_whose_recording_fails_keeps_its_points_among_the_unwritten():
+    """The metric writer fails as epoch 2 ends, while the points of epoch 1 are being handed
+    over: a checkpoint kept on this machine then must hold epoch 1's and all of epoch 2's
+    points (its batch losses and its epoch metrics), or a resume from it would never log them."""
+
+    class Log:
+        files = []
+
+        def epoch_upload_over(self):
+            return False  # still uploading at every step: hand-over waits for the epoch's end
+
+        def epoch_stored(self, wait):
+            return True
+
+        def log_epoch_files(self, state, name, record):
+            self.files.append((name, list(state["rows"])))
+
+    class Writer:
+        def write(self, rows, tags=None):
+            raise RuntimeError("writing metrics failed: the helper is gone")
+
+        def pending(self):
+            return []
+
+        def close(self):
+            pass
+
+    unwritten = []
+    recorder = recording.EpochRecorder(Log(), Writer(), unwritten)
+    first = [("batch_loss", 0.9, 1, 1), ("test_accuracy", 0.5, 1, 1)]
+    recorder.step(first[0])
+    recorder.epoch(first[1:], {}, "epoch_001.pt", None)
+    second = [("batch_loss", 0.7, 2, 2), ("test_accuracy", 0.6, 2, 2)]
+    recorder.step(second[0])
+    with pytest.raises(RuntimeError, match="helper is gone"):
+        recorder.epoch(second[1:], {}, "epoch_002.pt", None)
+    with pytest.raises(RuntimeError):  # as the run's failure path calls it (quietly)
+        recorder.finish()
+    assert sorted(unwritten) == sorted(first + second)
+    assert [name for name, _ in Log.files] == ["epoch_001.pt"]  # epoch 2's was never written
