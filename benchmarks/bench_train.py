@@ -308,7 +308,12 @@ def timed_targets() -> list[tuple[Any, str, str, bool]]:
         (runner, "_train_and_log", "training loop + per-epoch logging", False),
         (runner, "train", TRAIN_LABEL, True),
         (MlflowClient, "log_batch", "MlflowClient.log_batch (all metrics, params)", True),
-        (runner, "_save_checkpoint", "checkpoints (torch.save + log_artifact)", True),
+        (
+            tracking.RunLog,
+            "log_epoch_files",
+            "epoch files (torch.save, npz; uploaded on a thread)",
+            True,
+        ),
         (torch, "save", "torch.save (all)", True),
         (MlflowClient, "log_artifact", "MlflowClient.log_artifact (all)", True),
         (runner, "_log_results", "results (final metrics, predictions, model)", False),

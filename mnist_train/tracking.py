@@ -425,17 +425,10 @@ class RunLog:
 
         It is written to a local folder first and removed from there once uploaded, so a
         tracking server that goes away loses no checkpoint: StoreUnavailable says where it is.
+        Uploaded now, as `log_epoch_files` would, waiting for it.
         """
-        import torch
-
-        path = pending_checkpoints(self.run_id) / name
-        with open_pending(path) as f:
-            torch.save(state, f)
-        try:
-            self.upload(str(path), contract.CHECKPOINT_DIR)
-        except Exception as err:
-            raise StoreUnavailable(str(err).splitlines()[0][:300], path) from None
-        path.unlink()
+        self.log_epoch_files(state, name)
+        self.epoch_stored(wait=True)
 
     def log_epoch_files(
         self, state: dict[str, Any], name: str, record: dict[str, np.ndarray] | None = None
